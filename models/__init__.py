@@ -1,0 +1,1 @@
+"""Networks, one per file; ``models.registry`` builds them by name and loads checkpoints."""
