@@ -1,20 +1,31 @@
-"""Read and write volumes: DICOM series, NIfTI, NRRD, MHA/MHD.
+"""Read and write volumes: DICOM series folders, NIfTI, NRRD, MHA/MHD.
 
 Geometry is read once here and written once at export; everything in between keeps the
-``Volume``'s grid. See ``pipeline.volume`` for the axis convention.
+``Volume``'s grid (see ``pipeline.volume`` for the axis convention). Every check that can be
+made from the header -- size, dimensionality, channels, the voxel limit -- is made before
+the pixels are loaded, so a file claiming 10^12 voxels is refused at once. NIfTI is written
+with nibabel (about 4x faster than SimpleITK's .nii.gz writer here), everything else with
+SimpleITK; every write goes to a temporary file in the target folder and is renamed into place.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from pipeline.errors import InputError
 from pipeline.volume import Kind, Volume
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_VOXELS = 1_000_000_000  # ~4 GB as float32; raise it explicitly for larger volumes
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def from_sitk(image: sitk.Image, kind: Kind = "image", **metadata: object) -> Volume:
@@ -38,32 +49,170 @@ def to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
-def read_volume(path: str | Path, kind: Kind = "image") -> Volume:
-    """Read a NIfTI, NRRD or MHA/MHD file into a ``Volume``.
+def suffix_of(path: str | Path) -> str:
+    """The format suffix of a path, keeping ``.nii.gz`` whole (lower case)."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def read_volume(
+    path: str | Path,
+    kind: Kind = "image",
+    *,
+    series_uid: str | None = None,
+    channel: int | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+) -> Volume:
+    """Read a NIfTI/NRRD/MHA/MHD file, or a DICOM series folder (or one file of it).
+
+    Args:
+        path: an image file, a folder holding a DICOM series, or one DICOM file of a series.
+        kind: ``"image"`` or ``"label"``; labels must hold integers.
+        series_uid: which DICOM series to read when the folder holds several (default: the
+            one with most slices, logged).
+        channel: which channel of a 4D or multi-component image to keep.
+        max_voxels: refuse volumes with more voxels (checked from the header).
+
+    Returns:
+        The volume; ``metadata`` holds ``source`` and ``modality`` (``None`` when the format
+        does not store it) and, for DICOM, the series' UIDs and files (``pipeline.io_dicom``).
 
     Raises:
-        InputError: the path is missing or the file cannot be read as a 3D image.
+        InputError: missing path, unreadable/truncated/empty file, non-image DICOM, slice gaps,
+            4D without ``channel``, NaN/Inf voxels, a zero-size axis or more than ``max_voxels``.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file or folder", "check the path")
+    if path.is_dir() or _is_dicom_file(path):
+        from pipeline.io_dicom import read_dicom_series
+
+        volume = read_dicom_series(path, series_uid=series_uid, max_voxels=max_voxels, kind=kind)
+    else:
+        volume = _read_image_file(path, kind, channel, max_voxels)
+    check_finite(volume, path)
+    if kind == "label" and not np.issubdtype(volume.array.dtype, np.integer):
+        rounded = np.rint(volume.array)
+        if not np.array_equal(rounded, volume.array):
+            raise InputError(path, "label map holds non-integer values", "pass a label map, or read it as kind='image'")
+        volume = volume.with_array(rounded.astype(np.int32))
+    return volume
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
+def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: int) -> Volume:
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)", "re-export or re-copy the file")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as err:
-        raise InputError(path, "unreadable or truncated image file", "re-export or re-copy the file") from err
-    return from_sitk(image, kind=kind, source=str(path))
+        raise InputError(
+            path, "not a readable NIfTI/NRRD/MHA image (wrong format, bad header or truncated)",
+            "re-export the file as .nii.gz, .nrrd or .mha",
+        ) from err
+    size = tuple(int(n) for n in reader.GetSize())
+    components = int(reader.GetNumberOfComponents())
+    check_size(path, size, components, max_voxels)
+    if len(size) == 4 and size[3] == 1:
+        channel = 0 if channel is None else channel
+    channels = size[3] if len(size) == 4 else components
+    if len(size) not in (3, 4) or (len(size) == 4 and components > 1):
+        raise InputError(path, f"{len(size)}D image of size {list(size)}", "pass a 3D volume (or a 4D one with channel=)")
+    if channels > 1 or len(size) == 4:
+        if channel is None:
+            raise InputError(path, f"image has {channels} channels (4D or multi-component)", "choose one with channel=N")
+        if not 0 <= channel < channels:
+            raise InputError(path, f"channel {channel} does not exist (image has {channels})", f"choose 0..{channels - 1}")
+    if len(size) == 4:
+        reader.SetExtractIndex([0, 0, 0, channel])
+        reader.SetExtractSize([*size[:3], 0])
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise InputError(path, "pixel data cannot be read (truncated or corrupt file)", "re-export or re-copy the file") from err
+    if components > 1:
+        image = sitk.VectorIndexSelectionCast(image, channel)
+    return from_sitk(image, kind=kind, source=str(path), modality=None)
+
+
+def check_size(path: str | Path, size: tuple[int, ...], components: int, max_voxels: int) -> None:
+    """Refuse zero-size axes and volumes above ``max_voxels`` (from header values)."""
+    if any(n == 0 for n in size):
+        raise InputError(path, f"zero-size axis in image size {list(size)}", "re-export the volume")
+    voxels = int(np.prod(size, dtype=object)) * components
+    if voxels > max_voxels:
+        raise InputError(
+            path, f"{voxels:.3g} voxels exceed the limit of {max_voxels:.3g}",
+            "crop or downsample the volume, or raise max_voxels",
+        )
+
+
+def check_finite(volume: Volume, path: str | Path) -> None:
+    """Refuse NaN or infinite voxels (they would poison every statistic downstream)."""
+    if np.issubdtype(volume.array.dtype, np.floating):
+        bad = volume.array.size - int(np.count_nonzero(np.isfinite(volume.array)))
+        if bad:
+            raise InputError(path, f"volume contains {bad} NaN/Inf voxels", "fix the export or fill them first")
 
 
 def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:
-    """Write ``volume`` to ``path`` (format from the suffix) atomically: temp file, then rename."""
+    """Write ``volume`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    NIfTI (``.nii``, ``.nii.gz``) is written by nibabel with the RAS affine in both qform and
+    sform (code 1, scanner); NRRD and MHA/MHD by SimpleITK. The dtype is kept.
+
+    Raises:
+        InputError: the suffix is not a supported format or the folder does not exist.
+    """
     path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".gz") else path.suffix
+    suffix = suffix_of(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(path, f"unknown output format '{suffix}'", f"use one of {', '.join(IMAGE_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise InputError(path.parent, "output folder does not exist", "create it first")
     fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(to_sitk(volume), tmp, useCompression=compress)
+        if suffix in (".nii", ".nii.gz"):
+            _write_nifti(volume, tmp)
+        elif suffix == ".mhd":
+            _write_mhd(volume, Path(tmp), path, compress)
+        else:
+            sitk.WriteImage(to_sitk(volume), tmp, useCompression=compress)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _write_nifti(volume: Volume, path: str) -> None:
+    array = volume.array
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    image = nib.Nifti1Image(array.T, volume.affine_ras())  # [z, y, x] -> NIfTI's [i, j, k]
+    image.set_qform(volume.affine_ras(), code=1)
+    image.set_sform(volume.affine_ras(), code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, path)
+
+
+def _write_mhd(volume: Volume, tmp: Path, path: Path, compress: bool) -> None:
+    """MHD keeps its pixels in a sibling ``.raw``/``.zraw`` named in the header; write both atomically."""
+    raw_tmp = tmp.with_suffix(".zraw" if compress else ".raw")
+    try:
+        sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=compress)
+        raw = path.with_suffix(raw_tmp.suffix)
+        header = tmp.read_text().replace(f"ElementDataFile = {raw_tmp.name}", f"ElementDataFile = {raw.name}")
+        tmp.write_text(header)
+        os.replace(raw_tmp, raw)
+    finally:
+        if raw_tmp.exists():
+            raw_tmp.unlink()
