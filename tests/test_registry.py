@@ -1,0 +1,145 @@
+"""Registry: every architecture builds, checkpoints round-trip exactly, pickles and bad files are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.registry import (
+    ARCHITECTURES,
+    build_model,
+    load_checkpoint,
+    load_ensemble,
+    read_ensemble_config,
+    save_checkpoint,
+)
+from pipeline.errors import InputError
+from pipeline.labels import ACDC, LabelTable
+
+SMALL = {
+    "deconvnet3d": dict(in_channels=1, out_channels=4, widths=(4, 8, 8), pool_sizes=[(1, 2, 2), (2, 2, 2)]),
+    "fcn3d": dict(in_channels=1, out_channels=4, widths=[4, 8], norm="batch"),
+    "two_scale": dict(in_channels=1, out_channels=4, context_factor=[1, 3, 3], widths=[4, 8]),
+    "unet": dict(in_channels=1, out_channels=4, channels=(4, 8, 16), strides=((1, 2, 2), 2), num_res_units=1),
+    "dynunet": dict(in_channels=1, out_channels=4, kernel_size=[3, 3, 3], strides=[1, (1, 2, 2), 2], filters=[4, 8, 8]),
+}
+META = {
+    "labels": ACDC.to_json(),
+    "spacing": [1.5, 1.5, 10.0],
+    "patch_size": [8, 32, 32],
+    "normalization": {"scheme": "mr_zscore"},
+    "metrics": {"val_dice": {"myocardium": 0.5}, "mean_dice": 0.5},
+    "training": {"seed": 0, "seconds": 1.0},
+}
+
+
+def _forward(model: torch.nn.Module, arch: str) -> torch.Tensor:
+    x = torch.randn(1, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(x, x.flip(-1)) if arch == "two_scale" else model(x)
+
+
+def _trained(arch: str) -> torch.nn.Module:
+    """A model whose weights (and batch-norm statistics) moved away from their initial values."""
+    torch.manual_seed(0)
+    model = build_model(arch, **SMALL[arch])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    _forward(model.train(), arch)  # updates running statistics where there are any
+    return model.eval()
+
+
+def test_registry_is_an_explicit_mapping() -> None:
+    assert sorted(ARCHITECTURES) == ["deconvnet3d", "dynunet", "fcn3d", "two_scale", "unet"]
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_checkpoint_round_trip_gives_identical_outputs(arch: str, tmp_path: Path) -> None:
+    model = _trained(arch)
+    folder = save_checkpoint(tmp_path / arch, model, META)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "weights.safetensors"]
+    loaded, meta = load_checkpoint(folder)
+    assert not loaded.training
+    assert torch.equal(_forward(loaded, arch), _forward(model, arch))
+    saved = json.loads((folder / "model.json").read_text())
+    assert saved["arch"] == arch and saved["in_channels"] == 1 and saved["out_channels"] == 4
+    assert LabelTable.from_json(saved["labels"]) == ACDC and saved["spacing"] == [1.5, 1.5, 10.0]
+    assert len(saved["weights_sha256"]) == 64
+    assert meta["checkpoint_dir"] == str(folder)
+    assert (saved.get("context_factor") == [1, 3, 3]) == (arch == "two_scale")
+
+
+def test_overwriting_a_checkpoint_replaces_both_files(tmp_path: Path) -> None:
+    first, second = _trained("deconvnet3d"), build_model("deconvnet3d", **SMALL["deconvnet3d"]).eval()
+    save_checkpoint(tmp_path / "m", first, META)
+    save_checkpoint(tmp_path / "m", second, {**META, "training": {"seed": 1}})
+    loaded, meta = load_checkpoint(tmp_path / "m")
+    assert meta["training"] == {"seed": 1}
+    assert torch.equal(_forward(loaded, "deconvnet3d"), _forward(second, "deconvnet3d"))
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_a_pickle_is_never_loaded(tmp_path: Path) -> None:
+    model = _trained("fcn3d")
+    folder = save_checkpoint(tmp_path / "m", model, META)
+    weights = folder / "weights.safetensors"
+    torch.save(model.state_dict(), weights)  # a pickle under the safetensors name
+    with pytest.raises(InputError, match="weights_sha256"):
+        load_checkpoint(folder)
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["weights_sha256"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="not a readable safetensors file"):
+        load_checkpoint(folder)
+    weights.rename(folder / "model.pt")
+    with pytest.raises(InputError, match=r"model\.pt.*never loaded"):
+        load_checkpoint(folder)
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda f: (f / "model.json").unlink(), "missing checkpoint metadata"),
+        (lambda f: (f / "model.json").write_text("{not json"), "not valid JSON"),
+        (lambda f: (f / "model.json").write_text('{"arch": "segnet", "arch_kwargs": {}}'), "unknown architecture"),
+        (lambda f: (f / "weights.safetensors").write_bytes(b"\x00" * 5), "weights_sha256"),
+    ],
+)
+def test_broken_checkpoints_raise_input_error_naming_the_folder(damage, match: str, tmp_path: Path) -> None:
+    folder = save_checkpoint(tmp_path / "ckpt", _trained("deconvnet3d"), META)
+    damage(folder)
+    with pytest.raises(InputError, match=match) as info:
+        load_checkpoint(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path: Path) -> None:
+    folder = save_checkpoint(tmp_path / "ckpt", _trained("deconvnet3d"), META)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["arch_kwargs"]["widths"] = [4, 8, 16]
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="weights do not fit deconvnet3d"):
+        load_checkpoint(folder)
+
+
+def test_ensemble_members_sorted_and_config(tmp_path: Path) -> None:
+    for name, arch in [("b_fcn", "fcn3d"), ("a_deconv", "deconvnet3d")]:
+        save_checkpoint(tmp_path / name, _trained(arch), META)
+    (tmp_path / "notes").mkdir()
+    assert read_ensemble_config(tmp_path) == {}
+    (tmp_path / "ensemble.json").write_text(json.dumps({"fusion": "mean", "weights": [0.4, 0.6]}))
+    members = load_ensemble(tmp_path)
+    assert [meta["arch"] for _, meta in members] == ["deconvnet3d", "fcn3d"]
+    assert read_ensemble_config(tmp_path) == {"fusion": "mean", "weights": [0.4, 0.6]}
+    assert len(load_ensemble(tmp_path / "a_deconv")) == 1
+    with pytest.raises(InputError, match="no model.json"):
+        load_ensemble(tmp_path / "notes")
+    with pytest.raises(InputError, match="no such model folder"):
+        load_ensemble(tmp_path / "absent")
+    (tmp_path / "ensemble.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a JSON object"):
+        read_ensemble_config(tmp_path)
