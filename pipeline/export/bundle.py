@@ -1,0 +1,190 @@
+"""The clinician review bundle: every export of one case in one folder, written atomically.
+
+::
+
+    <out_dir>/
+      labels.nii.gz, labels.json, uncertainty.nii.gz   input geometry; names, colours, codes
+      seg.dcm, rtstruct.dcm, dicom/                     DICOM input (or ``dicom_series=True``)
+      labels.seg.nrrd                                   3D Slicer
+      overlays/{axial,coronal,sagittal,uncertainty}.png
+      stats.json, stats.csv, report.html, manifest.json
+
+Everything is written into a temporary sibling folder, which replaces ``out_dir`` by a rename
+only when every file is complete; on any failure the temporary folder is removed and an
+existing ``out_dir`` is left untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.export.dicom_seg import write_dicom_seg
+from pipeline.export.dicom_series import prepare_reference
+from pipeline.export.grid import align_to_image
+from pipeline.export.manifest import build_manifest, write_manifest
+from pipeline.export.nifti import write_labels_json, write_labels_nifti, write_uncertainty_nifti
+from pipeline.export.overlays import write_overlays
+from pipeline.export.report import write_report
+from pipeline.export.rtstruct import write_rtstruct
+from pipeline.export.seg_nrrd import write_seg_nrrd
+from pipeline.export.stats import StatsConfig, compute_stats, write_stats
+from pipeline.labels import LabelTable
+from pipeline.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    """What ``write_bundle`` wrote.
+
+    Attributes:
+        path: the bundle folder.
+        stats: per-structure dicts, as in ``stats.json``.
+        flags: ``{"name", "value", "flag"}`` for every QA flag raised.
+        timings: stage -> seconds.
+        manifest: the manifest as written.
+    """
+
+    path: Path
+    stats: list[dict[str, Any]]
+    flags: list[dict[str, Any]]
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+
+
+def _label_map(labels: Volume) -> Volume:
+    """``labels`` with an integer array; float maps must hold whole non-negative numbers."""
+    array = labels.array
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(labels.metadata.get("source", "label map"), "holds non-integer values",
+                             "pass a label map (integers), not probabilities")
+        array = array.astype(np.int32)
+    if array.size and int(array.min()) < 0:
+        raise InputError(labels.metadata.get("source", "label map"), "holds negative values",
+                         "label values must be 0 (background) or positive")
+    return labels if array is labels.array else labels.with_array(array, kind="label")
+
+
+@contextmanager
+def _atomic_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_dir``; on success it replaces ``out_dir``."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes a private 0700 folder
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / out_dir.name)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _input_files(image: Volume, labels: Volume) -> dict[str, list[str]]:
+    files = {"image": list(image.metadata.get("dicom_files") or
+                           ([image.metadata["source"]] if Path(str(image.metadata.get("source", ""))).is_file() else []))}
+    if Path(str(labels.metadata.get("source", ""))).is_file():
+        files["labels"] = [labels.metadata["source"]]
+    return files
+
+
+def write_bundle(
+    out_dir: str | Path,
+    image: Volume,
+    labels: Volume,
+    table: LabelTable,
+    *,
+    uncertainty: Volume | None = None,
+    manifest: dict[str, Any] | None = None,
+    stats_config: StatsConfig = StatsConfig(),
+    dicom_series: bool = False,
+    title: str | None = None,
+) -> BundleSummary:
+    """Write the review bundle of one case.
+
+    Args:
+        out_dir: the case folder to create (replaced atomically when it exists).
+        image: the input image; DICOM input carries ``metadata["dicom_files"]`` (z order).
+        labels: label map on the image grid (or a flipped/permuted copy of it).
+        table: names, colours and codes; must name every value in ``labels``.
+        uncertainty: voxel uncertainty in [0, 1] on the image grid.
+        manifest: caller's provenance (``model``, ``config``, ``timings_s``, ...), merged in.
+        stats_config: QA thresholds.
+        dicom_series: for non-DICOM input, write a DICOM series into ``dicom/`` and SEG/RTSTRUCT
+            referencing it.
+        title: heading of the report (default: the out_dir name).
+
+    Returns:
+        The summary, with the per-structure stats and flags.
+
+    Raises:
+        InputError: labels off the image grid, non-integer labels, or values the table lacks.
+    """
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    labels = align_to_image(_label_map(labels), image)
+    uncertainty = align_to_image(uncertainty, image) if uncertainty is not None else None
+    unknown = sorted(set(np.unique(labels.array).tolist()) - {0} - set(table.values))
+    if unknown:
+        raise InputError(labels.metadata.get("source", "label map"), f"values {unknown} are not in the label table",
+                         "pass a label table that names every value (e.g. --labels labels.json)")
+    extra: dict[str, Any] = {}
+    with _atomic_folder(out_dir) as tmp:
+        with _stage(timings, "nifti"):
+            write_labels_nifti(tmp / "labels.nii.gz", labels)
+            write_labels_json(tmp / "labels.json", table)
+            if uncertainty is not None:
+                write_uncertainty_nifti(tmp / "uncertainty.nii.gz", uncertainty)
+        with _stage(timings, "seg_nrrd"):
+            write_seg_nrrd(tmp / "labels.seg.nrrd", labels, table)
+        with _stage(timings, "dicom_reference"):
+            reference = prepare_reference(image, tmp / "dicom", make_series=dicom_series)
+        if reference is not None and labels.array.any():
+            extra["dicom_reference"] = reference.describe()
+            with _stage(timings, "dicom_seg"):
+                write_dicom_seg(tmp / "seg.dcm", labels, table, reference)
+            with _stage(timings, "rtstruct"):
+                write_rtstruct(tmp / "rtstruct.dcm", labels, table, reference)
+        with _stage(timings, "stats"):
+            stats = compute_stats(image, labels, table, uncertainty, stats_config)
+            write_stats(tmp, stats)
+        with _stage(timings, "overlays"):
+            overlays = write_overlays(tmp / "overlays", image, labels, table, uncertainty)
+        notes = [f"DICOM reference: {extra['dicom_reference']['note']}"] if "dicom_reference" in extra else []
+        with _stage(timings, "report"):
+            write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes)
+        caller = dict(manifest or {})
+        all_timings = {**caller.pop("timings_s", {}), **{f"export.{k}": v for k, v in timings.items()}}
+        record = build_manifest(_input_files(image, labels), timings=all_timings, extra=extra)
+        record.update(caller)
+        write_manifest(tmp / "manifest.json", record)
+    flags = [{"name": row["name"], "value": row["value"], "flag": flag} for row in stats for flag in row["flags"]]
+    for flag in flags:
+        logger.warning("%s: %s flagged %s", out_dir.name, flag["name"], flag["flag"])
+    return BundleSummary(out_dir, stats, flags, timings, record)

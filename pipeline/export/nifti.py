@@ -1,0 +1,41 @@
+"""NIfTI outputs: the label map and the uncertainty map in the input's exact grid, plus ``labels.json``.
+
+The NIfTI files are written by SimpleITK from the ``Volume`` geometry (LPS in memory, RAS in
+the file's qform/sform), so the voxel-to-world mapping of the input is kept exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.export.files import atomic_file
+from pipeline.io import write_volume
+from pipeline.labels import LabelTable
+from pipeline.volume import Volume
+
+
+def label_dtype(labels: Volume) -> type[np.integer]:
+    """The smallest unsigned type that holds every label value."""
+    return np.uint8 if int(labels.array.max(initial=0)) < 256 else np.uint16
+
+
+def write_labels_nifti(path: str | Path, labels: Volume) -> Path:
+    """Write the label map as an unsigned-integer NIfTI (``labels.nii.gz``)."""
+    if int(labels.array.min(initial=0)) < 0:
+        raise ValueError("label maps must not hold negative values")
+    return write_volume(labels.with_array(labels.array.astype(label_dtype(labels))), path)
+
+
+def write_uncertainty_nifti(path: str | Path, uncertainty: Volume) -> Path:
+    """Write the voxel uncertainty (float32, 0..1) as ``uncertainty.nii.gz``."""
+    return write_volume(uncertainty.with_array(uncertainty.array.astype(np.float32)), path)
+
+
+def write_labels_json(path: str | Path, table: LabelTable) -> Path:
+    """Write ``labels.json``: value, name, colour (RGB 0-255) and code (SNOMED CT where one exists)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(table.to_json(), indent=2))
+    return Path(path)

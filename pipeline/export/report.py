@@ -1,0 +1,77 @@
+"""``report.html``: one self-contained page (images inline as data URIs) for the clinician.
+
+It shows the per-structure table (volume in mL, intensity, uncertainty, border contact, QA flags),
+the overlay mosaics and the provenance lines of the manifest. It needs no network and no files
+beside it, so it survives being mailed or attached to a ticket.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+from pipeline.export.files import atomic_file
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:90%}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td.name{text-align:left}.swatch{display:inline-block;width:.9em;height:.9em;margin-right:.4em}
+.flag{color:#b00;font-weight:600}figure{display:inline-block;margin:.5em}img{max-width:100%;border:1px solid #999}
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return html.escape(str(value))
+
+
+def render_report(
+    stats: list[dict[str, Any]],
+    overlays: dict[str, Path],
+    *,
+    title: str = "deconvseg review",
+    notes: list[str] | None = None,
+) -> str:
+    """The HTML text of the report."""
+    rows = []
+    for row in stats:
+        colour = "#%02x%02x%02x" % tuple(row["color"])
+        flags = " ".join(row["flags"] + (["touches_border"] if row["touches_border"] else []))
+        rows.append(
+            f"<tr><td>{row['value']}</td><td class='name'><span class='swatch' style='background:{colour}'></span>"
+            f"{html.escape(row['name'])}</td><td>{_cell(row['volume_ml'])}</td><td>{row['voxels']}</td>"
+            f"<td>{_cell(row['mean_intensity'])} {html.escape(row['intensity_unit'])}</td>"
+            f"<td>{_cell(row['mean_uncertainty'])}</td><td class='flag'>{html.escape(flags)}</td></tr>"
+        )
+    flagged = [f"{row['name']}: {', '.join(row['flags'])}" for row in stats if row["flags"]]
+    figures = "".join(
+        f"<figure><img alt='{html.escape(name)}' src='{_data_uri(path)}'><figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, path in overlays.items()
+    )
+    notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes or [])
+    flags_html = "".join(f"<li class='flag'>{html.escape(f)}</li>" for f in flagged) or "<li>none</li>"
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<h2>QA flags</h2><ul id='flags'>{flags_html}</ul>"
+        "<h2>Structures</h2><table id='stats'><tr><th>value</th><th>structure</th><th>volume (mL)</th><th>voxels</th>"
+        f"<th>mean intensity</th><th>mean uncertainty</th><th>flags</th></tr>{''.join(rows)}</table>"
+        f"<h2>Overlays</h2><div id='overlays'>{figures}</div>"
+        f"<h2>Provenance</h2><ul id='notes'>{notes_html}</ul></body></html>"
+    )
+
+
+def write_report(path: str | Path, stats: list[dict[str, Any]], overlays: dict[str, Path], **kwargs: Any) -> Path:
+    """Write ``report.html`` atomically; ``kwargs`` go to ``render_report``."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(render_report(stats, overlays, **kwargs), encoding="utf-8")
+    return Path(path)

@@ -1,0 +1,138 @@
+"""RT Structure Set (RTSTRUCT) from a label map, with pydicom and scikit-image contours.
+
+Each structure becomes one ROI; each slice's mask becomes closed planar contours traced at the
+0.5 iso-line (marching squares, ``skimage.measure.find_contours``), so a point-in-polygon fill of
+the contours (even-odd rule for holes) gives the mask back. Contour points are placed in the
+patient frame with each referenced slice's own Image Position/Orientation and Pixel Spacing
+(PS3.3 C.7.6.2.1.1), never with a guessed affine: this is where rotated or mirrored RTSTRUCTs
+come from in other tools.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
+from skimage.measure import approximate_polygon, find_contours
+
+from pipeline.errors import InputError
+from pipeline.export.dicom_seg import present_labels
+from pipeline.export.dicom_series import SeriesReference, deterministic_uid
+from pipeline.export.files import array_digest, atomic_file
+from pipeline.labels import LabelTable
+from pipeline.volume import Volume
+
+STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (PS3.3 C.8.8.5)
+_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+           "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
+    """Closed contours of a 2D boolean mask as ``(n, 2)`` arrays of ``(row, col)`` pixel indices."""
+    padded = np.pad(mask.astype(np.float32), 1)
+    contours = []
+    for contour in find_contours(padded, 0.5):
+        contour = approximate_polygon(contour[:-1] - 1.0, tolerance=0.0)  # drop the repeated end point
+        if len(contour) >= 3:
+            contours.append(contour)
+    return contours
+
+
+def _pixel_to_patient(ds: Dataset, rows_cols: np.ndarray) -> np.ndarray:
+    """Patient (LPS, mm) points of ``(row, col)`` pixel positions on the slice ``ds`` (PS3.3 C.7.6.2.1.1)."""
+    orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    along_row, along_col = orientation[:3], orientation[3:]
+    return (np.asarray(ds.ImagePositionPatient, dtype=float)
+            + np.outer(rows_cols[:, 1] * col_spacing, along_row)
+            + np.outer(rows_cols[:, 0] * row_spacing, along_col))
+
+
+def _image_item(ds: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    return item
+
+
+def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference) -> Dataset:
+    """The RTSTRUCT dataset of ``labels`` (on the grid of ``reference``)."""
+    present = present_labels(labels, table)
+    first = reference.datasets[0]
+    if labels.shape[0] != len(reference.datasets):
+        raise InputError("rtstruct", f"{labels.shape[0]} label slices for {len(reference.datasets)} images",
+                         "resample the labels onto the image grid")
+    now = dt.datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = RTStructureSetStorage
+    key = array_digest(labels.array)
+    ds.SOPInstanceUID = deterministic_uid("rtstruct", reference.series_instance_uid, key)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for keyword in _COPIED:
+        setattr(ds, keyword, first.get(keyword, "") or "")
+    ds.Modality, ds.SeriesNumber, ds.OperatorsName = "RTSTRUCT", 902, ""
+    ds.SeriesInstanceUID = deterministic_uid("rtstruct-series", reference.series_instance_uid, key)
+    ds.SeriesDescription = "deconvseg contours"
+    ds.Manufacturer, ds.ManufacturerModelName, ds.InstanceNumber = "deconvseg", "deconvseg", 1
+    ds.StructureSetLabel, ds.StructureSetName = "deconvseg", "deconvseg"
+    ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    for_uid = str(first.FrameOfReferenceUID)
+    ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = for_uid, first.get("PositionReferenceIndicator", "")
+
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = reference.series_instance_uid
+    series_item.ContourImageSequence = Sequence([_image_item(d) for d in reference.datasets])
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = STUDY_COMPONENT_CLASS
+    study_item.ReferencedSOPInstanceUID = str(first.StudyInstanceUID)
+    study_item.RTReferencedSeriesSequence = Sequence([series_item])
+    for_item = Dataset()
+    for_item.FrameOfReferenceUID = for_uid
+    for_item.RTReferencedStudySequence = Sequence([study_item])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([for_item])
+
+    rois, roi_contours, observations = [], [], []
+    for number, label in enumerate(present, start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, for_uid
+        roi.ROIName, roi.ROIGenerationAlgorithm = label.name[:64], "AUTOMATIC"
+        rois.append(roi)
+        contours = []
+        for k in np.flatnonzero((labels.array == label.value).any(axis=(1, 2))):
+            image = reference.datasets[k]
+            for contour in slice_contours(labels.array[k] == label.value):
+                item = Dataset()
+                item.ContourImageSequence = Sequence([_image_item(image)])
+                item.ContourGeometricType = "CLOSED_PLANAR"
+                item.NumberOfContourPoints = len(contour)
+                item.ContourData = [f"{v:.6g}" for v in _pixel_to_patient(image, contour).ravel()]
+                contours.append(item)
+        roi_contour = Dataset()
+        roi_contour.ROIDisplayColor = list(label.color)
+        roi_contour.ReferencedROINumber = number
+        roi_contour.ContourSequence = Sequence(contours)
+        roi_contours.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "ORGAN", ""
+        observations.append(observation)
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(roi_contours)
+    ds.RTROIObservationsSequence = Sequence(observations)
+    return ds
+
+
+def write_rtstruct(path: str | Path, labels: Volume, table: LabelTable, reference: SeriesReference) -> Path:
+    """Write ``rtstruct.dcm`` for ``labels`` referencing ``reference`` (atomically)."""
+    ds = build_rtstruct(labels, table, reference)
+    with atomic_file(path) as tmp:
+        ds.save_as(tmp, enforce_file_format=True)
+    return Path(path)
