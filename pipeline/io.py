@@ -10,8 +10,10 @@ SimpleITK; every write goes to a temporary file in the target folder and is rena
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -130,6 +132,20 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
             raise InputError(path, f"image has {channels} channels (4D or multi-component)", "choose one with channel=N")
         if not 0 <= channel < channels:
             raise InputError(path, f"channel {channel} does not exist (image has {channels})", f"choose 0..{channels - 1}")
+    if suffix_of(path) in (".nii", ".nii.gz"):
+        proxy = _check_nifti_complete(path)
+        if np.issubdtype(proxy.dtype, np.floating):
+            # ITK's NIfTI reader turns NaN into 0; nibabel keeps them, so check_finite can see them.
+            data = np.asarray(proxy[..., channel] if len(size) == 4 else proxy[...], dtype=proxy.dtype)
+            n = len(size)
+            return Volume(
+                np.ascontiguousarray(data.T),  # NIfTI's [i, j, k] -> [z, y, x]
+                spacing=reader.GetSpacing()[:3],
+                origin=reader.GetOrigin()[:3],
+                direction=np.asarray(reader.GetDirection()).reshape(n, n)[:3, :3],
+                kind=kind,
+                metadata={"source": str(path), "modality": None},
+            )
     if len(size) == 4:
         reader.SetExtractIndex([0, 0, 0, channel])
         reader.SetExtractSize([*size[:3], 0])
@@ -140,6 +156,41 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
     if components > 1:
         image = sitk.VectorIndexSelectionCast(image, channel)
     return from_sitk(image, kind=kind, source=str(path), modality=None)
+
+
+def _check_nifti_complete(path: Path) -> nib.arrayproxy.ArrayProxy:
+    """Refuse a truncated NIfTI (ITK's reader silently fills the missing voxels with zeros).
+
+    Uncompressed: the file must hold ``vox_offset + voxels * itemsize`` bytes. Gzipped: the
+    trailer's ISIZE (uncompressed length mod 2^32) must say so; if it does not (a truncated file,
+    or a multi-member gzip), the stream is decompressed to the end to decide.
+    """
+    proxy = nib.load(path).dataobj  # header only; the voxels are not read
+    expected = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * proxy.dtype.itemsize
+    if suffix_of(path) == ".nii":
+        complete = path.stat().st_size >= expected
+    else:
+        with path.open("rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            complete = struct.unpack("<I", handle.read(4))[0] == expected % 2**32
+        if not complete:
+            complete = _gzip_length(path) >= expected
+    if not complete:
+        raise InputError(path, f"truncated NIfTI: fewer than the {expected} bytes its header promises",
+                         "re-copy or re-export the file")
+    return proxy
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file, or -1 when the stream ends early or is corrupt."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read(1 << 24):
+                total += len(chunk)
+    except (EOFError, OSError, gzip.BadGzipFile):
+        return -1
+    return total
 
 
 def check_size(path: str | Path, size: tuple[int, ...], components: int, max_voxels: int) -> None:
@@ -166,7 +217,8 @@ def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Pat
     """Write ``volume`` to ``path`` atomically (temporary file in the same folder, then rename).
 
     NIfTI (``.nii``, ``.nii.gz``) is written by nibabel with the RAS affine in both qform and
-    sform (code 1, scanner); NRRD and MHA/MHD by SimpleITK. The dtype is kept.
+    sform (code 1, scanner); NRRD and MHA/MHD by SimpleITK. The dtype is kept, except that
+    bool becomes uint8 and float16 becomes float32 (no format here stores them).
 
     Raises:
         InputError: the suffix is not a supported format or the folder does not exist.
@@ -177,6 +229,8 @@ def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Pat
         raise InputError(path, f"unknown output format '{suffix}'", f"use one of {', '.join(IMAGE_SUFFIXES)}")
     if not path.parent.is_dir():
         raise InputError(path.parent, "output folder does not exist", "create it first")
+    if volume.array.dtype in (np.bool_, np.float16):  # no format stores them; widen losslessly
+        volume = volume.with_array(volume.array.astype(np.uint8 if volume.array.dtype == np.bool_ else np.float32))
     fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
     os.close(fd)
     try:
@@ -195,9 +249,9 @@ def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Pat
 
 def _write_nifti(volume: Volume, path: str) -> None:
     array = volume.array
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    image = nib.Nifti1Image(array.T, volume.affine_ras())  # [z, y, x] -> NIfTI's [i, j, k]
+    # nibabel asks for an explicit dtype for 64-bit integers (some tools cannot read them).
+    dtype = array.dtype if array.dtype in (np.int64, np.uint64) else None
+    image = nib.Nifti1Image(array.T, volume.affine_ras(), dtype=dtype)  # [z, y, x] -> NIfTI's [i, j, k]
     image.set_qform(volume.affine_ras(), code=1)
     image.set_sform(volume.affine_ras(), code=1)
     image.header.set_xyzt_units("mm", "sec")
