@@ -2,5 +2,6 @@
 
 from flows.cli.app import app
 from flows.cli import info  # noqa: F401  (registers commands)
+from flows.cli import batch  # noqa: F401
 
 __all__ = ["app"]

@@ -1,0 +1,114 @@
+"""``deconvseg batch`` (a folder or manifest through the Prefect batch flow) and ``deconvseg demo``.
+
+Both check their inputs here (one-line errors, no Prefect start-up), then run the flow in a child
+process (``python -m flows.serve``) whose environment is offline and quiet (``flows.prefect_env``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from flows.cli.app import app, one_line_errors
+
+_HOME_HELP = "Prefect home (run history, results); default: $PREFECT_HOME or ~/.prefect."
+_DEMO_SHAPE, _DEMO_SPACING = (48, 96, 96), (2.5, 2.5, 4.0)
+
+
+def _run_child(request: dict, home: Path | None, api_url: str | None, local_cluster: bool) -> int:
+    """Run ``flows.serve`` with ``request`` in an offline child process; its exit status.
+
+    A local Dask cluster gets a loopback ``prefect server start`` for the run when no API URL is
+    given (otherwise every worker would start its own embedded server).
+    """
+    from flows.prefect_env import local_server, prefect_environment
+
+    command = [sys.executable, "-m", "flows.serve", json.dumps(request)]
+    if local_cluster and not api_url:
+        with local_server(home) as url:
+            return subprocess.run(command, env=prefect_environment(home, api_url=url)).returncode
+    return subprocess.run(command, env=prefect_environment(home, api_url=api_url)).returncode
+
+
+def _check(source: Path, model: Path | None) -> None:
+    """Fail fast, before Prefect starts: the inputs must exist and the model must be a checkpoint."""
+    from flows.inputs import DEFAULT_MODEL, discover_cases, model_version
+
+    discover_cases(source)
+    model_version(model or DEFAULT_MODEL)
+
+
+@app.command()
+@one_line_errors
+def batch(
+    source: Path = typer.Argument(..., help="Folder of NIfTI/NRRD/MHA files and DICOM series folders, or a manifest CSV."),
+    out: Path = typer.Option(..., "--out", help="Output folder: one review bundle per case, batch.json."),
+    model: Path = typer.Option(None, "--model", help="Checkpoint or ensemble folder (default: bundled phantom-ct)."),
+    config: Path = typer.Option(None, "--config", help="YAML overriding BatchConfig (see configs/batch.yaml)."),
+    cron: str = typer.Option(None, "--cron", help='Serve on a schedule, e.g. "0 2 * * *" (needs a server).'),
+    name: str = typer.Option("nightly", "--name", help="Deployment name when serving with --cron."),
+    dask: str = typer.Option(None, "--dask", help="Run cases on an existing Dask scheduler (tcp://host:8786)."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Run cases on a local Dask cluster of N workers."),
+    api_url: str = typer.Option(None, "--api-url", help="Prefect server API, e.g. http://127.0.0.1:4200/api "
+                                "(default: $PREFECT_API_URL, else the embedded server)."),
+    prefect_home: Path = typer.Option(None, "--prefect-home", help=_HOME_HELP),
+    as_json: bool = typer.Option(False, "--json", help="End with the summary as one JSON line."),
+) -> None:
+    """Segment every case of SOURCE through the Prefect batch flow (cached, retried, isolated).
+
+    Exit status 0 when every case finished, 1 when a case failed (see OUT/batch.json), 2 on bad input.
+    """
+    from flows.inputs import BatchConfig
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    if dask and workers:
+        raise ConfigError("--dask and --workers: give one (an existing scheduler or a local cluster)")
+    _check(source, model)
+    settings = load_config(config, BatchConfig) if config else BatchConfig()
+    api_url = api_url or os.environ.get("PREFECT_API_URL") or None
+    if cron and not api_url:
+        raise ConfigError("--cron needs a running Prefect server: start 'prefect server start --host 127.0.0.1' "
+                          "and pass --api-url http://127.0.0.1:4200/api")
+    if workers and config is None:
+        settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // workers)})
+    request = {"source": str(source.resolve()), "out": str(out.resolve()),
+               "model": str(model.resolve()) if model else None, "config": settings.model_dump(),
+               "dask_address": dask, "dask_workers": workers, "cron": cron, "name": name, "print_json": as_json}
+    raise typer.Exit(_run_child(request, prefect_home, api_url, local_cluster=bool(workers)))
+
+
+@app.command()
+@one_line_errors
+def demo(
+    out: Path = typer.Option(Path("deconvseg-demo"), "--out", help="Output folder (bundles; inputs in OUT/inputs)."),
+    cases: int = typer.Option(3, "--cases", min=1, max=20, help="Number of phantom CT volumes (one as DICOM)."),
+    model: Path = typer.Option(None, "--model", help="Checkpoint or ensemble folder (default: bundled phantom-ct)."),
+    prefect_home: Path = typer.Option(None, "--prefect-home", help=_HOME_HELP),
+) -> None:
+    """Generate phantom CTs, segment them with the bundled model on the embedded Prefect server,
+    write review bundles and dashboard artifacts, and print where to look."""
+    from flows.demo import write_demo_inputs
+    from flows.inputs import BatchConfig
+
+    inputs = write_demo_inputs(out / "inputs", cases, _DEMO_SHAPE, _DEMO_SPACING)
+    _check(inputs, model)
+    settings = BatchConfig(dashboard_key="deconvseg-demo", threads=max(1, min(os.cpu_count() or 1, 4)))
+    request = {"source": str(inputs.resolve()), "out": str(out.resolve()),
+               "model": str(model.resolve()) if model else None, "config": settings.model_dump()}
+    status = _run_child(request, prefect_home, os.environ.get("PREFECT_API_URL") or None, local_cluster=False)
+    if status != 0:
+        raise typer.Exit(status)
+    home = f"PREFECT_HOME={prefect_home.resolve()} " if prefect_home else ""
+    reports = sorted(p for p in out.resolve().glob("*/report.html"))
+    typer.echo("\nReview bundles (open report.html in a browser):")
+    for report in reports:
+        typer.echo(f"  {report}")
+    typer.echo(f"Run summary: {out.resolve() / 'batch.json'}")
+    typer.echo(f"Dashboards: {home}prefect server start --host 127.0.0.1, then open "
+               "http://127.0.0.1:4200/artifacts (keys deconvseg-demo-cases, deconvseg-demo-summary)")

@@ -1,0 +1,148 @@
+"""A batch run's dashboard: Prefect artifacts with stable keys, and ``<out>/batch.json``.
+
+Keys (``<key>`` is ``BatchConfig.dashboard_key``, ``deconvseg-batch`` by default), so that the
+Artifacts page shows one history per key across runs:
+
+- ``<key>-cases``: a table, one row per case: case, status (segmented / cached / failed),
+  seconds, volume in mL of every structure, the largest per-structure uncertainty, QA flags and,
+  for a failed case, its one-line reason.
+- ``<key>-summary``: markdown: throughput, failures with their reasons, links to the bundles.
+- ``<key>-progress``: progress (percent of cases finished) while the run goes on.
+
+Rows carry case ids only (never patient names or other tags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _volumes(stats: list[dict[str, Any]]) -> dict[str, float]:
+    return {s["name"]: round(float(s["volume_ml"]), 3) for s in stats if s.get("volume_ml") is not None}
+
+
+def _flags(stats: list[dict[str, Any]]) -> list[str]:
+    return [f"{s['name']}: {flag}" for s in stats for flag in (s.get("flags") or [])]
+
+
+def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stats: list[dict[str, Any]],
+             structure_uncertainty: dict[Any, float] | None = None) -> dict[str, Any]:
+    """The dashboard row of a finished case.
+
+    Args:
+        case_id: the case's id.
+        status: ``segmented`` or ``cached``.
+        seconds: wall time of the case (read, segment, write).
+        bundle: its review bundle folder.
+        stats: per-structure dicts as in ``stats.json`` (``name``, ``volume_ml``,
+            ``mean_uncertainty``, ``flags``): the QA flags are theirs.
+        structure_uncertainty: per-structure score of the ensemble, used when ``stats`` has none.
+    """
+    scores = [float(s["mean_uncertainty"]) for s in stats if s.get("mean_uncertainty") is not None]
+    if not scores and structure_uncertainty:
+        scores = [float(v) for v in structure_uncertainty.values()]
+    return {"case": case_id, "status": status, "seconds": round(seconds, 2), "volumes_ml": _volumes(stats),
+            "uncertainty": round(max(scores), 4) if scores else None, "flags": _flags(stats),
+            "bundle": str(bundle), "reason": ""}
+
+
+def failed_row(case_id: str, reason: str) -> dict[str, Any]:
+    """The dashboard row of a case that failed, with its one-line reason."""
+    return {"case": case_id, "status": "failed", "seconds": None, "volumes_ml": {}, "uncertainty": None,
+            "flags": [], "bundle": "", "reason": reason}
+
+
+def row_from_bundle(case_id: str, bundle: Path, status: str = "cached") -> dict[str, Any]:
+    """The row of a case whose bundle is already on disk (read back from its ``stats.json``)."""
+    stats = json.loads((bundle / "stats.json").read_text())
+    return case_row(case_id, status, 0.0, bundle, stats)
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flat rows for the table artifact: one ``<structure> mL`` column per structure seen."""
+    names = list(dict.fromkeys(name for row in rows for name in row["volumes_ml"]))
+    return [{"case": r["case"], "status": r["status"], "seconds": r["seconds"],
+             **{f"{name} mL": r["volumes_ml"].get(name) for name in names},
+             "uncertainty": r["uncertainty"], "qa_flags": "; ".join(r["flags"]), "reason": r["reason"]}
+            for r in sorted(rows, key=lambda row: row["case"])]
+
+
+def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Number of cases per status, and the total."""
+    statuses = [r["status"] for r in rows]
+    return {"cases": len(rows), **{s: statuses.count(s) for s in ("segmented", "cached", "failed")}}
+
+
+def state_message(tally: dict[str, int]) -> str:
+    """The flow's final message, e.g. ``1 of 4 cases failed (3 segmented, 0 cached)``."""
+    return (f"{tally['failed']} of {tally['cases']} cases failed "
+            f"({tally['segmented']} segmented, {tally['cached']} cached)")
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The markdown summary: throughput, failures with reasons, links to the review bundles."""
+    tally, rows = summary["counts"], sorted(summary["rows"], key=lambda r: r["case"])
+    lines = [f"# Batch {summary['out']}", "",
+             f"**{tally['cases']} cases** in {summary['seconds']:.1f} s "
+             f"({summary['cases_per_min']:.1f} cases/min): {tally['segmented']} segmented, "
+             f"{tally['cached']} cached, {tally['failed']} failed.", ""]
+    failures = [r for r in rows if r["status"] == "failed"]
+    if failures:
+        lines += ["## Failures", ""] + [f"- `{r['case']}`: {r['reason']}" for r in failures] + [""]
+    flagged = [r for r in rows if r["flags"]]
+    if flagged:
+        lines += ["## Needs review (QA flags)", ""]
+        lines += [f"- `{r['case']}`: {'; '.join(r['flags'])}" for r in flagged] + [""]
+    done = [r for r in rows if r["bundle"]]
+    if done:
+        lines += ["## Review bundles", ""]
+        lines += [f"- [{r['case']}]({Path(r['bundle']).as_uri()}/report.html) `{r['bundle']}`" for r in done]
+    return "\n".join(lines) + "\n"
+
+
+class Progress:
+    """A progress artifact (``<key>-progress``) advanced as cases finish."""
+
+    def __init__(self, key: str, total: int) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.total, self.done = max(total, 1), 0
+        self.artifact_id = create_progress_artifact(
+            0.0, key=f"{key}-progress", description=f"cases finished of {total}")
+
+    def advance(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += 1
+        update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total)
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` via a temporary sibling file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str) -> dict[str, Any]:
+    """Publish the table and markdown artifacts and write ``<out>/batch.json``; return the summary."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    tally = counts(rows)
+    summary = {"out": str(out_dir), "seconds": round(seconds, 2), "counts": tally,
+               "cases_per_min": round(60.0 * tally["cases"] / max(seconds, 1e-9), 2),
+               "rows": sorted(rows, key=lambda r: r["case"])}
+    create_table_artifact(table_rows(rows), key=f"{key}-cases", description=state_message(tally))
+    create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description=state_message(tally))
+    write_json_atomic(out_dir / "batch.json", summary)
+    return summary

@@ -1,0 +1,174 @@
+"""What a batch is made of: the cases of a folder or manifest, and the versions that key the cache.
+
+A case is a path (a volume file or a DICOM series folder) with an id; the cache key of a case is
+``sha256`` over the content hash of its input, the model's version (its checkpoint files) and the
+configuration's version, so renaming or touching a file changes nothing, and any change of
+bytes, weights or settings recomputes the case.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.errors import InputError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+MODEL_FILES = ("model.json", "weights.safetensors", "ensemble.json")
+CACHE_FORMAT = "1"  # bump when the bundle layout changes, so old bundles are recomputed
+_CHUNK = 1 << 20
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "phantom-ct"
+
+
+class BatchConfig(Settings):
+    """Settings of a batch run (``configs/batch.yaml`` overrides these).
+
+    Attributes:
+        threads: torch threads per case (set where the case starts).
+        max_workers: cases run at once by the default (thread) task runner.
+        retries: retries of a case after a transient error.
+        retry_delay_s: first retry delay; it doubles with each retry.
+        dashboard_key: prefix of the artifact keys (``<key>-cases``, ``-summary``, ``-progress``).
+        inference: overrides of ``pipeline.segment.InferenceConfig``.
+    """
+
+    threads: int = 2
+    max_workers: int = 1
+    retries: int = 2
+    retry_delay_s: float = 2.0
+    dashboard_key: str = "deconvseg-batch"
+    inference: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case of a batch: its id (a safe folder name), input path and optional modality."""
+
+    case_id: str
+    path: Path
+    modality: str | None = None
+
+    def content_hash(self) -> str:
+        """sha256 of the input's bytes (a folder: of its files' relative names and bytes)."""
+        return content_hash(self.path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "path": str(self.path), "modality": self.modality}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "CaseInput":
+        return cls(data["case_id"], Path(data["path"]), data.get("modality"))
+
+
+def safe_case_id(name: str) -> str:
+    """A folder name made of ``[A-Za-z0-9._-]`` (no ``..``, no separators), at most 100 chars."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+    return cleaned[:100]
+
+
+def _strip_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_volume_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith(".")
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    """A folder holding at least one file with the DICOM preamble magic (``DICM`` at byte 128)."""
+    for child in sorted(path.iterdir()):
+        if child.is_file():
+            with child.open("rb") as handle:
+                handle.seek(128)
+                if handle.read(4) == b"DICM":
+                    return True
+    return False
+
+
+def discover_cases(source: Path) -> list[CaseInput]:
+    """The cases of a folder (volume files and DICOM series sub-folders) or a manifest CSV.
+
+    Raises:
+        InputError: the source is missing, holds no case, or two cases get the same id.
+    """
+    if source.is_file() and source.suffix.lower() == ".csv":
+        cases = _read_manifest(source)
+    elif source.is_dir():
+        cases = [CaseInput(safe_case_id(_strip_suffix(p.name)), p.resolve())
+                 for p in sorted(source.iterdir())
+                 if _is_volume_file(p) or (p.is_dir() and not p.name.startswith(".") and _is_dicom_folder(p))]
+    else:
+        raise InputError(source, "no such folder or manifest CSV", "pass a folder of scans or a .csv manifest")
+    if not cases:
+        raise InputError(source, "no NIfTI/NRRD/MHA file or DICOM series folder found",
+                         f"put scans ({', '.join(VOLUME_SUFFIXES)}) or DICOM folders there")
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise InputError(case.path, f"case id '{case.case_id}' is also used by {seen[case.case_id]}",
+                             "rename one of the inputs")
+        seen[case.case_id] = case.path
+    return cases
+
+
+def _read_manifest(path: Path) -> list[CaseInput]:
+    """Rows ``case_id,image[,label][,modality]``; relative paths are relative to the CSV."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"case_id", "image"} - set(reader.fieldnames or [])
+        if missing:
+            raise InputError(path, f"missing column(s) {sorted(missing)}", "add a header line: case_id,image")
+        rows = list(reader)
+    return [CaseInput(safe_case_id(row["case_id"]), (path.parent / row["image"]).resolve(),
+                      (row.get("modality") or "").upper() or None) for row in rows]
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's files (sorted relative names and bytes)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_version(model_dir: str | Path) -> str:
+    """sha256 over the checkpoint files of a model or ensemble folder.
+
+    Raises:
+        InputError: the folder holds no ``model.json``.
+    """
+    root = Path(model_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name in MODEL_FILES) if root.is_dir() else []
+    if not any(p.name == "model.json" for p in files):
+        raise InputError(root, "no model.json found (not a checkpoint or ensemble folder)",
+                         "pass --model a folder written by 'deconvseg train'")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def config_version(settings: dict[str, Any]) -> str:
+    """sha256 of the inference settings (sorted JSON) and the cache format."""
+    text = json.dumps({"format": CACHE_FORMAT, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_key(versions: dict[str, str]) -> str:
+    """The case's cache key from its ``input``, ``model`` and ``config`` versions."""
+    return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()

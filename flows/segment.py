@@ -1,0 +1,192 @@
+"""Prefect flows that segment scans: ``segment_case`` (one task per case) and ``segment_batch``.
+
+Tasks pass **paths**, never arrays (a task's inputs and result stay a few hundred bytes, so
+memory does not grow with the batch and Dask ships nothing heavy). A case is keyed on the
+**content hash** of its input plus the model's and the configuration's versions
+(``cache_key``); a rerun skips a case whose review bundle on disk carries the same key, and
+Prefect's cache record marks it ``Cached`` in the UI. A bundle deleted by hand is recomputed.
+
+Transient errors (``OSError`` other than a missing or forbidden path) are retried with
+exponential backoff; anything else fails the case at once. A failed case is recorded with its
+one-line reason while the other cases finish; the flow ends ``Failed`` with a message such as
+``"1 of 4 cases failed (3 segmented, 0 cached)"`` when any case failed, else ``Completed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed, State
+from prefect.tasks import exponential_backoff
+
+from flows import dashboard
+from flows.inputs import (DEFAULT_MODEL, BatchConfig, CaseInput, cache_key, config_version, discover_cases,
+                          model_version)
+from flows.runners import make_task_runner
+from pipeline.errors import DeconvsegError
+
+_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: I/O hiccups (``OSError``), not missing/forbidden paths."""
+    return isinstance(exc, OSError) and not isinstance(exc, _NOT_TRANSIENT)
+
+
+def one_line(exc: BaseException) -> str:
+    """The one-line reason shown on the dashboard (our errors already are one line)."""
+    text = str(exc) if isinstance(exc, DeconvsegError) else f"{type(exc).__name__}: {exc}"
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _retry_transient(task: Any, task_run: Any, state: State) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the case raised a transient error."""
+    return is_transient(state.result(raise_on_failure=False))
+
+
+def _bundle_is_current(parameters: dict[str, Any]) -> bool:
+    manifest = Path(parameters["out_dir"]) / parameters["case"]["case_id"] / "manifest.json"
+    try:
+        return json.loads(manifest.read_text()).get("cache_key") == parameters["key"]
+    except (OSError, ValueError):
+        return False
+
+
+def _cache_key_fn(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Use Prefect's cache only while the bundle it stands for is on disk with the same key."""
+    return parameters["key"] if _bundle_is_current(parameters) else None
+
+
+@functools.lru_cache(maxsize=2)
+def _members(model_dir: str, version: str) -> list:
+    """The model's ensemble, loaded once per process (``version`` keys the cache)."""
+    from models.registry import load_ensemble
+
+    return load_ensemble(model_dir)
+
+
+@task(name="segment-case", cache_key_fn=_cache_key_fn, persist_result=True,
+      retry_condition_fn=_retry_transient, task_run_name="segment-{case[case_id]}")
+def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, versions: dict[str, str],
+                 inference: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Read one input, segment it with the model's ensemble and write its review bundle.
+
+    Args:
+        case: ``CaseInput.to_json()`` (case id, input path, optional modality).
+        out_dir: folder that receives ``<case_id>/``.
+        model_dir: checkpoint or ensemble folder.
+        key: the case's cache key (stored in the bundle's manifest).
+        versions: input/model/config versions for the manifest.
+        inference: ``InferenceConfig`` fields.
+        threads: torch threads for this case.
+
+    Returns:
+        The case's dashboard row (see ``flows.dashboard.case_row``).
+    """
+    item = CaseInput.from_json(case)
+    bundle = Path(out_dir) / item.case_id
+    if _bundle_is_current({"out_dir": out_dir, "case": case, "key": key}):
+        return dashboard.row_from_bundle(item.case_id, bundle, status="cached")
+    import torch
+
+    from pipeline.export.bundle import write_bundle
+    from pipeline.io import read_volume
+    from pipeline.labels import LabelTable
+    from pipeline.segment import InferenceConfig, segment_case as run_segmentation
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    image = read_volume(item.path)
+    if item.modality:
+        image = image.with_array(image.array, modality=item.modality)
+    members = _members(model_dir, versions["model"])
+    result = run_segmentation(image, members, InferenceConfig(**inference))
+    manifest = {"cache_key": key, "case_id": item.case_id, "versions": versions, "timings_s": result.timings,
+                "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
+                "config": {"inference": inference, "version": versions["config"]}}
+    summary = write_bundle(bundle, image, result.labels, LabelTable.from_json(members[0][1]["labels"]),
+                           uncertainty=result.uncertainty, manifest=manifest)
+    seconds = time.perf_counter() - start
+    return dashboard.case_row(item.case_id, "segmented", seconds, summary.path, summary.stats,
+                              result.structure_uncertainty)
+
+
+@flow(name="segment-batch", validate_parameters=True)
+def segment_batch(source: str, out: str, model: str | None = None, config: dict[str, Any] | None = None,
+                  dask_address: str | None = None, dask_workers: int | None = None) -> State:
+    """Segment every case of a folder (NIfTI/NRRD/MHA files, DICOM series folders) or manifest CSV.
+
+    The cases run in the sub-flow ``segment-cases`` on the task runner chosen here (threads, a
+    local Dask cluster or an existing one), so a deployment picks its runner by parameters.
+
+    Args:
+        source: input folder or manifest CSV (``case_id,image[,label][,modality]``).
+        out: output folder; one review bundle per case lands in ``<out>/<case_id>/``.
+        model: checkpoint or ensemble folder (default: the bundled phantom CT model).
+        config: ``BatchConfig`` fields (validated).
+        dask_address: run the cases on this Dask scheduler.
+        dask_workers: run the cases on a local Dask cluster of this many worker processes.
+
+    Returns:
+        ``Completed`` or ``Failed`` whose message counts the failures; its data is the summary
+        that is also written to ``<out>/batch.json``.
+    """
+    from pipeline.config import validate_config
+
+    settings = validate_config(config or {}, BatchConfig, source="batch config")
+    runner = make_task_runner(dask_address, dask_workers, settings.max_workers)
+    summary = segment_cases.with_options(task_runner=runner)(source, out, model, settings.model_dump())
+    message = dashboard.state_message(summary["counts"])
+    return Failed(message=message, data=summary) if summary["counts"]["failed"] else Completed(message=message,
+                                                                                               data=summary)
+
+
+@flow(name="segment-cases")
+def segment_cases(source: str, out: str, model: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``segment_batch``: discover, submit one ``segment-case`` task per case, collect
+    outcomes as they finish (progress artifact), publish the dashboard; see ``segment_batch``.
+
+    Returns:
+        The summary (``flows.dashboard.publish``); failed cases are rows, not an exception.
+    """
+    settings = BatchConfig(**config)
+    model_dir = str(Path(model).expanduser().resolve()) if model else str(DEFAULT_MODEL)
+    out_dir = Path(out).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = discover_cases(Path(source).expanduser())
+    versions = {"model": model_version(model_dir), "config": config_version(settings.inference)}
+    progress = dashboard.Progress(settings.dashboard_key, len(cases))
+    case_task = segment_case.with_options(
+        retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
+
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    futures = {}
+    for item in cases:
+        try:
+            input_version = item.content_hash()
+        except OSError as err:
+            rows.append(dashboard.failed_row(item.case_id, one_line(err)))
+            progress.advance()
+            continue
+        case_versions = {**versions, "input": input_version}
+        future = case_task.submit(item.to_json(), str(out_dir), model_dir, cache_key(case_versions),
+                                  case_versions, settings.inference, settings.threads)
+        futures[future] = item
+    for future in as_completed(list(futures)):
+        future.wait()
+        outcome = future.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            rows.append(dashboard.failed_row(futures[future].case_id, one_line(outcome)))
+        else:
+            rows.append({**outcome, "status": "cached"} if future.state.name == "Cached" else outcome)
+        progress.advance()
+
+    return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key)
