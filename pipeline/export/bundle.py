@@ -186,5 +186,5 @@ def write_bundle(
         write_manifest(tmp / "manifest.json", record)
     flags = [{"name": row["name"], "value": row["value"], "flag": flag} for row in stats for flag in row["flags"]]
     for flag in flags:
-        logger.warning("%s: %s flagged %s", out_dir.name, flag["name"], flag["flag"])
+        logger.info("%s: %s flagged %s", out_dir.name, flag["name"], flag["flag"])
     return BundleSummary(out_dir, stats, flags, timings, record)

@@ -93,7 +93,7 @@ def write_dicom_seg(
             algorithm_identification=algorithm,
             tracking_uid=deterministic_uid("tracking", reference.series_instance_uid, label.name),
             tracking_id=f"{label.value}:{label.name}"[:64],
-            display_color=hd.color.CIELabColor.from_rgb(*(c / 255.0 for c in label.color)),
+            display_color=hd.color.CIELabColor.from_rgb(*label.color),
         )
         for number, label in enumerate(present, start=1)
     ]

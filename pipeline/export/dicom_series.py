@@ -14,6 +14,7 @@ so exporting the same input twice gives the same UIDs.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,7 @@ from typing import Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from pipeline.errors import InputError
 from pipeline.export.files import array_digest, file_digest
@@ -71,8 +72,9 @@ class SeriesReference:
 
 
 def deterministic_uid(*parts: str) -> str:
-    """A ``2.25.`` UID derived from ``parts`` (same parts, same UID)."""
-    return str(generate_uid(prefix=None, entropy_srcs=["deconvseg", *parts]))
+    """A ``2.25.`` UID derived from ``parts``: same parts, same UID (PS3.5 B.2, a 128-bit integer)."""
+    digest = hashlib.sha256("\x00".join(("deconvseg", *parts)).encode()).hexdigest()
+    return f"2.25.{int(digest[:32], 16)}"
 
 
 def prepare_reference(image: Volume, folder: Path, *, make_series: bool = True) -> SeriesReference | None:
@@ -190,10 +192,11 @@ def series_from_volume(volume: Volume, *, series_description: str = "deconvseg i
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "ANONYMOUS", "", "", ""
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
         ds.StudyDate = ds.StudyTime = ds.ReferringPhysicianName = ds.StudyID = ds.AccessionNumber = ""
         ds.Modality, ds.SeriesNumber, ds.SeriesDescription = modality, 1, series_description
+        ds.Laterality, ds.PatientPosition = "", ""  # type 2C: unknown for a volume from a file
         ds.PositionReferenceIndicator, ds.Manufacturer = "", "deconvseg"
         ds.InstanceNumber = k + 1
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]

@@ -1,0 +1,62 @@
+"""``deconvseg export LABELS --image IMAGE --out DIR``: a review bundle from any label map."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from flows.cli.app import app, one_line_errors
+
+
+@app.command("export")
+@one_line_errors
+def export(
+    labels: Path = typer.Argument(..., help="Label map (NIfTI/NRRD/MHA or DICOM), e.g. an nnU-Net or TotalSegmentator output."),
+    image: Path = typer.Option(..., "--image", help="The image the labels belong to: a file or a DICOM series folder."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (replaced atomically if it exists)."),
+    label_file: Path | None = typer.Option(None, "--labels", help="Label names: labels.json, {value: name}, or a class map."),
+    labels_key: str | None = typer.Option(None, "--labels-key", help="Which map of a class-map JSON, e.g. 'total'."),
+    uncertainty: Path | None = typer.Option(None, "--uncertainty", help="Voxel uncertainty map (0..1) on the image grid."),
+    stats_config: Path | None = typer.Option(None, "--config", help="YAML with QA thresholds (StatsConfig)."),
+    dicom_series: bool = typer.Option(False, "--dicom-series", help="For non-DICOM images: also write a DICOM series, SEG and RTSTRUCT."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+) -> None:
+    """Write labels.nii.gz, seg.dcm/rtstruct.dcm (DICOM images), labels.seg.nrrd, overlays, stats and report.html."""
+    import numpy as np
+
+    from pipeline.config import load_config
+    from pipeline.export.bundle import write_bundle
+    from pipeline.export.label_tables import complete_table, read_label_file
+    from pipeline.export.stats import StatsConfig
+    from pipeline.io import read_volume
+    from pipeline.labels import LabelTable
+
+    image_volume = read_volume(image)
+    label_volume = read_volume(labels, kind="label")
+    config = load_config(stats_config, StatsConfig) if stats_config else StatsConfig()
+    if "expected" not in config.model_fields_set:  # a label file names structures; it does not expect them
+        config = config.model_copy(update={"expected": []})
+    present = np.unique(label_volume.array).tolist()
+    named = read_label_file(label_file, labels_key) if label_file else LabelTable(())
+    keep = set(present) | {label.value for label in named if label.name in set(config.expected or [])}
+    table = complete_table(LabelTable(tuple(label for label in named if label.value in keep)), present)
+    summary = write_bundle(
+        out, image_volume, label_volume, table,
+        uncertainty=read_volume(uncertainty) if uncertainty else None,
+        stats_config=config,
+        dicom_series=dicom_series,
+    )
+    result = {
+        "bundle": str(summary.path),
+        "structures": len([row for row in summary.stats if row["voxels"]]),
+        "flags": summary.flags,
+        "files": sorted(str(p.relative_to(summary.path)) for p in summary.path.rglob("*") if p.is_file()),
+    }
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"wrote {result['bundle']} ({result['structures']} structures, {len(summary.flags)} QA flags)")
+        for flag in summary.flags:
+            typer.echo(f"  {flag['name']}: {flag['flag']}")

@@ -1,0 +1,46 @@
+"""Label tables for label maps brought from elsewhere (nnU-Net, TotalSegmentator, ...).
+
+A label file may be this project's ``labels.json`` (a list of ``{value, name, color, code}``), or
+a plain mapping ``{"1": "spleen", ...}``, or a mapping of such mappings (TotalSegmentator's class
+map, ``{"total": {...}, "total_mr": {...}}``) from which ``key`` picks one. Values the file does
+not name get ``label_<v>`` names and the fixed palette (``pipeline.labels.generic_table``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import InputError
+from pipeline.labels import Label, LabelTable, default_color, generic_table
+
+
+def read_label_file(path: str | Path, key: str | None = None) -> LabelTable:
+    """Read a label table from ``labels.json``, a value->name mapping, or a mapping of mappings.
+
+    Raises:
+        InputError: unreadable JSON, an unknown ``key``, or entries that are not value/name pairs.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(path, f"cannot read label JSON ({err.__class__.__name__})", "check the path and syntax") from err
+    if isinstance(data, list):
+        return LabelTable.from_json(data)
+    if not isinstance(data, dict):
+        raise InputError(path, "label JSON must be a list or a mapping", "see labels.json in a bundle for the format")
+    if data and all(isinstance(v, dict) for v in data.values()):
+        if key not in data:
+            raise InputError(path, f"holds several label maps {sorted(data)}", "choose one with --labels-key")
+        data = data[key]
+    try:
+        return LabelTable(tuple(Label(int(v), str(name), default_color(int(v))) for v, name in data.items()))
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"entries must map label values to names ({err})", "fix the file") from err
+
+
+def complete_table(table: LabelTable, values: list[int]) -> LabelTable:
+    """``table`` plus generic ``label_<v>`` entries for the ``values`` it does not name."""
+    missing = sorted(set(int(v) for v in values) - set(table.values) - {0})
+    return LabelTable(tuple(table.labels) + tuple(generic_table(missing).labels)) if missing else table
