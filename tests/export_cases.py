@@ -63,19 +63,26 @@ def make_case(geometry: str, shape: tuple[int, int, int] = (9, 22, 26), seed: in
 def sample_by_world(array: np.ndarray, index_to_world: np.ndarray, target: Volume, atol: float = 1e-3,
                     outside: float | None = None) -> np.ndarray:
     """Values of ``array`` (indexed in its own order, mapped to LPS by the 4x4 ``index_to_world``)
-    at the voxel centres of ``target``, as a ``target``-shaped array. Fails unless every centre
-    falls on a voxel centre of ``array``; centres outside ``array`` fail too unless ``outside``
-    gives their value (for files that omit empty slices)."""
-    k, j, i = (a.ravel() for a in np.indices(target.shape))
-    world = target.index_to_world(np.stack([i, j, k], axis=1))
-    idx = np.c_[world, np.ones(len(world))] @ np.linalg.inv(index_to_world)[:3].T
-    assert np.abs(idx - np.round(idx)).max() < atol, "voxel centres do not coincide"
-    idx = np.round(idx).astype(int)
-    inside = ((idx >= 0) & (idx < np.asarray(array.shape))).all(axis=1)
+    at the voxel centres of ``target``, as a ``target``-shaped array.
+
+    Fails unless the voxel centres coincide (the index mapping is a signed axis permutation with
+    an integer offset); centres outside ``array`` fail too unless ``outside`` gives their value
+    (for files that omit empty slices).
+    """
+    target_affine = target.affine_lps()[:, [2, 1, 0, 3]]  # from target's (k, j, i) array order
+    mapping = np.linalg.inv(index_to_world) @ target_affine
+    assert np.abs(mapping - np.round(mapping)).max() < atol, "voxel centres do not coincide"
+    mapping = np.round(mapping).astype(int)
+    grids = np.ogrid[tuple(slice(0, n) for n in target.shape)]
+    idx = [mapping[a, 0] * grids[0] + mapping[a, 1] * grids[1] + mapping[a, 2] * grids[2] + mapping[a, 3] for a in range(3)]
+    idx = np.broadcast_arrays(*idx)
+    inside = np.ones(target.shape, dtype=bool)
+    for a in range(3):
+        inside &= (idx[a] >= 0) & (idx[a] < array.shape[a])
     assert outside is not None or inside.all(), "voxel centres fall outside the file"
-    values = np.full(len(idx), outside if outside is not None else 0, dtype=array.dtype)
-    values[inside] = array[idx[inside, 0], idx[inside, 1], idx[inside, 2]]
-    return values.reshape(target.shape)
+    values = np.full(target.shape, outside if outside is not None else 0, dtype=array.dtype)
+    values[inside] = array[idx[0][inside], idx[1][inside], idx[2][inside]]
+    return values
 
 
 def sitk_affine(image) -> np.ndarray:
@@ -100,16 +107,19 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def rasterise_rtstruct(path: Path, target: Volume) -> tuple[dict[str, np.ndarray], dict[str, set[int]]]:
-    """Masks of every ROI on ``target``'s grid (even-odd fill of the contours, placed by their
-    world coordinates) and, per ROI, the slices whose referenced image UID matched the slice."""
+def rasterise_rtstruct(path: Path, target: Volume, names: set[str] | None = None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, set[tuple[int, str]]]]:
+    """Masks of the ROIs (all, or those in ``names``) on ``target``'s grid (even-odd fill of the
+    contours, placed by their world coordinates) and, per ROI, ``(slice, referenced image UID)``."""
     import pydicom
     from skimage.draw import polygon2mask
 
     rt = pydicom.dcmread(path)
-    names = {roi.ROINumber: roi.ROIName for roi in rt.StructureSetROISequence}
+    names_by_number = {roi.ROINumber: roi.ROIName for roi in rt.StructureSetROISequence}
     masks, referenced = {}, {}
     for roi in rt.ROIContourSequence:
+        if names is not None and names_by_number[roi.ReferencedROINumber] not in names:
+            continue
         mask = np.zeros(target.shape, dtype=bool)
         slices = set()
         for contour in roi.ContourSequence:
@@ -121,6 +131,6 @@ def rasterise_rtstruct(path: Path, target: Volume) -> tuple[dict[str, np.ndarray
             assert np.abs(ijk[:, 2] - k).max() < 1e-3, "contour is not on a slice plane"
             mask[k] ^= polygon2mask(target.shape[1:], ijk[:, [1, 0]])
             slices.add((k, str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)))
-        masks[names[roi.ReferencedROINumber]] = mask
-        referenced[names[roi.ReferencedROINumber]] = slices
+        masks[names_by_number[roi.ReferencedROINumber]] = mask
+        referenced[names_by_number[roi.ReferencedROINumber]] = slices
     return masks, referenced

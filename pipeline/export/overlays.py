@@ -69,7 +69,7 @@ def _tile(rgb: np.ndarray, pixel_mm: tuple[float, float], tile_px: int, caption:
 
 def _mosaic(tiles: list[Image.Image]) -> Image.Image:
     width, height = max(t.width for t in tiles), max(t.height for t in tiles)
-    columns = 4 if width <= 1.5 * height else 2  # thin slabs: fewer, wider columns
+    columns = min(len(tiles), 4 if width <= 1.5 * height else 2)  # thin slabs: fewer, wider columns
     rows = -(-len(tiles) // columns)
     sheet = Image.new("RGB", (columns * width, rows * height))
     for n, tile in enumerate(tiles):
