@@ -1,0 +1,107 @@
+"""Forward time of each registered architecture on one patch, fp32 and bf16 autocast + channels_last_3d.
+
+Prints one JSON line per architecture: ``arch``, ``params``, ``arch_kwargs``, ``shape``, ``threads``,
+``fp32_s`` and ``bf16_cl_s`` (median seconds per forward, batch 1, no grad), ``speedup`` (fp32/bf16),
+``ratio_to_unet`` (fp32 time over MONAI UNet's in the same run), and with ``--backward`` the
+median seconds of one bf16 forward+backward (``train_step_s``).
+
+    nice -n 10 .venv/bin/python benchmarks/networks.py --threads 2 --shape 16 160 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from models.registry import build_model
+
+# Small, fast ACDC members (4 classes; slices ~10 mm, in-plane ~1.5 mm; patch 16x160x160).
+ANISO_POOL = [[1, 2, 2], [1, 2, 2], [2, 2, 2]]
+ANISO_KERNEL = [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]]
+SUGGESTED = {
+    "deconvnet3d": dict(in_channels=1, out_channels=4, widths=[16, 32, 64, 128], pool_sizes=ANISO_POOL,
+                        kernel_sizes=ANISO_KERNEL, norm="instance", skip="concat"),
+    "deconvnet3d-none": dict(in_channels=1, out_channels=4, widths=[16, 32, 64, 128], pool_sizes=ANISO_POOL,
+                             kernel_sizes=ANISO_KERNEL, norm="instance", skip="none"),
+    "fcn3d": dict(in_channels=1, out_channels=4, widths=[16, 32, 64, 128], pool_sizes=ANISO_POOL,
+                  kernel_sizes=ANISO_KERNEL, norm="instance", fuse_channels=32),
+    "two_scale": dict(in_channels=1, out_channels=4, context_factor=[1, 3, 3], widths=[16, 32, 64],
+                      context_widths=[8, 16, 32], pool_sizes=ANISO_POOL[:2], kernel_sizes=ANISO_KERNEL[:3]),
+    "unet": dict(in_channels=1, out_channels=4, channels=[16, 32, 64, 128], strides=ANISO_POOL,
+                 num_res_units=1, norm="instance"),
+    "dynunet": dict(in_channels=1, out_channels=4, kernel_size=ANISO_KERNEL, strides=[[1, 1, 1], *ANISO_POOL],
+                    filters=[16, 32, 64, 128], norm_name="instance"),
+}
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (oneDNN primitive creation)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name: str, shape: list[int], repeats: int, backward: bool) -> dict:
+    """Timings of one suggested configuration (see the module docstring)."""
+    kwargs = SUGGESTED[name]
+    arch = name.split("-")[0]
+    torch.manual_seed(0)
+    model = build_model(arch, **kwargs).eval()
+    x = torch.randn(1, 1, *shape)
+    inputs = (x, x) if arch == "two_scale" else (x,)
+
+    def forward(m=model, inp=inputs):
+        with torch.no_grad():
+            m(*inp)
+
+    fp32 = _median_time(forward, repeats)
+    model_cl = model.to(memory_format=torch.channels_last_3d)
+    inputs_cl = tuple(t.to(memory_format=torch.channels_last_3d) for t in inputs)
+
+    def forward_bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            forward(model_cl, inputs_cl)
+
+    bf16 = _median_time(forward_bf16, repeats)
+    row = {"arch": name, "params": sum(p.numel() for p in model.parameters()), "shape": shape,
+           "threads": torch.get_num_threads(), "fp32_s": round(fp32, 3), "bf16_cl_s": round(bf16, 3),
+           "speedup": round(fp32 / bf16, 2), "arch_kwargs": kwargs}
+    if backward:
+        model_cl.train()
+        target = torch.zeros(1, *shape, dtype=torch.long)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model_cl(*inputs_cl).float(), target)
+            loss.backward()
+
+        row["train_step_s"] = round(_median_time(step, max(1, repeats // 2)), 3)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shape", type=int, nargs=3, default=[16, 160, 160], metavar=("Z", "Y", "X"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--arch", nargs="*", default=list(SUGGESTED), choices=list(SUGGESTED))
+    parser.add_argument("--backward", action="store_true", help="also time a bf16 forward+backward step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.arch if "unet" in args.arch else [*args.arch, "unet"]  # the peer for the ratio
+    rows = {name: measure(name, args.shape, args.repeats, args.backward) for name in names}
+    for name in args.arch:
+        rows[name]["ratio_to_unet"] = round(rows[name]["fp32_s"] / rows["unet"]["fp32_s"], 2)
+        print(json.dumps(rows[name]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
