@@ -100,19 +100,24 @@ def normalize(volume: Volume, spec: dict) -> Volume:
     """Apply a spec from ``fit_normalization``; returns a new float32 volume (input untouched)."""
     if volume.kind != "image":
         raise ValueError("only images are normalised, not label maps")
-    x = np.asarray(volume.array, dtype=np.float64)
     scheme = spec.get("scheme")
+    # float32 arithmetic (in place on one new array) unless the input carries more precision.
+    wide = volume.array.dtype.itemsize > 4 or (volume.array.dtype.itemsize == 4 and volume.array.dtype.kind != "f")
+    out = volume.array.astype(np.float64 if wide else np.float32)
     if scheme == "ct":
-        out = (np.clip(x, *spec["clip"]) - spec["mean"]) / max(spec["std"], 1e-8)
+        np.clip(out, *spec["clip"], out=out)
+        out -= spec["mean"]
+        out /= max(spec["std"], 1e-8)
     elif scheme == "mr_zscore":
-        values = x[foreground_mask(x)]
-        out = (x - values.mean()) / max(values.std(), 1e-8 * max(abs(values.mean()), 1.0))
+        values = out[foreground_mask(out)]
+        mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+        out -= mean
+        out /= max(std, 1e-8 * max(abs(mean), 1.0))
     elif scheme == "nyul":
-        marks = _landmarks(x)
-        out = _piecewise_linear(x, marks, np.asarray(spec["landmarks"], dtype=np.float64))
+        out = _piecewise_linear(out.astype(np.float64), _landmarks(out), np.asarray(spec["landmarks"], dtype=np.float64))
     else:
         raise ValueError(f"unknown normalisation scheme {scheme!r} in spec")
-    return volume.with_array(out.astype(np.float32), normalization=scheme)
+    return volume.with_array(out.astype(np.float32, copy=False), normalization=scheme)
 
 
 def _landmarks(array: np.ndarray) -> np.ndarray:

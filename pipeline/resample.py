@@ -2,9 +2,11 @@
 
 Labels are always resampled with nearest neighbour. Images follow nnU-Net's rule (Isensee et
 al., Nature Methods 18, 2021, "nnU-Net"): when the source or the target spacing is anisotropic
-(largest / smallest spacing > 3), resample the in-plane axes with cubic B-splines and the thick
-axis separately with nearest neighbour (``order_thick=0``), so that thick slices are not
-smeared into each other; otherwise cubic in all three axes.
+(largest / smallest spacing > 3), resample the in-plane axes with ``order`` and the thick axis
+separately with nearest neighbour (``order_thick=0``), so that thick slices are not smeared into
+each other; otherwise ``order`` in all three axes. nnU-Net uses cubic (``order=3``); our default
+is linear because SimpleITK's cubic B-spline took 19.9 s against 1.0 s for linear to bring a
+512x512x250 CT to 1.5 mm on this 2-core machine (2026-11-25); pass ``order=3`` to match nnU-Net.
 
 The grid at a new spacing keeps the physical extent of the input: with ``n`` voxels of size
 ``s`` becoming ``m = round(n * s / s')`` voxels of size ``s'``, the first voxel's outer edge
@@ -47,7 +49,7 @@ def resample_to_spacing(
     volume: Volume,
     spacing: tuple[float, float, float],
     *,
-    order: int = 3,
+    order: int = 1,
     order_thick: int = 0,
     threads: int | None = None,
 ) -> Volume:
