@@ -1,0 +1,93 @@
+"""Resumable training state without pickle: safetensors for tensors, JSON for everything else.
+
+A state folder holds ``model.safetensors`` (current weights), ``optimizer.safetensors`` (every
+tensor of the optimizer's state, keyed ``"<param index>.<name>"``), and ``state.json`` (step,
+optimizer hyper-parameters, the sampler's numpy generator state, history, ...). The torch RNG
+state travels in ``optimizer.safetensors`` under ``"torch_rng"``.
+
+Folders are written atomically: into a temporary sibling, then swapped in with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+STATE_JSON = "state.json"
+
+
+@contextlib.contextmanager
+def atomic_folder(final: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``final``; on success it replaces ``final``.
+
+    On an exception the temporary folder is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_train_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Write model weights, optimizer state, torch RNG state and ``state`` (JSON-able) atomically."""
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {"torch_rng": torch.get_rng_state()}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in opt["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    payload = {**state, "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}}
+    with atomic_folder(folder) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / STATE_JSON).write_text(json.dumps(payload))
+
+
+def load_train_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore what ``save_train_state`` wrote into ``model`` and ``optimizer``; return ``state``.
+
+    The torch RNG state is restored as well, so a resumed run draws the same numbers.
+    """
+    folder = Path(folder)
+    payload = json.loads((folder / STATE_JSON).read_text())
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("torch_rng"))
+    opt_json = payload.pop("optimizer")
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, entry in opt_json["scalars"].items():
+        state.setdefault(int(index), {}).update(entry)
+    optimizer.load_state_dict({"state": state, "param_groups": opt_json["param_groups"]})
+    return payload
+
+
+def has_train_state(folder: str | Path) -> bool:
+    """True when ``folder`` holds a complete training state."""
+    return (Path(folder) / STATE_JSON).is_file()

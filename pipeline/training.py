@@ -1,0 +1,290 @@
+"""Patch-based training of one network, and of an ensemble of them, with resume and selection.
+
+One member: AdamW on Dice + CE (``pipeline.losses``), linear warm-up then poly decay, batches from
+``PatchSampler`` (foreground oversampling, augmentation), optional bfloat16 autocast on CPU.
+Every ``val_every`` steps the network segments the validation cases (Gaussian sliding window on
+the working grid) and the best mean foreground Dice so far is written as a checkpoint
+(``models.registry.save_checkpoint``). Every ``checkpoint_every`` steps the full training state
+(weights, optimizer, RNG states, step, elapsed seconds) goes to ``<member>/.resume`` so that an
+interrupted run continues from the saved step; it is removed when the member finishes.
+
+The library never prints: progress goes to an optional ``callback(TrainEvent)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from models.registry import ENSEMBLE, META, build_model, save_checkpoint
+from pipeline.augment import AugmentConfig, RandomAugment
+from pipeline.checkpointing import has_train_state, load_train_state, save_train_state
+from pipeline.config import Settings
+from pipeline.errors import ConfigError
+from pipeline.inference import prepare_predictor, sliding_window
+from pipeline.metrics import dice
+from pipeline.losses import dice_ce_loss, lr_factor
+from pipeline.patches import PatchSampler
+from pipeline.training_data import DataConfig, Prepared, TrainingData
+
+log = logging.getLogger(__name__)
+RESUME = ".resume"
+
+
+class MemberConfig(Settings):
+    """One ensemble member; unset fields take the run's values."""
+
+    name: str
+    arch: str = "deconvnet3d"
+    arch_kwargs: dict[str, Any] = {}
+    seed: int = 0
+    steps: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    patch_size: tuple[int, int, int] | None = None
+    context_factor: tuple[int, int, int] | None = None  # two-scale networks only
+
+
+class TrainConfig(Settings):
+    """A training run: data, optimisation, validation, and the members to train."""
+
+    name: str = "model"
+    out: Path = Path("out/model")
+    data: DataConfig = DataConfig()
+    patch_size: tuple[int, int, int] = (16, 64, 64)  # (z, y, x) on the working grid
+    batch_size: int = 2
+    steps: int = 500
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    fg_fraction: float = 0.4
+    augment: AugmentConfig = AugmentConfig()
+    val_every: int = 100
+    val_overlap: float = 0.25
+    checkpoint_every: int = 50
+    threads: int = 2
+    bf16: bool = False
+    fusion: Literal["mean"] = "mean"
+    members: list[MemberConfig] = [MemberConfig(name="deconvnet3d")]
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """Progress of one member: sent after every step and after every validation."""
+
+    member: str
+    step: int
+    total: int
+    loss: float
+    val_dice: float | None = None  # latest mean validation Dice
+    best_dice: float | None = None
+    validated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Callback = Callable[[TrainEvent], None]
+
+
+def member_settings(config: TrainConfig, member: MemberConfig) -> dict[str, Any]:
+    """The effective steps, lr, batch size and patch size of ``member``."""
+    return {
+        "steps": member.steps or config.steps,
+        "lr": member.lr or config.lr,
+        "batch_size": member.batch_size or config.batch_size,
+        "patch_size": tuple(member.patch_size or config.patch_size),
+    }
+
+
+def is_trained(folder: Path) -> bool:
+    """True when ``folder`` holds a finished member (``model.json`` and no resume state)."""
+    return (folder / META).is_file() and not has_train_state(folder / RESUME)
+
+
+def validate(model: torch.nn.Module, cases: list[Prepared], n_classes: int, patch_size, context_factor, config: TrainConfig) -> dict[str, list[float]]:
+    """Per-case Dice of every foreground class on the working grid (``pipeline.metrics.dice``)."""
+    model.eval()
+    predictor = prepare_predictor(model, bf16=config.bf16)
+    dices: list[list[float]] = []
+    for case in cases:
+        logits = sliding_window(case.image, predictor, patch_size, overlap=config.val_overlap, context_factor=context_factor)
+        pred = logits.argmax(0).numpy()
+        dices.append([dice(pred == c, case.label == c) for c in range(1, n_classes)])
+    model.train()
+    return {"per_case": dices}
+
+
+def _class_means(per_case: list[list[float]], names: list[str]) -> dict[str, float]:
+    arr = np.asarray(per_case, dtype=float)
+    return {name: float(np.mean(arr[:, i])) for i, name in enumerate(names)}
+
+
+def train_member(
+    config: TrainConfig, member: MemberConfig, data: TrainingData, folder: Path, callback: Callback | None = None
+) -> dict[str, Any]:
+    """Train one member into ``folder`` (resuming from ``folder/.resume`` when present).
+
+    Returns:
+        The ``model.json`` metadata written with the best checkpoint.
+    """
+    torch.set_num_threads(config.threads)
+    settings = member_settings(config, member)
+    steps, patch = settings["steps"], settings["patch_size"]
+    names = data.labels.names
+    n_classes = len(names) + 1
+    kwargs = {"in_channels": 1, "out_channels": n_classes, **member.arch_kwargs}
+    if member.context_factor is not None:
+        kwargs.setdefault("context_factor", list(member.context_factor))
+    torch.manual_seed(member.seed)
+    model = build_model(member.arch, **kwargs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=config.weight_decay)
+    rng = np.random.default_rng(member.seed)
+    sampler = PatchSampler(
+        [c.image for c in data.train], [c.label for c in data.train], patch, config.fg_fraction,
+        RandomAugment(config.augment), member.context_factor,
+    )
+    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
+    resume_dir = folder / RESUME
+    if has_train_state(resume_dir):
+        state = load_train_state(resume_dir, model, optimizer)
+        rng.bit_generator.state = state.pop("rng")
+        log.info("%s: resuming at step %d", member.name, state["step"])
+    params = sum(p.numel() for p in model.parameters())
+    meta_base = {
+        "arch": member.arch, "arch_kwargs": model.arch_kwargs, "in_channels": 1, "out_channels": n_classes,
+        "labels": data.labels.to_json(), "spacing": list(data.spacing), "patch_size": list(patch),
+        "normalization": data.normalization,
+    }
+    if member.context_factor is not None:
+        meta_base["context_factor"] = list(member.context_factor)
+
+    model.train()
+    started = time.perf_counter() - state["elapsed_s"]
+    warmup = min(config.warmup_steps, steps // 10)
+    loss_value = float("nan")
+    for step in range(state["step"], steps):
+        for group in optimizer.param_groups:
+            group["lr"] = settings["lr"] * lr_factor(step, steps, warmup)
+        batch = sampler.batch(rng, settings["batch_size"])
+        inputs = [torch.from_numpy(batch.image)]
+        if batch.context is not None:
+            inputs.append(torch.from_numpy(batch.context))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            logits = model(*inputs)
+        loss = dice_ce_loss(logits, torch.from_numpy(batch.label))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_value = float(loss.detach())
+        done = step + 1
+        if callback:
+            callback(TrainEvent(member.name, done, steps, loss_value, best_dice=state["best"] if state["best"] >= 0 else None))
+        if done % config.val_every == 0 or done == steps:
+            scores = validate(model, data.val, n_classes, patch, member.context_factor, config)
+            per_class = _class_means(scores["per_case"], names)
+            mean = float(np.mean(list(per_class.values())))
+            state["history"].append({"step": done, "loss": loss_value, "val_dice": per_class, "mean_dice": mean})
+            if mean > state["best"]:
+                state["best"] = mean
+                seconds = time.perf_counter() - started
+                meta = {
+                    **meta_base,
+                    "metrics": {"val_dice": per_class, "mean_dice": mean, "val_cases": len(data.val)},
+                    "training": {
+                        **data.description, "member": member.name, "seed": member.seed, "step": done,
+                        "steps": steps, "batch_size": settings["batch_size"], "lr": settings["lr"],
+                        "bf16": config.bf16, "threads": config.threads, "params": params,
+                        "seconds_at_checkpoint": round(seconds, 1),
+                    },
+                }
+                _write_checkpoint(folder, model, meta)
+            if callback:
+                callback(TrainEvent(member.name, done, steps, loss_value, mean, state["best"], validated=True))
+        if done % config.checkpoint_every == 0 and done < steps:
+            state.update(step=done, elapsed_s=time.perf_counter() - started)
+            save_train_state(resume_dir, model, optimizer, {**state, "rng": rng.bit_generator.state})
+    return _finish(folder, resume_dir, time.perf_counter() - started, state)
+
+
+def _write_checkpoint(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Replace the checkpoint files in ``folder`` (weights first, then ``model.json``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder, model, meta)
+
+
+def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any]) -> dict[str, Any]:
+    """Record the total training time and history in ``model.json`` and drop the resume state."""
+    meta = json.loads((folder / META).read_text())
+    meta["training"]["seconds"] = round(seconds, 1)
+    meta["training"]["history"] = state["history"]
+    _write_json(folder / META, meta)
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    return meta
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (temp file beside it, then ``os.replace``)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def ensure_member(config: TrainConfig, member: MemberConfig, data: TrainingData, callback: Callback | None = None) -> dict[str, Any]:
+    """The ``model.json`` of ``config.out/<member>``: read when finished, else trained (or resumed)."""
+    folder = Path(config.out) / member.name
+    if is_trained(folder):
+        return json.loads((folder / META).read_text())
+    return train_member(config, member, data, folder, callback)
+
+
+def train_ensemble(
+    config: TrainConfig, data: TrainingData, callback: Callback | None = None, only: list[str] | None = None
+) -> dict[str, Any]:
+    """Train every member of ``config`` into ``config.out/<member>`` and write ``ensemble.json``.
+
+    Members already finished are kept (an interrupted ensemble run continues where it stopped).
+    With ``only``, just those members are trained (e.g. one per process); ``ensemble.json`` is
+    written once every member of the config is finished.
+
+    Returns:
+        The ``ensemble.json`` content (fusion rule, members, their metrics and seconds), or
+        ``{"members_pending": [...]}`` while some members are still untrained.
+
+    Raises:
+        ConfigError: when ``only`` names a member the config does not have.
+    """
+    torch.set_num_threads(config.threads)
+    names = [m.name for m in config.members]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ConfigError(f"members {unknown} are not in the config; choose from {names}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for member in config.members:
+        if only is None or member.name in only:
+            ensure_member(config, member, data, callback)
+    pending = [name for name in names if not is_trained(out / name)]
+    if pending:
+        return {"members_pending": pending}
+    members = {}
+    for member in config.members:
+        meta = json.loads((out / member.name / META).read_text())
+        members[member.name] = {"arch": meta["arch"], "metrics": meta["metrics"], "seconds": meta["training"]["seconds"]}
+    ensemble = {
+        "name": config.name,
+        "fusion": config.fusion,
+        "weights": [1.0] * len(members),
+        "members": members,
+        "train_seconds": round(sum(m["seconds"] for m in members.values()), 1),
+    }
+    _write_json(out / ENSEMBLE, ensemble)
+    return ensemble

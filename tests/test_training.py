@@ -1,0 +1,122 @@
+"""Loss, schedule, resumable state, and short real training runs on tiny phantoms."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.registry import build_model, load_checkpoint
+from pipeline.checkpointing import load_train_state, save_train_state
+from pipeline.losses import dice_ce_loss, lr_factor
+from pipeline.training import RESUME, MemberConfig, TrainConfig, train_ensemble, train_member
+from pipeline.training_data import DataConfig, PhantomData, load_training_data
+
+TINY_NET = {"widths": [4, 8, 16]}
+
+
+def tiny_config(out, steps=12, **kw) -> TrainConfig:
+    data = DataConfig(
+        phantom=PhantomData(n_train=2, n_val=1, shape=(16, 32, 32), spacing=(8.0, 8.0, 12.0)),
+        spacing=(8.0, 8.0, 12.0),
+    )
+    base = dict(
+        out=out, data=data, patch_size=(8, 16, 16), batch_size=2, steps=steps, lr=3e-3, warmup_steps=2,
+        val_every=steps, checkpoint_every=4, threads=1,
+        members=[MemberConfig(name="m", arch="deconvnet3d", arch_kwargs=TINY_NET, seed=5)],
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return load_training_data(tiny_config("unused").data)
+
+
+def test_dice_ce_loss_is_small_for_confident_correct_logits_and_large_otherwise():
+    target = torch.zeros((1, 4, 4, 4), dtype=torch.long)
+    target[0, 1:3, 1:3, 1:3] = 1
+    good = torch.nn.functional.one_hot(target, 2).movedim(-1, 1).float() * 20 - 10
+    assert float(dice_ce_loss(good, target)) < 1e-3
+    assert float(dice_ce_loss(-good, target)) > 1.5
+
+
+def test_lr_factor_warms_up_then_decays_to_near_zero():
+    factors = [lr_factor(s, 100, warmup=10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[-1] < 0.05
+
+
+def test_train_state_round_trip_restores_optimizer_and_rng(tmp_path):
+    model = build_model("deconvnet3d", in_channels=1, out_channels=2, **TINY_NET)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(1, 1, 4, 8, 8)
+    model(x).sum().backward()
+    opt.step()
+    save_train_state(tmp_path / "state", model, opt, {"step": 7, "rng": np.random.default_rng(1).bit_generator.state})
+    expected_draw = torch.rand(3)
+    model2 = build_model("deconvnet3d", in_channels=1, out_channels=2, **TINY_NET)
+    opt2 = torch.optim.AdamW(model2.parameters(), lr=5.0)
+    state = load_train_state(tmp_path / "state", model2, opt2)
+    assert state["step"] == 7 and opt2.param_groups[0]["lr"] == 1e-3
+    torch.testing.assert_close(torch.rand(3), expected_draw)
+    for p1, p2 in zip(model.parameters(), model2.parameters()):
+        torch.testing.assert_close(opt.state[p1]["exp_avg"], opt2.state[p2]["exp_avg"])
+        torch.testing.assert_close(opt.state[p1]["step"], opt2.state[p2]["step"])
+    assert not list((tmp_path / "state").glob("*.pt"))
+
+
+def test_a_few_steps_lower_the_loss(tiny_data, tmp_path):
+    config = tiny_config(tmp_path / "run", steps=30)
+    losses = []
+    meta = train_member(config, config.members[0], tiny_data, tmp_path / "run" / "m", callback=lambda e: None if e.validated else losses.append(e.loss))
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
+    assert set(meta["metrics"]["val_dice"]) == {"liver", "spleen", "right_kidney", "left_kidney"}
+    model, saved = load_checkpoint(tmp_path / "run" / "m")
+    assert saved["normalization"]["scheme"] == "ct" and saved["spacing"] == [8.0, 8.0, 12.0]
+    assert saved["training"]["seconds"] > 0 and not (tmp_path / "run" / "m" / RESUME).exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    full = tiny_config(tmp_path / "full", steps=10, checkpoint_every=4)
+    reference: list[float] = []
+    train_member(full, full.members[0], tiny_data, tmp_path / "full" / "m", callback=lambda e: None if e.validated else reference.append(e.loss))
+
+    cut = tiny_config(tmp_path / "cut", steps=10, checkpoint_every=4)
+    folder = tmp_path / "cut" / "m"
+
+    def stop_at_6(event):
+        if event.step == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_member(cut, cut.members[0], tiny_data, folder, callback=stop_at_6)
+    assert json.loads((folder / RESUME / "state.json").read_text())["step"] == 4
+    resumed: list[int] = []
+    losses: list[float] = []
+    train_member(cut, cut.members[0], tiny_data, folder, callback=lambda e: None if e.validated else (resumed.append(e.step), losses.append(e.loss)))
+    assert resumed[0] == 5 and resumed[-1] == 10
+    np.testing.assert_allclose(losses, reference[4:], rtol=1e-4)
+
+
+def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp_path):
+    members = [
+        MemberConfig(name="a", arch_kwargs=TINY_NET, seed=1),
+        MemberConfig(name="b", arch="fcn3d", arch_kwargs=TINY_NET, seed=2, steps=4),
+    ]
+    config = tiny_config(tmp_path / "ens", steps=4, members=members)
+    pending = train_ensemble(config, tiny_data, only=["a"])
+    assert pending == {"members_pending": ["b"]}
+    summary = train_ensemble(config, tiny_data)
+    written = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert written == summary and list(written["members"]) == ["a", "b"] and written["fusion"] == "mean"
+    assert math.isclose(written["train_seconds"], sum(m["seconds"] for m in written["members"].values()), abs_tol=0.2)
