@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from pipeline.errors import InputError
 from pipeline.io import read_volume, write_volume
@@ -145,3 +146,8 @@ def test_writes_that_fail_leave_nothing_behind(tmp_path):
     with pytest.raises(OSError):
         write_volume(volume, tmp_path / "taken.nii.gz")
     assert _listing(tmp_path) == ["taken.nii.gz"]
+
+
+def test_2d_image_is_refused(tmp_path):
+    sitk.WriteImage(sitk.Image(8, 9, sitk.sitkInt16), str(tmp_path / "slice.mha"))
+    refused(tmp_path / "slice.mha", r"2D image of size \[8, 9\]; pass a 3D volume")
