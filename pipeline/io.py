@@ -115,6 +115,9 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
+        if suffix_of(path) in (".nii", ".nii.gz") and _is_sheared_nifti(path):
+            raise InputError(path, "NIfTI affine is sheared (axes not orthogonal), which ITK cannot represent",
+                             "resample it to an orthogonal grid first (e.g. nibabel.processing.resample_from_to)") from err
         raise InputError(
             path, "not a readable NIfTI/NRRD/MHA image (wrong format, bad header or truncated)",
             "re-export the file as .nii.gz, .nrrd or .mha",
@@ -156,6 +159,16 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
     if components > 1:
         image = sitk.VectorIndexSelectionCast(image, channel)
     return from_sitk(image, kind=kind, source=str(path), modality=None)
+
+
+def _is_sheared_nifti(path: Path) -> bool:
+    """True when nibabel reads the header and its affine's axes are not orthogonal."""
+    try:
+        axes = nib.load(path).affine[:3, :3]
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, ValueError, EOFError):
+        return False
+    unit = axes / np.linalg.norm(axes, axis=0)
+    return not np.allclose(unit.T @ unit, np.eye(3), atol=1e-3)
 
 
 def _check_nifti_complete(path: Path) -> nib.arrayproxy.ArrayProxy:

@@ -151,3 +151,12 @@ def test_writes_that_fail_leave_nothing_behind(tmp_path):
 def test_2d_image_is_refused(tmp_path):
     sitk.WriteImage(sitk.Image(8, 9, sitk.sitkInt16), str(tmp_path / "slice.mha"))
     refused(tmp_path / "slice.mha", r"2D image of size \[8, 9\]; pass a 3D volume")
+
+
+def test_sheared_nifti_is_refused_with_the_reason(tmp_path):
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine[0, 1] = 0.3
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), None)
+    image.set_sform(affine, code=2)
+    nib.save(image, tmp_path / "sheared.nii.gz")
+    refused(tmp_path / "sheared.nii.gz", r"NIfTI affine is sheared \(axes not orthogonal\)")
