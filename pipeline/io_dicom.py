@@ -150,12 +150,13 @@ def _sort_and_check(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     step = float(np.median(steps))
     worst = int(np.argmax(np.abs(steps - step)))
     if step <= 0 or abs(steps[worst] - step) > SPACING_TOLERANCE_MM + 0.01 * step:
+        pair = f"{slices[worst].path.name}, {slices[worst + 1].path.name}"
         if steps[worst] < SPACING_TOLERANCE_MM:
-            problem = f"two slices at the same position ({slices[worst].path.name}, {slices[worst + 1].path.name})"
-        else:
-            problem = (f"gap or non-uniform slice spacing: {steps[worst]:.2f} mm between slices {worst} and "
-                       f"{worst + 1} ({slices[worst].path.name}, {slices[worst + 1].path.name}), expected {step:.2f} mm")
-        raise InputError(folder, problem, "re-export the complete series or pass a series without missing slices")
+            raise InputError(folder, f"two slices at the same position ({pair})",
+                             "the series holds several volumes (phases or echoes): export each as its own series")
+        raise InputError(folder, f"gap or non-uniform slice spacing: {steps[worst]:.2f} mm between slices {worst} and "
+                                 f"{worst + 1} ({pair}), expected {step:.2f} mm",
+                         "re-export the complete series or pass a series without missing slices")
     off_line = positions - positions[0] - np.outer(distance - distance[0], normal)
     if np.abs(off_line).max() > SPACING_TOLERANCE_MM + 0.01 * step:
         raise InputError(folder, "slice positions leave the slice normal (gantry tilt or sheared series)",
