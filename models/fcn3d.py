@@ -3,7 +3,8 @@
 Long, Shelhamer & Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015.
 Each level's features are scored by a 1x1x1 convolution; from the coarsest level up, the running
 score map is upsampled by a learned transposed convolution (kernel = stride = the pool size),
-cropped to the finer level's shape (FCN's "crop" layer) and added to that level's score:
+cropped to the finer level's shape (FCN's "crop" layer; the upsampling starts as nearest-neighbour
+copying, where FCN starts from bilinear interpolation, and is learned from there) and added to that level's score:
 
     S_L = score_L(f_L),   S_l = score_l(f_l) + crop(up_l(S_{l+1})),   logits = S_0.
 
@@ -67,6 +68,10 @@ class FCN3d(nn.Module):
         )
         self.score = nn.ModuleList(nn.Conv3d(w, fuse, kernel_size=1) for w in widths)
         self.up = nn.ModuleList(nn.ConvTranspose3d(fuse, fuse, p, stride=p, bias=False) for p in self.pool_sizes)
+        for up in self.up:  # start as nearest-neighbour upsampling, as FCN starts from bilinear
+            with torch.no_grad():
+                up.weight.zero_()
+                up.weight[torch.arange(fuse), torch.arange(fuse)] = 1.0
         self.head = nn.Identity() if fuse_channels is None else nn.Conv3d(fuse, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ Input contract (``pipeline.patches.context_crop`` builds it):
     ``local``   ``(N, C, D, H, W)`` at the working resolution.
     ``context`` the same shape; it covers the full-resolution box of size ``f * (D, H, W)``
                 (``f = context_factor``, per axis) around the same centre, average-pooled by ``f``.
-                The local patch starts at offset ``((f - 1) * S) // 2`` of that box on each axis.
+                Both crops are centred on voxel ``c`` as ``crop_patch`` does (start ``c - size // 2``),
+                so the local patch starts at offset ``(f * S) // 2 - S // 2`` of that box on each axis.
 
 The context features are upsampled by ``f`` (trilinear, which maps a pooled voxel's centre back to
 the centre of its ``f`` voxels), the part over the local patch is cropped, concatenated with the local
@@ -98,12 +99,13 @@ class TwoScaleNet(nn.Module):
 def upsample_center(coarse: torch.Tensor, factor: Sequence[int], size: Sequence[int]) -> torch.Tensor:
     """The central ``size`` window of ``coarse`` trilinearly upsampled by ``factor``.
 
-    Equal to upsampling the whole map and cropping at ``((f - 1) * size) // 2``, but only the
+    Equal to upsampling the whole map and cropping at ``(f * size) // 2 - size // 2`` (where
+    ``pipeline.patches.context_crop`` puts the local patch), but only the
     coarse voxels under the window (plus one on each side for the interpolation) are upsampled.
     """
     lo, hi, start = [], [], []
     for f, s, n in zip(factor, size, coarse.shape[-3:]):
-        offset = ((f - 1) * s) // 2
+        offset = (f * s) // 2 - s // 2
         a = max(offset // f - 1, 0)
         b = min(-(-(offset + s) // f) + 1, n)
         lo.append(a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,8 +88,23 @@ def test_upsample_center_matches_full_upsampling_then_crop() -> None:
     for factor, size in [((1, 3, 3), ODD), ((2, 2, 2), (5, 6, 7)), ((3, 1, 2), (5, 4, 9))]:
         coarse = torch.randn(1, 2, *size, generator=gen)
         full = F.interpolate(coarse, scale_factor=tuple(map(float, factor)), mode="trilinear", align_corners=False)
-        expected = crop_center(full, size, [((f - 1) * s) // 2 for f, s in zip(factor, size)])
+        expected = crop_center(full, size, [(f * s) // 2 - s // 2 for f, s in zip(factor, size)])
         torch.testing.assert_close(upsample_center(coarse, factor, size), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_upsample_center_inverts_context_crop_on_a_linear_image() -> None:
+    # Trilinear interpolation reproduces a linear image exactly, so upsampling the pooled context and
+    # cropping must give back the local patch voxel for voxel -- only if both agree on the geometry.
+    from pipeline.patches import context_crop, crop_patch
+
+    z, y, x = np.meshgrid(np.arange(30.0), np.arange(40.0), np.arange(50.0), indexing="ij")
+    image = (0.5 * z + 2.0 * y - 1.5 * x).astype(np.float32)
+    for size, factor in [((5, 7, 6), (1, 3, 3)), ((3, 5, 4), (2, 2, 3)), ((4, 6, 5), (3, 1, 2))]:
+        center = (15, 20, 25)
+        local = crop_patch(image, center, size)
+        context = torch.from_numpy(context_crop(image, center, size, factor))[None, None]
+        up = upsample_center(context, factor, size)[0, 0].numpy()
+        np.testing.assert_allclose(up, local, atol=1e-3)
 
 
 def test_two_scale_uses_the_context_and_checks_its_shape() -> None:
@@ -136,3 +152,12 @@ def test_bf16_autocast_and_channels_last_agree_with_fp32() -> None:
             out_bf = net(x)
     torch.testing.assert_close(out_cl, ref, atol=1e-4, rtol=1e-4)
     assert (out_bf.float().argmax(1) == ref.argmax(1)).float().mean() > 0.9
+
+
+def test_fcn_upsampling_starts_as_nearest_neighbour() -> None:
+    net = FCN3d(1, 3, widths=(4, 8), pool_sizes=[(1, 2, 2)])
+    scores = torch.arange(6.0).reshape(1, 3, 1, 1, 2)
+    with torch.no_grad():
+        up = net.up[0](scores)
+    expected = scores.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
+    assert torch.equal(up, expected)
