@@ -55,3 +55,23 @@ def test_slice_contours_keep_holes_for_even_odd_fill():
     for contour in contours:
         filled ^= polygon2mask(mask.shape, contour)
     np.testing.assert_array_equal(filled, mask)
+
+
+def test_long_contour_is_simplified_to_fit_a_ds_element(tmp_path, caplog):
+    from pipeline.labels import Label, LabelTable
+    from pipeline.volume import Volume
+
+    rows = np.arange(500)[:, None]
+    cols = np.arange(512)[None, :]
+    jagged = (cols > 20 + (rows * 7) % 13) & (cols < 480 - (rows * 5) % 11)  # two saw-tooth edges
+    labels = Volume(np.pad(jagged, ((6, 6), (0, 0)))[None].astype(np.uint8), (0.7, 0.7, 2.0), (-180.0, -200.0, 10.0),
+                    kind="label")
+    image = labels.with_array(labels.array.astype(np.int16), kind="image", modality="CT")
+    reference = prepare_reference(image, tmp_path / "dicom")
+    path = write_rtstruct(tmp_path / "rtstruct.dcm", labels, LabelTable((Label(1, "saw", (9, 9, 9)),)), reference)
+    contour = pydicom.dcmread(path).ROIContourSequence[0].ContourSequence[0]
+    assert contour["ContourData"].VR == "DS"
+    assert len(contour.ContourData) == 3 * contour.NumberOfContourPoints
+    masks, _ = rasterise_rtstruct(path, image)
+    assert dice(masks["saw"], labels.array == 1) > 0.98
+    assert "simplified" in caplog.text  # the unsimplified contour would not have fitted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,17 @@ def test_phantom_volumes_match_analytic_within_one_percent():
     rows = {row["name"]: row for row in compute_stats(image, labels, PHANTOM_LABELS)}
     for name, expected in labels.metadata["analytic_volumes_ml"].items():
         assert rows[name]["volume_ml"] == pytest.approx(expected, rel=0.01), name
+        assert rows[name]["flags"] == [], name
+
+
+def test_adult_ranges_config_flags_the_small_phantom_liver():
+    from pipeline.config import load_config
+    from pipeline.phantoms import PHANTOM_LABELS, make_phantom
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "export-adult.yaml", StatsConfig)
+    image, labels = make_phantom("CT", shape=(24, 48, 48), spacing=(2.0, 2.0, 3.0), seed=0)
+    rows = {row["name"]: row for row in compute_stats(image, labels, PHANTOM_LABELS, config=config)}
+    assert rows["liver"]["volume_ml"] < 500 and rows["liver"]["flags"] == ["implausible_volume"]
 
 
 def test_sphere_volume_with_anisotropic_oblique_spacing():
@@ -61,6 +73,11 @@ def test_flags_border_missing_implausible_and_uncertain(rng):
     assert rows["liver"]["std_intensity"] == pytest.approx(image.array[mask].std(), abs=1e-3)
     quiet = {r["name"]: r for r in compute_stats(image, labels, TABLE, config=StatsConfig(expected=[]))}
     assert quiet["absent"]["flags"] == []
+    # a structure cut by the field of view is not called too small, but too large still counts
+    cut = StatsConfig(plausible_volume_ml={"box": (1000.0, 2000.0)})
+    assert {r["name"]: r for r in compute_stats(image, labels, TABLE, config=cut)}["box"]["flags"] == []
+    big = StatsConfig(plausible_volume_ml={"box": (0.0, 0.01)})
+    assert {r["name"]: r for r in compute_stats(image, labels, TABLE, config=big)}["box"]["flags"] == ["implausible_volume"]
 
 
 def test_stats_files(tmp_path):

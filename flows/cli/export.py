@@ -28,7 +28,7 @@ def export(
 
     from pipeline.config import load_config
     from pipeline.export.bundle import write_bundle
-    from pipeline.export.label_tables import complete_table, read_label_file
+    from pipeline.export.label_tables import complete_table, read_label_file, with_codes
     from pipeline.export.stats import StatsConfig
     from pipeline.io import read_volume
     from pipeline.labels import LabelTable
@@ -41,7 +41,7 @@ def export(
     present = np.unique(label_volume.array).tolist()
     named = read_label_file(label_file, labels_key) if label_file else LabelTable(())
     keep = set(present) | {label.value for label in named if label.name in set(config.expected or [])}
-    table = complete_table(LabelTable(tuple(label for label in named if label.value in keep)), present)
+    table = with_codes(complete_table(LabelTable(tuple(label for label in named if label.value in keep)), present))
     summary = write_bundle(
         out, image_volume, label_volume, table,
         uncertainty=read_volume(uncertainty) if uncertainty else None,

@@ -4,6 +4,9 @@ A label file may be this project's ``labels.json`` (a list of ``{value, name, co
 a plain mapping ``{"1": "spleen", ...}``, or a mapping of such mappings (TotalSegmentator's class
 map, ``{"total": {...}, "total_mr": {...}}``) from which ``key`` picks one. Values the file does
 not name get ``label_<v>`` names and the fixed palette (``pipeline.labels.generic_table``).
+Structure names that match a SNOMED CT concept of pydicom's DICOM code dictionary (``spleen``,
+``subclavian_artery_left`` -> "Left Subclavian Artery", ``vertebrae_T12`` -> "T12 vertebra") get
+that code, so DICOM-SEG and labels.json carry it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dataclasses import replace
+
+from pydicom.sr.codedict import codes
+
 from pipeline.errors import InputError
-from pipeline.labels import Label, LabelTable, default_color, generic_table
+from pipeline.labels import Code, Label, LabelTable, default_color, generic_table
 
 
 def read_label_file(path: str | Path, key: str | None = None) -> LabelTable:
@@ -44,3 +51,25 @@ def complete_table(table: LabelTable, values: list[int]) -> LabelTable:
     """``table`` plus generic ``label_<v>`` entries for the ``values`` it does not name."""
     missing = sorted(set(int(v) for v in values) - set(table.values) - {0})
     return LabelTable(tuple(table.labels) + tuple(generic_table(missing).labels)) if missing else table
+
+
+def snomed_code(name: str) -> Code | None:
+    """The SNOMED CT code of a structure name from pydicom's code dictionary, or ``None``."""
+    parts = [p for p in name.lower().split("_") if p]
+    candidates = ["".join(p.capitalize() for p in parts)]
+    if len(parts) > 1 and parts[-1] in ("left", "right"):
+        candidates.append(parts[-1].capitalize() + "".join(p.capitalize() for p in parts[:-1]))
+    if len(parts) == 2 and parts[0] in ("vertebra", "vertebrae"):
+        candidates.append(f"{parts[1].upper()}Vertebra")
+    for candidate in candidates:
+        try:
+            concept = getattr(codes.SCT, candidate)
+        except AttributeError:
+            continue
+        return Code(concept.value, concept.meaning, concept.scheme_designator)
+    return None
+
+
+def with_codes(table: LabelTable) -> LabelTable:
+    """``table`` with SNOMED CT codes filled in where a label has none and its name matches one."""
+    return LabelTable(tuple(label if label.code else replace(label, code=snomed_code(label.name)) for label in table))

@@ -11,10 +11,13 @@ come from in other tools.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
 from skimage.measure import approximate_polygon, find_contours
@@ -26,6 +29,8 @@ from pipeline.export.files import array_digest, atomic_file
 from pipeline.labels import LabelTable
 from pipeline.volume import Volume
 
+logger = logging.getLogger(__name__)
+CONTOUR_DATA = Tag(0x3006, 0x0050)
 STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (PS3.3 C.8.8.5)
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
            "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -33,13 +38,43 @@ _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyI
 
 def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     """Closed contours of a 2D boolean mask as ``(n, 2)`` arrays of ``(row, col)`` pixel indices."""
-    padded = np.pad(mask.astype(np.float32), 1)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return []
+    r0, c0 = rows[0], cols[0]  # trace only the mask's bounding box, padded by one empty pixel
+    padded = np.pad(mask[r0:rows[-1] + 1, c0:cols[-1] + 1].astype(np.float32), 1)
+    offset = np.array([r0 - 1.0, c0 - 1.0])
     contours = []
     for contour in find_contours(padded, 0.5):
-        contour = approximate_polygon(contour[:-1] - 1.0, tolerance=0.0)  # drop the repeated end point
+        contour = approximate_polygon(contour[:-1] + offset, tolerance=0.0)  # drop the repeated end point
         if len(contour) >= 3:
             contours.append(contour)
     return contours
+
+
+def _contour_data(points: np.ndarray) -> RawDataElement:
+    """Contour Data (3006,0050) encoded once as DS text: ``x\\y\\z\\...`` (``None`` above 64 kB).
+
+    Building the element from raw bytes skips pydicom's per-number DS objects (10x faster for
+    the tens of thousands of numbers of a CT structure set); readers parse the same text.
+    """
+    text = "\\".join(f"{v:.6g}" for v in points.ravel()).encode("ascii")
+    if len(text) % 2:
+        text += b" "
+    return RawDataElement(CONTOUR_DATA, "DS", len(text), text, 0, False, True) if len(text) < 0xFFFF else None
+
+
+def _encoded_contour(contour: np.ndarray, image: Dataset) -> tuple[int, RawDataElement]:
+    """Points and Contour Data of one contour; simplified (Douglas-Peucker, growing tolerance in
+    pixels) only when an explicit-VR DS element (max 64 kB) could not hold it."""
+    for tolerance in (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0):
+        points = approximate_polygon(contour, tolerance=tolerance) if tolerance else contour
+        element = _contour_data(_pixel_to_patient(image, points))
+        if element is not None:
+            if tolerance:
+                logger.warning("contour of %d points simplified with tolerance %.2f px to fit 64 kB", len(contour), tolerance)
+            return len(points), element
+    raise ValueError(f"a contour of {len(contour)} points does not fit a DICOM DS element even when simplified")
 
 
 def _pixel_to_patient(ds: Dataset, rows_cols: np.ndarray) -> np.ndarray:
@@ -112,8 +147,8 @@ def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference
                 item = Dataset()
                 item.ContourImageSequence = Sequence([_image_item(image)])
                 item.ContourGeometricType = "CLOSED_PLANAR"
-                item.NumberOfContourPoints = len(contour)
-                item.ContourData = [f"{v:.6g}" for v in _pixel_to_patient(image, contour).ravel()]
+                item.NumberOfContourPoints, item[CONTOUR_DATA] = _encoded_contour(contour, image)
+                item.set_original_encoding(False, True, item._character_set)  # write the raw element as is
                 contours.append(item)
         roi_contour = Dataset()
         roi_contour.ROIDisplayColor = list(label.color)

@@ -32,7 +32,10 @@ class StatsConfig(Settings):
 
     Attributes:
         plausible_volume_ml: per structure name, the ``[low, high]`` volume range (mL) outside of
-            which the structure is flagged ``implausible_volume``.
+            which the structure is flagged ``implausible_volume``. A structure cut by the field of
+            view (``touches_border``) is not flagged for being too small: its volume is partial.
+            Empty by default (phantoms and children are not adults); ``configs/export-adult.yaml``
+            holds broad adult ranges.
         high_uncertainty: mean voxel uncertainty (0..1) above which a structure is flagged.
         expected: structure names that must be present (``None``: every structure of the table).
     """
@@ -114,7 +117,7 @@ def qa_flags(row: dict[str, Any], config: StatsConfig, expected: set[str]) -> li
             flags.append("missing")
         return flags
     plausible = config.plausible_volume_ml.get(row["name"])
-    if plausible and not plausible[0] <= row["volume_ml"] <= plausible[1]:
+    if plausible and (row["volume_ml"] > plausible[1] or (row["volume_ml"] < plausible[0] and not row["touches_border"])):
         flags.append("implausible_volume")
     if row["mean_uncertainty"] is not None and row["mean_uncertainty"] > config.high_uncertainty:
         flags.append("high_uncertainty")

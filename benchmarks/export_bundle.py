@@ -1,0 +1,60 @@
+"""Time writing a review bundle for the TotalSegmentator DICOM example (512 x 512 x 20 CT, 31 structures).
+
+    python benchmarks/export_bundle.py [--repeats 3] [--data ../shared/data]
+
+Prints one JSON line: median seconds per bundle (reading excluded), median seconds per stage
+(``BundleSummary.timings``), bundle size, SEG size and the peak resident memory of the process.
+There is no peer to compare with here: rt-utils and pydicom-seg cannot be installed beside
+Prefect 3 (see ENVIRONMENT.md), so no ratio is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import resource
+
+from pipeline.export.bundle import write_bundle
+from pipeline.export.label_tables import complete_table, read_label_file, with_codes
+from pipeline.io import read_volume
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    args = parser.parse_args()
+    root = args.data / "totalsegmentator_example"
+    image = read_volume(root / "example_ct_dicom")
+    labels = read_volume(root / "example_seg_dicom.nii.gz", kind="label")
+    import numpy as np
+
+    present = np.unique(labels.array).tolist()
+    named = read_label_file(root / "class_map_total_and_total_mr.json", "total")
+    table = with_codes(complete_table(type(named)(tuple(l for l in named if l.value in present)), present))
+    totals, stages = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            summary = write_bundle(Path(tmp) / f"case{repeat}", image, labels, table)
+            totals.append(time.perf_counter() - start)
+            stages.append(summary.timings)
+        size = sum(p.stat().st_size for p in summary.path.rglob("*") if p.is_file())
+        seg_size = (summary.path / "seg.dcm").stat().st_size
+    print(json.dumps({
+        "benchmark": "export_bundle_totalsegmentator_dicom",
+        "shape_zyx": list(image.shape), "structures": len(table), "repeats": args.repeats,
+        "seconds_median": round(statistics.median(totals), 2),
+        "stage_seconds_median": {k: round(statistics.median(s[k] for s in stages), 2) for k in stages[0]},
+        "bundle_mb": round(size / 2**20, 1), "seg_mb": round(seg_size / 2**20, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
