@@ -15,6 +15,7 @@ one-line reason while the other cases finish; the flow ends ``Failed`` with a me
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -51,17 +52,26 @@ def _retry_transient(task: Any, task_run: Any, state: State) -> bool:
     return is_transient(state.result(raise_on_failure=False))
 
 
+def _bundle_manifest(parameters: dict[str, Any]) -> Path:
+    return Path(parameters["out_dir"]) / parameters["case"]["case_id"] / "manifest.json"
+
+
 def _bundle_is_current(parameters: dict[str, Any]) -> bool:
-    manifest = Path(parameters["out_dir"]) / parameters["case"]["case_id"] / "manifest.json"
+    """True when the case's bundle is on disk and was made from the same input, model and config."""
     try:
-        return json.loads(manifest.read_text()).get("cache_key") == parameters["key"]
+        return json.loads(_bundle_manifest(parameters).read_text()).get("cache_key") == parameters["key"]
     except (OSError, ValueError):
         return False
 
 
 def _cache_key_fn(context: Any, parameters: dict[str, Any]) -> str | None:
-    """Use Prefect's cache only while the bundle it stands for is on disk with the same key."""
-    return parameters["key"] if _bundle_is_current(parameters) else None
+    """Prefect's cache key: the case key tied to the bundle on disk (its manifest's mtime), or
+    no caching while that bundle is missing or stale; a deleted or rewritten bundle never hits an
+    old record. The first rerun finds the bundle inside the task; later ones are ``Cached``."""
+    if not _bundle_is_current(parameters):
+        return None
+    stamp = _bundle_manifest(parameters).stat().st_mtime_ns
+    return hashlib.sha256(f"{parameters['key']}:{stamp}".encode()).hexdigest()
 
 
 @functools.lru_cache(maxsize=2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,25 @@ def _run_child(request: dict, home: Path | None, api_url: str | None, local_clus
     command = [sys.executable, "-m", "flows.serve", json.dumps(request)]
     if local_cluster and not api_url:
         with local_server(home) as url:
-            return subprocess.run(command, env=prefect_environment(home, api_url=url)).returncode
-    return subprocess.run(command, env=prefect_environment(home, api_url=api_url)).returncode
+            return _wait_child(command, prefect_environment(home, api_url=url))
+    return _wait_child(command, prefect_environment(home, api_url=api_url))
+
+
+def _wait_child(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command``; when this process is interrupted or terminated, stop the child too."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    process = subprocess.Popen(command, env=env)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _check(source: Path, model: Path | None) -> None:
