@@ -193,3 +193,34 @@ def test_cli_unknown_labels_get_generic_names_and_errors_are_one_line(tmp_path):
     result = runner.invoke(app, ["export", str(tmp_path / "missing.nii.gz"), "--image", str(tmp_path / "image.nii.gz"),
                                  "--out", str(tmp_path / "out2")])
     assert result.exit_code == 2 and "missing.nii.gz" in result.output and not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize("geometry", ["negated", "oblique"])
+def test_dicom_input_with_proper_uids_is_referenced_as_it_is(tmp_path, geometry):
+    from pipeline.export.dicom_series import series_from_volume, write_series
+
+    image, labels = make_case(geometry)
+    write_series(series_from_volume(image), tmp_path / "series")
+    dicom_image = read_volume(tmp_path / "series")  # the project's reader: dicom_files in z order
+    assert len(dicom_image.metadata["dicom_files"]) == image.shape[0]
+    summary = write_bundle(tmp_path / "case", dicom_image, labels, TABLE)  # labels on the original grid
+    manifest = json.loads((summary.path / "manifest.json").read_text())
+    assert manifest["dicom_reference"]["origin"] == "source" and not (summary.path / "dicom").exists()
+    seg = hd.seg.segread(summary.path / "seg.dcm")
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in dicom_image.metadata["dicom_files"]]
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == str(sources[0].SeriesInstanceUID)
+    lut = np.array([0, 1, 2, 3])  # segments are numbered in table order of the structures present
+    volume = seg.get_volume(combine_segments=True)
+    np.testing.assert_array_equal(sample_by_world(lut[volume.array], volume.affine, image, outside=0), labels.array)
+    masks, _ = rasterise_rtstruct(summary.path / "rtstruct.dcm", image)
+    assert all(dice(masks[name], labels.array == TABLE.values[TABLE.names.index(name)]) == 1.0 for name in masks)
+
+
+def test_empty_label_map_gives_a_bundle_without_seg(tmp_path):
+    image, labels = make_case("lps")
+    empty = labels.with_array(np.zeros_like(labels.array))
+    summary = write_bundle(tmp_path / "case", image, empty, TABLE, dicom_series=True)
+    assert not (summary.path / "seg.dcm").exists() and not (summary.path / "rtstruct.dcm").exists()
+    manifest = json.loads((summary.path / "manifest.json").read_text())
+    assert "empty" in manifest["dicom_reference"]["note"]
+    assert {flag["flag"] for flag in summary.flags} == {"missing"} and len(summary.flags) == len(TABLE)

@@ -163,9 +163,12 @@ def write_bundle(
                 write_uncertainty_nifti(tmp / "uncertainty.nii.gz", uncertainty)
         with _stage(timings, "seg_nrrd"):
             write_seg_nrrd(tmp / "labels.seg.nrrd", labels, table)
-        with _stage(timings, "dicom_reference"):
-            reference = prepare_reference(image, tmp / "dicom", make_series=dicom_series)
-        if reference is not None and labels.array.any():
+        wants_dicom = bool(image.metadata.get("dicom_files")) or dicom_series
+        if wants_dicom and not labels.array.any():
+            extra["dicom_reference"] = {"origin": None, "note": "the label map is empty: no SEG or RTSTRUCT written"}
+        elif wants_dicom:
+            with _stage(timings, "dicom_reference"):
+                reference = prepare_reference(image, tmp / "dicom", make_series=True)
             extra["dicom_reference"] = reference.describe()
             with _stage(timings, "dicom_seg"):
                 write_dicom_seg(tmp / "seg.dcm", labels, table, reference)
@@ -176,7 +179,10 @@ def write_bundle(
             write_stats(tmp, stats)
         with _stage(timings, "overlays"):
             overlays = write_overlays(tmp / "overlays", image, labels, table, uncertainty)
-        notes = [f"DICOM reference: {extra['dicom_reference']['note']}"] if "dicom_reference" in extra else []
+        notes = [f"DICOM: {extra['dicom_reference']['note']}"] if "dicom_reference" in extra else []
+        model = (manifest or {}).get("model")
+        if isinstance(model, dict) and model:
+            notes.append(f"model: {model.get('name') or model.get('dir', '?')} {model.get('version', '')}".strip())
         with _stage(timings, "report"):
             write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes)
         caller = dict(manifest or {})

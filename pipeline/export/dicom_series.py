@@ -138,7 +138,7 @@ def assign_uids(datasets: list[Dataset], content_hashes: list[str]) -> list[Data
         seen.add(sop_uid)
         ds.SOPInstanceUID = sop_uid
         if not str(ds.get("SOPClassUID", "") or ""):
-            meta_class = str(getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", "") or "")
+            meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
             ds.SOPClassUID = meta_class or _SOP_CLASS.get(str(ds.get("Modality", "")), CTImageStorage)
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
         ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
