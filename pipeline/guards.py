@@ -1,0 +1,217 @@
+"""Resource guards: refuse a case that would not fit in memory, stop a case that runs too long.
+
+**Memory.** ``estimate_peak_memory`` predicts, before any inference, the peak of the memory that
+``pipeline.segment.segment_case`` allocates for a case, from the input's size and the members'
+working spacing, classes and patch size. With ``N_in`` input voxels, ``N_w`` voxels of the
+working grid (``round(n * s / s')`` per axis), ``S`` distinct working grids, ``C`` output
+channels and ``M`` members (float32 = 4 bytes)::
+
+    peak = input bytes                          the image as read
+         + 8 N_w S                              resampled + normalised working image(s)
+         + 4 C N_w (2M + 1)                     M probability maps, their stack, the last logits
+         + max_m A_m * batch                    activations of one window (measured, see below)
+         + sum_m P_m                            parameters
+         + 13 N_in                              restored labels, uncertainty, export copies
+
+The stack term dominates at CT scale: ``np.stack`` briefly holds the M member maps twice.
+``A_m`` is measured once per network and patch size: one forward pass of a zero window with
+hooks that add up the bytes of every module's output (an upper bound, since inference frees
+most intermediate tensors as it goes). ``check_memory`` raises ``ResourceError`` with the figure
+and the budget instead of letting the operating system kill the process half-way.
+
+**Time.** ``time_limit`` raises ``CaseTimeout`` (a ``ResourceError``, so a batch records it and
+does not retry it) in the thread that runs a case once ``seconds`` have passed. The exception is
+delivered between Python bytecodes: a single long C call (a convolution, a resample) finishes
+first, so the latency is that of the longest such call. Use it around reading and inference,
+not around writing outputs (which are atomic and short).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from torch import nn
+
+from pipeline.errors import ResourceError
+from pipeline.volume import Volume
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+DEFAULT_BUDGET_FRACTION = 0.8  # of physical memory, when no budget is configured
+_ACTIVATIONS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted peak memory of one case, in bytes, with the terms of the formula."""
+
+    parts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.parts.values()))
+
+    @property
+    def mib(self) -> float:
+        return self.total / MIB
+
+
+def working_size(image: Volume, spacing_xyz: Sequence[float]) -> int:
+    """Voxels of ``image`` resampled to ``spacing_xyz`` (same rule as ``pipeline.resample``)."""
+    return math.prod(max(1, int(round(n * s / t))) for n, s, t in zip(image.size, image.spacing, spacing_xyz))
+
+
+def activation_bytes(model: nn.Module, meta: dict[str, Any]) -> int:
+    """Bytes of all module outputs in one forward pass of one window (cached per network and patch).
+
+    Args:
+        model: the network (in eval mode); called with zeros of shape ``(1, in_channels, *patch)``
+            and, for two-scale networks (``context_factor`` in ``meta``), a context input of the same shape.
+        meta: its ``model.json`` (``patch_size``, ``in_channels``, ``context_factor``).
+    """
+    patch = tuple(int(p) for p in meta["patch_size"])
+    cache = _ACTIVATIONS.setdefault(model, {})
+    key = (patch, int(meta.get("in_channels", 1)), meta.get("context_factor") is not None)
+    if key not in cache:
+        total = 0
+
+        def add(module: nn.Module, inputs: Any, output: Any) -> None:
+            nonlocal total
+            for tensor in output if isinstance(output, (tuple, list)) else (output,):
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+
+        leaves = [m for m in model.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(add) for m in leaves]
+        try:
+            device = next(model.parameters()).device
+            window = torch.zeros((1, key[1], *patch), device=device)
+            with torch.inference_mode():
+                model(*([window, window] if key[2] else [window]))
+        finally:
+            for handle in handles:
+                handle.remove()
+        cache[key] = total
+    return cache[key]
+
+
+def estimate_peak_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[str, Any]]], *,
+                         batch_size: int = 1) -> MemoryEstimate:
+    """The predicted peak memory of segmenting ``image`` with ``members`` (formula in the module docstring).
+
+    Args:
+        image: the input volume (only its size, spacing and dtype are used).
+        members: ``(network, model.json dict)`` pairs as returned by ``models.registry.load_ensemble``.
+        batch_size: windows per network call (mirrored passes run one after another and do not add up).
+    """
+    n_in = int(np.prod(image.shape))
+    grids = {tuple(float(s) for s in meta["spacing"]) for _, meta in members}
+    n_w = max(working_size(image, spacing) for spacing in grids)
+    channels = max(int(meta.get("out_channels", 2)) for _, meta in members)
+    m = len(members)
+    window = max(activation_bytes(model, meta) for model, meta in members)
+    return MemoryEstimate({
+        "input": int(image.array.nbytes),
+        "working_images": 8 * n_w * len(grids),
+        "probability_maps": 4 * channels * n_w * (2 * m + 1),
+        "activations": window * batch_size,
+        "parameters": sum(sum(p.numel() * p.element_size() for p in model.parameters()) for model, _ in members),
+        "restore_and_export": 13 * n_in,
+    })
+
+
+def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
+    """``fraction`` of this machine's physical memory."""
+    return int(psutil.virtual_memory().total * fraction)
+
+
+def check_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[str, Any]]],
+                 budget_mib: float | None = None, **kwargs: Any) -> MemoryEstimate:
+    """Refuse a case whose predicted peak memory exceeds the budget.
+
+    Args:
+        image: the input volume.
+        members: the ensemble.
+        budget_mib: the budget in MiB; ``None``: ``DEFAULT_BUDGET_FRACTION`` of physical memory.
+        **kwargs: ``batch_size`` of ``estimate_peak_memory``.
+
+    Returns:
+        The estimate (logged at debug level).
+
+    Raises:
+        ResourceError: naming the input, the predicted peak and the budget.
+    """
+    estimate = estimate_peak_memory(image, members, **kwargs)
+    budget = default_budget_bytes() if budget_mib is None else int(budget_mib * MIB)
+    source = image.metadata.get("source", "volume")
+    if estimate.total > budget:
+        worst = max(estimate.parts, key=estimate.parts.get)
+        raise ResourceError(
+            f"{source}: predicted peak memory {estimate.mib:,.0f} MiB exceeds the budget of {budget / MIB:,.0f} MiB "
+            f"(size {list(image.size)}, largest term {worst}: {estimate.parts[worst] / MIB:,.0f} MiB); "
+            "raise memory_budget_mib, use fewer members or a coarser working spacing")
+    log.debug("%s: predicted peak memory %.0f MiB of %.0f MiB", source, estimate.mib, budget / MIB)
+    return estimate
+
+
+class CaseTimeout(ResourceError):
+    """A case ran longer than its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str = "case") -> Iterator[None]:
+    """Raise ``CaseTimeout`` in the calling thread when the block runs longer than ``seconds``.
+
+    Works in any thread (the exception is scheduled with ``PyThreadState_SetAsyncExc``), so a
+    Prefect task in a thread pool can use it. ``None`` means no limit.
+
+    Args:
+        seconds: the limit.
+        what: names the work in the message, e.g. the case id and input path.
+
+    Raises:
+        CaseTimeout: ``"<what>: exceeded the time limit of <s> s; ..."``.
+    """
+    if seconds is None:
+        yield
+        return
+    if seconds <= 0:
+        raise ValueError(f"time limit must be positive, got {seconds}")
+    target = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+    state = {"active": True, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if state["active"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(target, ctypes.py_object(CaseTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except CaseTimeout as err:
+        if err.args:  # raised by the block itself (a nested limit), not by this timer
+            raise
+        raise CaseTimeout(f"{what}: exceeded the time limit of {seconds:g} s; "
+                          "raise case_timeout_s or check the input's size") from None
+    finally:
+        timer.cancel()
+        with lock:
+            state["active"] = False
+            if state["fired"]:  # fired just as the block ended: withdraw the pending exception
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(target, None)
