@@ -96,7 +96,7 @@ def activation_bytes(model: nn.Module, meta: dict[str, Any]) -> int:
         leaves = [m for m in model.modules() if not list(m.children())]
         handles = [m.register_forward_hook(add) for m in leaves]
         try:
-            device = next(model.parameters()).device
+            device = next(model.parameters(), torch.zeros(0)).device
             window = torch.zeros((1, key[1], *patch), device=device)
             with torch.inference_mode():
                 model(*([window, window] if key[2] else [window]))

@@ -29,6 +29,7 @@ from torch import nn
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
 from pipeline.fusion import Rule, dice_weights, fuse, structure_uncertainty, voxel_uncertainty
+from pipeline.guards import check_memory
 from pipeline.inference import prepare_predictor, restore_labels, restore_map, sliding_window
 from pipeline.labels import LabelTable
 from pipeline.normalize import normalize
@@ -56,6 +57,8 @@ class InferenceConfig(Settings):
         refine: apply the stored post-processing plan.
         resample_order: interpolation order of the image onto the working grid (3 as in training).
         slab: input-grid z-slices restored at once (memory ~ classes x slab x rows x columns floats).
+        memory_budget_mib: refuse a case whose predicted peak memory (``pipeline.guards``) exceeds
+            this; ``None``: 80 % of physical memory.
     """
 
     threads: int = 2
@@ -70,6 +73,7 @@ class InferenceConfig(Settings):
     refine: bool = True
     resample_order: int = 3
     slab: int = 16
+    memory_budget_mib: float | None = None
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,11 @@ def segment_case(
 
     Raises:
         ConfigError: when the members disagree on labels or the fusion rule needs missing weights.
+        ResourceError: when the predicted peak memory exceeds ``config.memory_budget_mib``.
     """
     torch.set_num_threads(config.threads)
     table = _check_members(members)
+    check_memory(image, members, config.memory_budget_mib, batch_size=config.batch_size)
     settings = dict(ensemble_settings(members) if ensemble is None else ensemble)
     values = np.array([0, *table.values], dtype=np.uint8)
     timings: dict[str, float] = {}
