@@ -104,25 +104,21 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
     bundle = Path(out_dir) / item.case_id
     if _bundle_is_current({"out_dir": out_dir, "case": case, "key": key}):
         return dashboard.row_from_bundle(item.case_id, bundle, status="cached")
-    import torch
-
     from pipeline.export.bundle import write_bundle
     from pipeline.io import read_volume
-    from pipeline.labels import LabelTable
     from pipeline.segment import InferenceConfig, segment_case as run_segmentation
 
-    torch.set_num_threads(threads)
     start = time.perf_counter()
     image = read_volume(item.path)
     if item.modality:
         image = image.with_array(image.array, modality=item.modality)
     members = _members(model_dir, versions["model"])
-    result = run_segmentation(image, members, InferenceConfig(**inference))
+    result = run_segmentation(image, members, InferenceConfig(**{**inference, "threads": threads}))
     manifest = {"cache_key": key, "case_id": item.case_id, "versions": versions, "timings_s": result.timings,
                 "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
                 "config": {"inference": inference, "version": versions["config"]}}
-    summary = write_bundle(bundle, image, result.labels, LabelTable.from_json(members[0][1]["labels"]),
-                           uncertainty=result.uncertainty, manifest=manifest)
+    summary = write_bundle(bundle, image, result.labels, result.table, uncertainty=result.uncertainty,
+                           manifest=manifest)
     seconds = time.perf_counter() - start
     return dashboard.case_row(item.case_id, "segmented", seconds, summary.path, summary.stats,
                               result.structure_uncertainty)

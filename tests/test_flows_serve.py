@@ -128,3 +128,15 @@ def test_demo_leaves_one_bundle_per_phantom(server, batch_inputs, tmp_path):
     assert bundles == ["phantom-01", "phantom-02-dicom"]
     assert (tmp_path / "demo" / "phantom-02-dicom" / "seg.dcm").is_file()
     assert str(tmp_path / "demo" / "phantom-01" / "report.html") in done.stdout
+
+
+def test_prefect_yaml_deploys_the_nightly_batch(server):
+    env = {**server, "DECONVSEG_REPO": str(REPO)}
+    created = run(["-m", "prefect", "work-pool", "create", "deconvseg", "--type", "process"], env)
+    assert created.returncode == 0, created.stderr[-2000:]
+    deployed = run(["-m", "prefect", "--no-prompt", "deploy", "--all"], env)
+    assert deployed.returncode == 0, deployed.stderr[-2000:]
+    [deployment] = _api(server, "/deployments/filter", {"deployments": {"name": {"any_": ["nightly"]}}})
+    assert deployment["entrypoint"] == "flows/segment.py:segment_batch"
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)

@@ -18,7 +18,7 @@ import typer
 from flows.cli.app import app, one_line_errors
 
 _HOME_HELP = "Prefect home (run history, results); default: $PREFECT_HOME or ~/.prefect."
-_DEMO_SHAPE, _DEMO_SPACING = (48, 96, 96), (2.5, 2.5, 4.0)
+_DEMO_SHAPE, _DEMO_SPACING = (64, 128, 128), (2.0, 2.0, 3.0)  # the default model's training grid
 
 
 def _run_child(request: dict, home: Path | None, api_url: str | None, local_cluster: bool) -> int:
