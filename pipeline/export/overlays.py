@@ -27,11 +27,11 @@ VIEWS = ("axial", "coronal", "sagittal")
 
 def _lps(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
     image = sitk.DICOMOrient(to_sitk(volume), "LPS")
-    return sitk.GetArrayViewFromImage(image).copy(), image.GetSpacing()
+    return sitk.GetArrayFromImage(image), image.GetSpacing()
 
 
-def _window(image: Volume, array: np.ndarray) -> np.ndarray:
-    lo, hi = CT_WINDOW if image.modality == "CT" else np.percentile(array, (1, 99))
+def _window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    lo, hi = window
     return np.clip((array.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
 
 
@@ -96,7 +96,7 @@ def write_overlays(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     grey, spacing = _lps(image)
-    grey = _window(image, grey)
+    window = CT_WINDOW if image.modality == "CT" else tuple(np.percentile(grey[::4, ::4, ::4], (1, 99)))
     lab, _ = _lps(labels)
     palette = np.zeros((max(int(lab.max(initial=0)), max(table.values, default=0)) + 1, 3), dtype=np.float32)
     for label in table:
@@ -108,7 +108,7 @@ def write_overlays(
     for name, view in views:
         tiles = []
         for index in _slice_indices(lab, view, slices):
-            g = _take(grey, view, index)[..., None].repeat(3, axis=-1)
+            g = _window(_take(grey, view, index), window)[..., None].repeat(3, axis=-1)
             if name == "uncertainty":
                 u = np.clip(_take(unc, view, index), 0.0, 1.0)
                 rgb = 0.4 * g + 0.6 * heat(u)[..., :3]
@@ -119,6 +119,6 @@ def write_overlays(
             tiles.append(_tile(rgb, _pixel_mm(view, spacing), tile_px, f"{view[0]}{index}"))
         path = folder / f"{name}.png"
         with atomic_file(path) as tmp:
-            _mosaic(tiles).save(tmp, format="PNG", optimize=False)
+            _mosaic(tiles).save(tmp, format="PNG", compress_level=3)
         written[name] = path
     return written

@@ -30,7 +30,7 @@ def _extent(mask_slices: tuple[slice, slice, slice] | None) -> str:
 
 def segment_fields(labels: Volume, table: LabelTable) -> dict[str, str]:
     """The ``Segment{i}_*`` and ``Segmentation_*`` header fields for every structure of ``table``."""
-    boxes = ndimage.find_objects(labels.array.astype(np.int32, copy=False), max_label=max(table.values, default=0))
+    boxes = ndimage.find_objects(labels.array, max_label=max(table.values, default=0))
     fields = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",

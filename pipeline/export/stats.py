@@ -73,14 +73,16 @@ def compute_stats(
     ``std_intensity``, ``intensity_unit``, ``mean_uncertainty``, ``touches_border``,
     ``bbox_min_mm``/``bbox_max_mm`` (LPS), ``bbox_voxels`` (``[i0, i1, j0, j1, k0, k1]``), ``flags``.
     """
-    lab = labels.array.astype(np.int64, copy=False).ravel()
+    foreground = labels.array > 0  # background voxels never enter a sum: memory follows the structures
+    lab = labels.array[foreground].astype(np.int64)
     n = max(int(lab.max(initial=0)), max(table.values, default=0)) + 1
     counts = np.bincount(lab, minlength=n)
-    values = image.array.astype(np.float64, copy=False).ravel()
+    values = image.array[foreground].astype(np.float64)
     sums = np.bincount(lab, weights=values, minlength=n)
     squares = np.bincount(lab, weights=values * values, minlength=n)
-    unc = np.bincount(lab, weights=uncertainty.array.astype(np.float64).ravel(), minlength=n) if uncertainty is not None else None
-    boxes = ndimage.find_objects(labels.array.astype(np.int32, copy=False), max_label=n - 1)
+    unc = (np.bincount(lab, weights=uncertainty.array[foreground].astype(np.float64), minlength=n)
+           if uncertainty is not None else None)
+    boxes = ndimage.find_objects(labels.array, max_label=n - 1)
     border = _border_values(labels.array)
     unit = "HU" if image.modality == "CT" else "a.u."
     expected = set(config.expected) if config.expected is not None else set(table.names)
