@@ -77,3 +77,22 @@ def test_generated_uids_are_deterministic(tmp_path):
     other = labels.with_array(np.where(labels.array == 3, 0, labels.array).astype(np.uint8))
     c = hd.seg.segread(write_dicom_seg(tmp_path / "c.dcm", other, TABLE, first))
     assert c.SOPInstanceUID != a.SOPInstanceUID
+
+
+def test_blank_uids_of_an_anonymised_series_are_filled_deterministically():
+    import pydicom
+
+    from conftest import shared_path
+    from pipeline.export.dicom_series import assign_uids
+    from pipeline.export.files import file_digest
+
+    files = sorted(shared_path("totalsegmentator_example", "example_ct_dicom").iterdir())[:3]
+    originals = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    assert all(ds.SOPInstanceUID == "" and ds.SeriesInstanceUID == "" for ds in originals)
+    digests = [file_digest(f) for f in files]
+    first, second = assign_uids(originals, digests), assign_uids(originals, digests)
+    assert [ds.SOPInstanceUID for ds in first] == [ds.SOPInstanceUID for ds in second]
+    assert len({ds.SOPInstanceUID for ds in first}) == 3 and len({ds.SeriesInstanceUID for ds in first}) == 1
+    assert first[0].SOPClassUID == pydicom.uid.CTImageStorage  # from the file meta
+    assert first[0].FrameOfReferenceUID == originals[0].FrameOfReferenceUID  # present values are kept
+    assert all(ds.SOPInstanceUID == "" for ds in originals)  # the caller's datasets are not changed

@@ -14,6 +14,7 @@ so exporting the same input twice gives the same UIDs.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from pipeline.export.files import array_digest, file_digest
 from pipeline.volume import Volume
 
 Origin = Literal["source", "copy-with-generated-uids", "generated-from-volume"]
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                 "StudyDate", "StudyTime", "ReferringPhysicianName")
 _UID_KEYS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
 _NOTES = {
@@ -93,15 +96,25 @@ def prepare_reference(image: Volume, folder: Path, *, make_series: bool = True) 
         if len(files) != image.shape[0]:
             raise InputError(files[0], f"{len(files)} DICOM files for {image.shape[0]} slices",
                              "read the series with pipeline.io.read_volume so dicom_files follows z order")
-        datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        datasets = _with_type2([pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         if not _needs_new_uids(datasets):
             return SeriesReference(datasets, "source")
-        copies = assign_uids([pydicom.dcmread(f) for f in files], [file_digest(f) for f in files])
+        copies = _with_type2(assign_uids([pydicom.dcmread(f) for f in files], [file_digest(f) for f in files]))
         return SeriesReference(copies, "copy-with-generated-uids", tuple(write_series(copies, folder)))
     if not make_series:
         return None
     datasets = series_from_volume(image)
     return SeriesReference(datasets, "generated-from-volume", tuple(write_series(datasets, folder)))
+
+
+def _with_type2(datasets: list[Dataset]) -> list[Dataset]:
+    """``datasets`` (read here, so ours to change) with the type 2 patient/study attributes that
+    SEG and RTSTRUCT copy set to empty where an anonymiser deleted them (else highdicom fails)."""
+    for ds in datasets:
+        for keyword in _TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    return datasets
 
 
 def _needs_new_uids(datasets: list[Dataset]) -> bool:
@@ -129,7 +142,7 @@ def assign_uids(datasets: list[Dataset], content_hashes: list[str]) -> list[Data
     seen: set[str] = set()
     out = []
     for ds, digest in zip(datasets, content_hashes):
-        ds = ds.copy()
+        ds = copy.deepcopy(ds)  # Dataset.copy() shares the elements with the caller
         for key, value in shared.items():
             setattr(ds, key, value)
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
