@@ -13,14 +13,15 @@ from flows.cli.app import app, one_line_errors
 @app.command("export")
 @one_line_errors
 def export(
-    labels: Path = typer.Argument(..., help="Label map (NIfTI/NRRD/MHA or DICOM), e.g. an nnU-Net or TotalSegmentator output."),
+    labels: Path = typer.Argument(..., help="Label map (NIfTI/NRRD/MHA/DICOM), e.g. nnU-Net/TotalSegmentator output."),
     image: Path = typer.Option(..., "--image", help="The image the labels belong to: a file or a DICOM series folder."),
     out: Path = typer.Option(..., "--out", help="Bundle folder to write (replaced atomically if it exists)."),
-    label_file: Path | None = typer.Option(None, "--labels", help="Label names: labels.json, {value: name}, or a class map."),
+    label_file: Path | None = typer.Option(None, "--labels", help="Names: labels.json, {value: name} or a class map."),
     labels_key: str | None = typer.Option(None, "--labels-key", help="Which map of a class-map JSON, e.g. 'total'."),
-    uncertainty: Path | None = typer.Option(None, "--uncertainty", help="Voxel uncertainty map (0..1) on the image grid."),
+    uncertainty: Path | None = typer.Option(None, "--uncertainty", help="Voxel uncertainty (0..1) on the image grid."),
     stats_config: Path | None = typer.Option(None, "--config", help="YAML with QA thresholds (StatsConfig)."),
-    dicom_series: bool = typer.Option(False, "--dicom-series", help="For non-DICOM images: also write a DICOM series, SEG and RTSTRUCT."),
+    dicom_series: bool = typer.Option(False, "--dicom-series",
+                                      help="For non-DICOM images: also write a DICOM series, SEG and RTSTRUCT."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Write labels.nii.gz, seg.dcm/rtstruct.dcm (DICOM images), labels.seg.nrrd, overlays, stats and report.html."""

@@ -107,8 +107,8 @@ def _atomic_folder(out_dir: Path) -> Iterator[Path]:
 
 
 def _input_files(image: Volume, labels: Volume) -> dict[str, list[str]]:
-    files = {"image": list(image.metadata.get("dicom_files") or
-                           ([image.metadata["source"]] if Path(str(image.metadata.get("source", ""))).is_file() else []))}
+    source = Path(str(image.metadata.get("source", "")))
+    files = {"image": list(image.metadata.get("dicom_files") or ([str(source)] if source.is_file() else []))}
     if Path(str(labels.metadata.get("source", ""))).is_file():
         files["labels"] = [labels.metadata["source"]]
     return files

@@ -38,7 +38,7 @@ def present_labels(labels: Volume, table: LabelTable) -> list[Label]:
     values = set(np.unique(labels.array).tolist()) - {0}
     unknown = sorted(values - set(table.values))
     if unknown:
-        raise InputError(labels.metadata.get("source", "label map"), f"label values {unknown} are not in the label table",
+        raise InputError(labels.metadata.get("source", "label map"), f"label values {unknown} are not in the table",
                          "pass a label table (--labels JSON) that names every value")
     return [label for label in table if label.value in values]
 

@@ -32,7 +32,8 @@ def read_label_file(path: str | Path, key: str | None = None) -> LabelTable:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise InputError(path, f"cannot read label JSON ({err.__class__.__name__})", "check the path and syntax") from err
+        raise InputError(path, f"cannot read label JSON ({err.__class__.__name__})",
+                         "check the path and syntax") from err
     if isinstance(data, list):
         return LabelTable.from_json(data)
     if not isinstance(data, dict):

@@ -54,7 +54,8 @@ def render_report(
         )
     flagged = [f"{row['name']}: {', '.join(row['flags'])}" for row in stats if row["flags"]]
     figures = "".join(
-        f"<figure><img alt='{html.escape(name)}' src='{_data_uri(path)}'><figcaption>{html.escape(name)}</figcaption></figure>"
+        f"<figure><img alt='{html.escape(name)}' src='{_data_uri(path)}'>"
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
         for name, path in overlays.items()
     )
     notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes or [])

@@ -72,7 +72,8 @@ def _encoded_contour(contour: np.ndarray, image: Dataset) -> tuple[int, RawDataE
         element = _contour_data(_pixel_to_patient(image, points))
         if element is not None:
             if tolerance:
-                logger.warning("contour of %d points simplified with tolerance %.2f px to fit 64 kB", len(contour), tolerance)
+                logger.warning("contour of %d points simplified with tolerance %.2f px to fit 64 kB",
+                               len(contour), tolerance)
             return len(points), element
     raise ValueError(f"a contour of {len(contour)} points does not fit a DICOM DS element even when simplified")
 

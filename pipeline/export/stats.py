@@ -119,8 +119,10 @@ def qa_flags(row: dict[str, Any], config: StatsConfig, expected: set[str]) -> li
             flags.append("missing")
         return flags
     plausible = config.plausible_volume_ml.get(row["name"])
-    if plausible and (row["volume_ml"] > plausible[1] or (row["volume_ml"] < plausible[0] and not row["touches_border"])):
-        flags.append("implausible_volume")
+    if plausible:
+        too_small = row["volume_ml"] < plausible[0] and not row["touches_border"]  # a cut structure is partial
+        if too_small or row["volume_ml"] > plausible[1]:
+            flags.append("implausible_volume")
     if row["mean_uncertainty"] is not None and row["mean_uncertainty"] > config.high_uncertainty:
         flags.append("high_uncertainty")
     return flags
