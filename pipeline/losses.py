@@ -38,19 +38,18 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) 
     return ce + (1 - dice.mean())
 
 
-def lr_factor(step: int, total: int, warmup: int = 0, power: float = 0.9) -> float:
-    """Linear warm-up over ``warmup`` steps, then nnU-Net's poly decay ``(1 - t / T) ** power``.
+def lr_factor(step: int, progress: float, warmup: int = 0, power: float = 0.9) -> float:
+    """Linear warm-up over ``warmup`` steps times nnU-Net's poly decay ``(1 - progress) ** power``.
 
     Args:
-        step: current step (0-based).
-        total: total number of steps ``T``.
+        step: current step (0-based), for the warm-up.
+        progress: fraction of the run done, in ``[0, 1]`` (``step / steps``, or the elapsed fraction
+            of a time budget).
         warmup: warm-up steps (the factor rises linearly from ``1 / warmup`` to 1).
         power: exponent of the polynomial decay.
 
     Returns:
         The multiplier of the base learning rate, in ``(0, 1]``.
     """
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return max(math.pow(1.0 - progress, power), 1e-3)
+    ramp = min((step + 1) / warmup, 1.0) if warmup > 0 else 1.0
+    return ramp * max(math.pow(1.0 - min(max(progress, 0.0), 1.0), power), 1e-3)

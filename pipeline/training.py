@@ -49,6 +49,7 @@ class MemberConfig(Settings):
     arch_kwargs: dict[str, Any] = {}
     seed: int = 0
     steps: int | None = None
+    time_budget_s: float | None = None
     lr: float | None = None
     batch_size: int | None = None
     patch_size: tuple[int, int, int] | None = None
@@ -64,12 +65,14 @@ class TrainConfig(Settings):
     patch_size: tuple[int, int, int] = (16, 64, 64)  # (z, y, x) on the working grid
     batch_size: int = 2
     steps: int = 500
+    time_budget_s: float | None = None  # stop (and finish the schedule) after this many seconds
     lr: float = 2e-3
     weight_decay: float = 1e-5
     warmup_steps: int = 20
     fg_fraction: float = 0.4
     augment: AugmentConfig = AugmentConfig()
     val_every: int = 100
+    val_at: tuple[float, ...] = ()  # also validate when the run's progress first reaches these fractions
     val_overlap: float = 0.25
     checkpoint_every: int = 50
     threads: int = 2
@@ -99,6 +102,7 @@ def member_settings(config: TrainConfig, member: MemberConfig) -> dict[str, Any]
     """The effective steps, lr, batch size and patch size of ``member``."""
     return {
         "steps": member.steps or config.steps,
+        "time_budget_s": member.time_budget_s or config.time_budget_s,
         "lr": member.lr or config.lr,
         "batch_size": member.batch_size or config.batch_size,
         "patch_size": tuple(member.patch_size or config.patch_size),
@@ -152,7 +156,7 @@ def train_member(
         [c.image for c in data.train], [c.label for c in data.train], patch, config.fg_fraction,
         RandomAugment(config.augment), member.context_factor,
     )
-    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
+    state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": [], "val_at_done": []}
     resume_dir = folder / RESUME
     if has_train_state(resume_dir):
         state = load_train_state(resume_dir, model, optimizer)
@@ -169,11 +173,15 @@ def train_member(
 
     model.train()
     started = time.perf_counter() - state["elapsed_s"]
+    budget = settings["time_budget_s"]
     warmup = min(config.warmup_steps, steps // 10)
     loss_value = float("nan")
     for step in range(state["step"], steps):
+        progress = step / steps
+        if budget:
+            progress = max(progress, (time.perf_counter() - started) / budget)
         for group in optimizer.param_groups:
-            group["lr"] = settings["lr"] * lr_factor(step, steps, warmup)
+            group["lr"] = settings["lr"] * lr_factor(step, progress, warmup)
         batch = sampler.batch(rng, settings["batch_size"])
         inputs = [torch.from_numpy(batch.image)]
         if batch.context is not None:
@@ -188,7 +196,12 @@ def train_member(
         done = step + 1
         if callback:
             callback(TrainEvent(member.name, done, steps, loss_value, best_dice=state["best"] if state["best"] >= 0 else None))
-        if done % config.val_every == 0 or done == steps:
+        elapsed = time.perf_counter() - started
+        out_of_time = bool(budget) and elapsed >= budget
+        now = max(done / steps, elapsed / budget if budget else 0.0)
+        crossed = [f for f in config.val_at if f not in state["val_at_done"] and now >= f]
+        state["val_at_done"] = state["val_at_done"] + crossed
+        if done % config.val_every == 0 or done == steps or out_of_time or crossed:
             scores = validate(model, data.val, n_classes, patch, member.context_factor, config)
             per_class = _class_means(scores["per_case"], names)
             mean = float(np.mean(list(per_class.values())))
@@ -203,12 +216,17 @@ def train_member(
                         **data.description, "member": member.name, "seed": member.seed, "step": done,
                         "steps": steps, "batch_size": settings["batch_size"], "lr": settings["lr"],
                         "bf16": config.bf16, "threads": config.threads, "params": params,
+                        "time_budget_s": budget, "patch_size": list(patch),
                         "seconds_at_checkpoint": round(seconds, 1),
                     },
                 }
                 _write_checkpoint(folder, model, meta)
             if callback:
                 callback(TrainEvent(member.name, done, steps, loss_value, mean, state["best"], validated=True))
+        state["steps_done"] = done
+        if out_of_time:
+            log.info("%s: time budget of %.0f s reached at step %d of %d", member.name, budget, done, steps)
+            break
         if done % config.checkpoint_every == 0 and done < steps:
             state.update(step=done, elapsed_s=time.perf_counter() - started)
             save_train_state(resume_dir, model, optimizer, {**state, "rng": rng.bit_generator.state})
@@ -225,6 +243,7 @@ def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any
     """Record the total training time and history in ``model.json`` and drop the resume state."""
     meta = json.loads((folder / META).read_text())
     meta["training"]["seconds"] = round(seconds, 1)
+    meta["training"]["steps_done"] = state.get("steps_done", state["step"])
     meta["training"]["history"] = state["history"]
     _write_json(folder / META, meta)
     shutil.rmtree(resume_dir, ignore_errors=True)

@@ -45,8 +45,8 @@ def test_dice_ce_loss_is_small_for_confident_correct_logits_and_large_otherwise(
 
 
 def test_lr_factor_warms_up_then_decays_to_near_zero():
-    factors = [lr_factor(s, 100, warmup=10) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    factors = [lr_factor(s, s / 100, warmup=10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(0.91**0.9)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
     assert factors[-1] < 0.05
 
@@ -120,3 +120,10 @@ def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp
     written = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert written == summary and list(written["members"]) == ["a", "b"] and written["fusion"] == "mean"
     assert math.isclose(written["train_seconds"], sum(m["seconds"] for m in written["members"].values()), abs_tol=0.2)
+
+
+def test_time_budget_stops_early_with_a_validated_checkpoint(tiny_data, tmp_path):
+    config = tiny_config(tmp_path / "budget", steps=10_000, time_budget_s=1.0)
+    meta = train_member(config, config.members[0], tiny_data, tmp_path / "budget" / "m")
+    assert 0 < meta["training"]["steps_done"] < 10_000
+    assert meta["training"]["history"][-1]["step"] == meta["training"]["steps_done"]

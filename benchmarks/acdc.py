@@ -1,0 +1,91 @@
+"""ACDC accuracy benchmark: each trained model and the fused ensemble on the validation split.
+
+Prints one JSON line per model: ``model``, ``mean_dice`` (RV, MYO, LV), ``dice`` and ``hd95`` per
+class, ``train_s`` (training seconds read from ``model.json``; for the ensemble the sum over its
+members, with ``train_wall_s`` the longest member when they ran in parallel), ``params`` and
+``infer_s_per_volume`` (``segment_case`` on the input grid, 2 threads).
+
+By default the committed checkpoints are scored (no retraining). ``--retrain`` first trains
+``configs/acdc.yaml`` (one process per member, in parallel) and ``configs/acdc-deconvnet-pure.yaml``.
+
+    .venv/bin/python benchmarks/acdc.py [--data ../shared/data/acdc] [--retrain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ENSEMBLE = REPO / "models" / "weights" / "acdc"
+BASELINES = REPO / "models" / "weights" / "acdc-baselines"
+
+
+def retrain() -> None:
+    """Train the ensemble members in parallel processes, then the pure-switch baseline."""
+    import yaml
+
+    cli = [sys.executable, "-c", "from flows.cli import app; app()", "train"]
+    config = REPO / "configs" / "acdc.yaml"
+    members = [m["name"] for m in yaml.safe_load(config.read_text())["members"]]
+    jobs = [subprocess.Popen([*cli, str(config), "--member", m, "--quiet"], cwd=REPO) for m in members]
+    jobs.append(subprocess.Popen([*cli, str(REPO / "configs" / "acdc-deconvnet-pure.yaml"), "--quiet"], cwd=REPO))
+    if any(job.wait() for job in jobs):
+        raise SystemExit("a training process failed")
+    subprocess.run([*cli, str(config), "--quiet"], cwd=REPO, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "acdc"))
+    parser.add_argument("--split", default=None, help="list file (default: <data>/splits/val.list)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--retrain", action="store_true", help="train everything first (about an hour)")
+    args = parser.parse_args()
+    if args.retrain:
+        retrain()
+
+    import torch
+
+    from models.registry import load_checkpoint, load_ensemble, read_ensemble_config
+    from pipeline.evaluation import evaluate_members, read_eval_cases
+    from pipeline.segment import InferenceConfig
+
+    torch.set_num_threads(args.threads)
+    cases = read_eval_cases(args.data, args.split or Path(args.data) / "splits" / "val.list")
+    config = InferenceConfig(threads=args.threads)
+    singles = sorted(p for root in (ENSEMBLE, BASELINES) if root.is_dir() for p in root.iterdir() if (p / "model.json").is_file())
+    for folder in singles:
+        model, meta = load_checkpoint(folder)
+        result = evaluate_members(cases, [(model, meta)], config, ensemble={})
+        print(json.dumps(row(f"{folder.parent.name}/{folder.name}", result, [meta])), flush=True)
+    members = load_ensemble(ENSEMBLE)
+    result = evaluate_members(cases, members, config, ensemble=read_ensemble_config(ENSEMBLE))
+    print(json.dumps(row(f"acdc ensemble ({len(members)} members, mean of softmax)", result, [m for _, m in members])))
+
+
+def row(name: str, result: dict, metas: list[dict]) -> dict:
+    """One JSON line from an evaluation result and the members' ``model.json``."""
+    seconds = [m["training"].get("seconds", 0.0) for m in metas]
+    out = {
+        "model": name,
+        "mean_dice": round(result["mean_dice"], 4),
+        "dice": {k: round(v, 4) for k, v in result["dice"].items()},
+        "hd95": {k: None if v is None else round(v, 2) for k, v in result["hd95"].items()},
+        "train_s": round(sum(seconds), 1),
+        "params": sum(int(m["training"]["params"]) for m in metas),
+        "infer_s_per_volume": round(result["infer_s_per_volume"], 3),
+        "cases": result["cases"],
+    }
+    if len(metas) > 1:
+        out["train_wall_s"] = round(max(seconds), 1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
