@@ -22,7 +22,7 @@ def test_report_inlines_images_and_escapes_names(tmp_path):
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     assert "case &lt;1&gt;" in html and "a&amp;b" in html
     assert "src='data:image/png;base64," in html and str(png) not in html
-    assert "12.35" in html and "implausible_volume touches_border" in html
+    assert "12.35" in html and "<td>yes</td><td class='flag'>implausible_volume</td>" in html
 
 
 def test_manifest_hashes_inputs_and_records_versions(tmp_path):

@@ -61,6 +61,8 @@ def _slice_indices(labels: np.ndarray, view: str, count: int) -> list[int]:
 def _tile(rgb: np.ndarray, pixel_mm: tuple[float, float], tile_px: int, caption: str) -> Image.Image:
     height_mm, width_mm = rgb.shape[0] * pixel_mm[0], rgb.shape[1] * pixel_mm[1]
     scale = tile_px / max(height_mm, width_mm)
+    if min(height_mm, width_mm) * scale < tile_px / 5:  # a thin slab: enlarge it, up to twice the tile size
+        scale = min(tile_px / 5 / min(height_mm, width_mm), 2 * tile_px / max(height_mm, width_mm))
     size = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
     tile = Image.fromarray((rgb * 255).astype(np.uint8)).resize(size, Image.Resampling.NEAREST)
     ImageDraw.Draw(tile).text((3, 2), caption, fill=(255, 255, 0))

@@ -45,12 +45,13 @@ def render_report(
     rows = []
     for row in stats:
         colour = "#%02x%02x%02x" % tuple(row["color"])
-        flags = " ".join(row["flags"] + (["touches_border"] if row["touches_border"] else []))
+        flags = " ".join(row["flags"])
+        border = "yes" if row["touches_border"] else ""
         rows.append(
             f"<tr><td>{row['value']}</td><td class='name'><span class='swatch' style='background:{colour}'></span>"
             f"{html.escape(row['name'])}</td><td>{_cell(row['volume_ml'])}</td><td>{row['voxels']}</td>"
             f"<td>{_cell(row['mean_intensity'])} {html.escape(row['intensity_unit'])}</td>"
-            f"<td>{_cell(row['mean_uncertainty'])}</td><td class='flag'>{html.escape(flags)}</td></tr>"
+            f"<td>{_cell(row['mean_uncertainty'])}</td><td>{border}</td><td class='flag'>{html.escape(flags)}</td></tr>"
         )
     flagged = [f"{row['name']}: {', '.join(row['flags'])}" for row in stats if row["flags"]]
     figures = "".join(
@@ -65,7 +66,8 @@ def render_report(
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         f"<h2>QA flags</h2><ul id='flags'>{flags_html}</ul>"
         "<h2>Structures</h2><table id='stats'><tr><th>value</th><th>structure</th><th>volume (mL)</th><th>voxels</th>"
-        f"<th>mean intensity</th><th>mean uncertainty</th><th>flags</th></tr>{''.join(rows)}</table>"
+        f"<th>mean intensity</th><th>mean uncertainty</th><th>cut by field of view</th><th>QA flags</th></tr>"
+        f"{''.join(rows)}</table>"
         f"<h2>Overlays</h2><div id='overlays'>{figures}</div>"
         f"<h2>Provenance</h2><ul id='notes'>{notes_html}</ul></body></html>"
     )
