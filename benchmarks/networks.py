@@ -26,6 +26,8 @@ ANISO_KERNEL = [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]]
 SUGGESTED = {
     "deconvnet3d": dict(in_channels=1, out_channels=4, widths=[16, 32, 64, 128], pool_sizes=ANISO_POOL,
                         kernel_sizes=ANISO_KERNEL, norm="instance", skip="concat"),
+    "deconvnet3d-small": dict(in_channels=1, out_channels=4, widths=[8, 16, 32, 64], pool_sizes=ANISO_POOL,
+                              kernel_sizes=ANISO_KERNEL, norm="instance", skip="concat"),
     "deconvnet3d-none": dict(in_channels=1, out_channels=4, widths=[16, 32, 64, 128], pool_sizes=ANISO_POOL,
                              kernel_sizes=ANISO_KERNEL, norm="instance", skip="none"),
     "fcn3d": dict(in_channels=1, out_channels=4, widths=[16, 32, 64, 128], pool_sizes=ANISO_POOL,

@@ -37,7 +37,7 @@ META = {
 
 
 def _forward(model: torch.nn.Module, arch: str) -> torch.Tensor:
-    x = torch.randn(1, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return model(x, x.flip(-1)) if arch == "two_scale" else model(x)
 
