@@ -186,17 +186,27 @@ def _tables(source: Volume, target: Volume) -> list[_Axis]:
     return [_Axis(c, n) for c, n in zip(grid_coordinates(source, target), source.shape)]
 
 
-def _slab(values: np.ndarray, axes: list[_Axis], part: slice) -> np.ndarray:
-    """Separable trilinear interpolation of ``(C, z, y, x)`` values for the target z-slices ``part``."""
+def _slab(values: np.ndarray, axes: list[_Axis], part: slice, rows: slice = slice(None), cols: slice = slice(None),
+          out: np.ndarray | None = None) -> np.ndarray:
+    """Separable trilinear interpolation of ``(C, z, y, x)`` values at target z-slices ``part``, ``rows``, ``cols``."""
     z, y, x = axes
     block = torch.lerp(torch.from_numpy(values[:, z.lower[part]]), torch.from_numpy(values[:, z.upper[part]]),
                        torch.from_numpy(z.weight[part][:, None, None]))
     block = block.numpy()
-    block = torch.lerp(torch.from_numpy(np.take(block, y.lower, axis=2)), torch.from_numpy(np.take(block, y.upper, axis=2)),
-                       torch.from_numpy(y.weight[:, None]))
+    block = torch.lerp(torch.from_numpy(np.take(block, y.lower[rows], axis=2)),
+                       torch.from_numpy(np.take(block, y.upper[rows], axis=2)), torch.from_numpy(y.weight[rows][:, None]))
     block = block.numpy()
-    return torch.lerp(torch.from_numpy(np.take(block, x.lower, axis=3)), torch.from_numpy(np.take(block, x.upper, axis=3)),
-                      torch.from_numpy(x.weight)).numpy()
+    low, high = torch.from_numpy(np.take(block, x.lower[cols], axis=3)), torch.from_numpy(np.take(block, x.upper[cols], axis=3))
+    if out is None:
+        return torch.lerp(low, high, torch.from_numpy(x.weight[cols])).numpy()
+    torch.lerp(low, high, torch.from_numpy(x.weight[cols]), out=torch.from_numpy(out))
+    return out
+
+
+def _span(hit: np.ndarray) -> slice:
+    """The slice from the first to the last true entry of a 1D mask."""
+    index = np.flatnonzero(hit)
+    return slice(int(index[0]), int(index[-1]) + 1)
 
 
 def _gather(array: np.ndarray, axes: list[_Axis], part: slice) -> np.ndarray:
@@ -207,12 +217,13 @@ def _gather(array: np.ndarray, axes: list[_Axis], part: slice) -> np.ndarray:
 
 def _points(values: np.ndarray, axes: list[_Axis], part: slice, index: tuple[np.ndarray, ...]) -> np.ndarray:
     """Trilinear interpolation of ``(C, z, y, x)`` values at the target voxels ``index`` of the slab (``(C, M)``)."""
-    zi, yi, xi = index[0] + part.start, index[1], index[2]
-    out = np.zeros((values.shape[0], zi.size), dtype=np.float32)
-    for (zs, wz), (ys, wy), (xs, wx) in itertools.product(
-        *[((a.lower[i], 1.0 - a.weight[i]), (a.upper[i], a.weight[i])) for a, i in zip(axes, (zi, yi, xi))]
-    ):
-        out += values[:, zs, ys, xs] * (wz * wy * wx)
+    flat = values.reshape(values.shape[0], -1)
+    _, ny, nx = values.shape[1:]
+    out = np.zeros((values.shape[0], index[0].size), dtype=np.float32)
+    corners = [((a.lower[i], 1.0 - a.weight[i]), (a.upper[i], a.weight[i]))
+               for a, i in zip(axes, (index[0] + part.start, index[1], index[2]))]
+    for (zs, wz), (ys, wy), (xs, wx) in itertools.product(*corners):
+        out += np.take(flat, (zs * ny + ys) * nx + xs, axis=1) * (wz * wy * wx)
     return out
 
 
@@ -229,8 +240,8 @@ def restore_labels(
     Each class scores ``s_c(v) = sum_corners w_i * conf_i * [label_i == c]`` over the 8 source voxels
     around target voxel ``v`` (trilinear weights ``w_i``), and ``v`` takes the best class. Where all
     8 neighbours agree (most of a volume) the label is copied; the scores are computed only for the
-    remaining boundary voxels, or densely for a slab whose boundary fraction exceeds
-    ``dense_fraction``. Both ways give the same result; memory is one slab of scores.
+    remaining boundary voxels, or densely (over the boundary's bounding rectangle) for a slab
+    whose boundary fraction exceeds ``dense_fraction``. Both ways give the same result; memory is one slab of scores.
 
     Args:
         labels: label values on ``source`` (e.g. the refined, fused map).
@@ -259,7 +270,8 @@ def restore_labels(
         block = _gather(labels, axes, part)
         boundary = ~_gather(uniform, axes, part)
         if boundary.mean() > dense_fraction:
-            block = values[_slab(scores, axes, part).argmax(0)]
+            rows, cols = (_span(boundary.any(axis=axis)) for axis in ((0, 2), (0, 1)))
+            block[:, rows, cols] = values[_slab(scores, axes, part, rows, cols).argmax(0)]
         elif boundary.any():
             index = np.nonzero(boundary)
             block[index] = values[_points(scores, axes, part, index).argmax(0)]
@@ -279,5 +291,5 @@ def restore_map(values: np.ndarray, source: Volume, target: Volume, slab: int = 
     out = np.empty((channels.shape[0], *target.shape), dtype=np.float32)
     for start in range(0, target.shape[0], slab):
         part = slice(start, min(start + slab, target.shape[0]))
-        out[:, part] = _slab(channels, axes, part)
+        _slab(channels, axes, part, out=out[:, part])
     return out if array.ndim == 4 else out[0]

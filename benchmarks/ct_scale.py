@@ -1,0 +1,221 @@
+"""Ensemble inference at CT scale against a MONAI recipe doing the same work, in one run.
+
+    python benchmarks/ct_scale.py [--threads 2] [--members 3] [--patch 128 128 128] [--bf16 | --no-bf16]
+
+Input: the TotalSegmentator example CT (``shared/data/totalsegmentator_example/example_ct.nii.gz``,
+3 mm) resampled (linear, air outside) to 512 x 512 x 250 voxels at 0.8 x 0.8 x 1.5 mm and written as
+int16 NIfTI to a temporary folder. Networks: ``members`` randomly initialised DeconvNet3d variants
+(widths 8-16-32-64; concat / add skips) built by ``models.registry`` and saved as an ensemble with a
+3 mm working spacing (speed does not depend on the weights).
+
+Each pipeline runs in its own child process, so that peak RSS (``ru_maxrss``) is its own:
+
+- ours: ``read_volume`` -> ``load_ensemble`` -> ``segment_case`` (resample, normalise, Gaussian
+  sliding window per member, fusion, uncertainty, refinement plan, label-consistent restore of
+  labels and uncertainty to the input grid in slabs) -> ``write_volume`` of the label map.
+- MONAI: ``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Spacingd`` (3 mm, bilinear) ->
+  ``ScaleIntensityRanged`` (the same CT normalisation) -> ``sliding_window_inference`` (Gaussian,
+  same patch and overlap) per network, softmax mean -> ``Invertd`` (bilinear back to the input
+  grid) -> argmax -> ``SaveImaged`` (NIfTI, uint8).
+
+Both use ``torch.set_num_threads(threads)``. Times exclude Python/torch start-up (reported apart
+as ``*_process_s``). The last line is one JSON object: ``total_s``, ``peak_rss_mib``, ``stages``,
+``monai_total_s``, ``ratio`` (= total_s / monai_total_s), ``voxels``, ``members``, and more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO.parent / "shared" / "data" / "totalsegmentator_example" / "example_ct.nii.gz"
+SHAPE, SPACING, WORKING = (250, 512, 512), (0.8, 0.8, 1.5), (3.0, 3.0, 3.0)
+NORMALIZATION = {"scheme": "ct", "clip": [-1000.0, 1000.0], "mean": 0.0, "std": 300.0}
+VARIANTS = [{"widths": [8, 16, 32, 64], "skip": "concat"}, {"widths": [8, 16, 32, 64], "skip": "add"},
+            {"widths": [8, 16, 32, 64], "skip": "concat", "convs_per_block": 1}]
+
+
+def prepare(folder: Path, members: int, patch: list[int]) -> tuple[Path, Path]:
+    """Write the 512x512x250 CT and a random-weight ensemble into ``folder``."""
+    import numpy as np
+    import torch
+
+    from models.registry import build_model, save_checkpoint
+    from pipeline.io import read_volume, write_volume
+    from pipeline.phantoms import PHANTOM_LABELS
+    from pipeline.resample import resample_to_grid
+    from pipeline.volume import Volume
+
+    source = read_volume(EXAMPLE)
+    centre = source.index_to_world((np.asarray(source.size) - 1) / 2.0)[0]
+    extent = source.direction @ ((np.asarray(tuple(reversed(SHAPE))) - 1) * np.asarray(SPACING) / 2.0)
+    grid = Volume(np.broadcast_to(np.uint8(0), SHAPE), spacing=SPACING, origin=tuple(centre - extent),
+                  direction=source.direction, kind="label")
+    image = resample_to_grid(source, grid, order=1, fill=-1024.0)
+    image = image.with_array(np.rint(image.array).astype(np.int16))
+    ct = write_volume(image, folder / "ct_512x512x250.nii.gz")
+    torch.manual_seed(0)
+    for k in range(members):
+        kwargs = {"in_channels": 1, "out_channels": len(PHANTOM_LABELS) + 1, **VARIANTS[k % len(VARIANTS)]}
+        meta = {"labels": PHANTOM_LABELS.to_json(), "spacing": list(WORKING), "patch_size": patch,
+                "normalization": NORMALIZATION, "arch_kwargs": kwargs}
+        save_checkpoint(folder / "ensemble" / f"member{k}", build_model("deconvnet3d", **kwargs), meta)
+    return ct, folder / "ensemble"
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_ours(ct: Path, model: Path, out: Path, threads: int, overlap: float, bf16: bool) -> dict:
+    from models.registry import load_ensemble
+    from pipeline.io import read_volume, write_volume
+    from pipeline.segment import InferenceConfig, segment_case
+
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    image = read_volume(ct)
+    stages["ingest"] = time.perf_counter() - start
+    t = time.perf_counter()
+    members = load_ensemble(model)
+    stages["load_models"] = time.perf_counter() - t
+    config = InferenceConfig(threads=threads, overlap=overlap, bf16=bf16)
+    result = segment_case(image, members, config)
+    stages.update(result.timings)
+    t = time.perf_counter()
+    write_volume(result.labels, out / "labels.nii.gz")
+    stages["write"] = time.perf_counter() - t
+    total = time.perf_counter() - start
+    return {"total_s": total, "stages": stages, "peak_rss_mib": _peak_rss_mib(), "voxels": int(image.array.size)}
+
+
+def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) -> dict:
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, SaveImaged,
+                                  ScaleIntensityRanged, Spacingd)
+
+    from models.registry import load_ensemble
+
+    torch.set_num_threads(threads)
+    lo, hi = NORMALIZATION["clip"]
+    mean, std = NORMALIZATION["mean"], NORMALIZATION["std"]
+    pre = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Spacingd("image", pixdim=WORKING, mode="bilinear"),
+                   ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std,
+                                        clip=True)])
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    data = pre({"image": str(ct)})
+    stages["ingest_spacing_normalize"] = time.perf_counter() - start
+    t = time.perf_counter()
+    members = load_ensemble(model)
+    stages["load_models"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with torch.no_grad():
+        probabilities = None
+        for net, meta in members:
+            roi = tuple(reversed(meta["patch_size"]))  # MONAI arrays are (x, y, z)
+            logits = sliding_window_inference(data["image"][None], roi, 1, net, overlap=overlap, mode="gaussian")
+            p = torch.softmax(logits, dim=1)
+            probabilities = p if probabilities is None else probabilities + p
+        data["pred"] = (probabilities / len(members))[0]
+    stages["inference_fusion"] = time.perf_counter() - t
+    t = time.perf_counter()
+    data = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(data)
+    stages["invert"] = time.perf_counter() - t
+    t = time.perf_counter()
+    data = AsDiscreted("pred", argmax=True)(data)
+    stages["argmax"] = time.perf_counter() - t
+    t = time.perf_counter()
+    SaveImaged("pred", output_dir=str(out), output_postfix="seg", output_dtype=np.uint8, separate_folder=False,
+               resample=False, print_log=False)(data)
+    stages["write"] = time.perf_counter() - t
+    total = time.perf_counter() - start
+    return {"total_s": total, "stages": stages, "peak_rss_mib": _peak_rss_mib(), "shape": list(data["pred"].shape)}
+
+
+def _child(which: str, args: argparse.Namespace, folder: Path, ct: Path, model: Path) -> dict:
+    out = folder / f"out-{which}"
+    out.mkdir(exist_ok=True)
+    command = [sys.executable, __file__, "--child", which, "--ct", str(ct), "--model", str(model), "--out", str(out),
+               "--threads", str(args.threads), "--overlap", str(args.overlap), "--bf16" if args.bf16 else "--no-bf16"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"{which} pipeline failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - start
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], help="window (z, y, x) at 3 mm")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--child", choices=["ours", "monai"])
+    parser.add_argument("--ct", type=Path)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    if args.child == "ours":
+        print(json.dumps(run_ours(args.ct, args.model, args.out, args.threads, args.overlap, args.bf16)))
+        return
+    if args.child == "monai":
+        print(json.dumps(run_monai(args.ct, args.model, args.out, args.threads, args.overlap)))
+        return
+    with tempfile.TemporaryDirectory(prefix="ct-scale-") as tmp:
+        folder = Path(tmp)
+        ct, model = prepare(folder, args.members, args.patch)
+        ours = _child("ours", args, folder, ct, model)
+        monai = _child("monai", args, folder, ct, model)
+        agreement = _agreement(folder)
+    summary = {
+        "total_s": round(ours["total_s"], 2),
+        "peak_rss_mib": round(ours["peak_rss_mib"], 1),
+        "stages": {k: round(v, 3) for k, v in ours["stages"].items()},
+        "monai_total_s": round(monai["total_s"], 2),
+        "ratio": round(ours["total_s"] / monai["total_s"], 3),
+        "voxels": ours["voxels"],
+        "members": args.members,
+        "monai_peak_rss_mib": round(monai["peak_rss_mib"], 1),
+        "monai_stages": {k: round(v, 3) for k, v in monai["stages"].items()},
+        "process_s": round(ours["process_s"], 2),
+        "monai_process_s": round(monai["process_s"], 2),
+        "label_agreement_with_monai": agreement,
+        "threads": args.threads, "patch": args.patch, "overlap": args.overlap, "bf16": args.bf16,
+        "working_spacing_mm": list(WORKING),
+    }
+    print(json.dumps(summary))
+
+
+def _agreement(folder: Path) -> float | None:
+    """Fraction of voxels where both pipelines wrote the same label (same grid, read back)."""
+    import numpy as np
+
+    from pipeline.io import read_volume
+
+    ours = read_volume(folder / "out-ours" / "labels.nii.gz", kind="label")
+    found = sorted((folder / "out-monai").glob("*seg.nii.gz"))
+    if not found:
+        return None
+    theirs = read_volume(found[0], kind="label")
+    if not ours.same_grid(theirs, atol=1e-3):
+        return None
+    values = np.array([0, 1, 2, 3, 4], dtype=np.uint8)  # MONAI writes channel indices
+    return round(float((ours.array == values[theirs.array.astype(np.intp)]).mean()), 4)
+
+
+if __name__ == "__main__":
+    main()
