@@ -3,7 +3,8 @@ or with ``--ct-scale`` for a 512 x 512 x 250 CT phantom (4 organs) with a genera
 
     python benchmarks/export_bundle.py [--repeats 3] [--data ../shared/data] [--ct-scale]
 
-Prints one JSON line: median seconds per bundle (reading excluded), median seconds per stage
+Prints one JSON line: median wall and CPU seconds per bundle (reading excluded; CPU time is the
+figure to compare on a shared machine, with the load average beside it), median seconds per stage
 (``BundleSummary.timings``), bundle size, SEG size and the peak resident memory of the process.
 There is no peer to compare with here: rt-utils and pydicom-seg cannot be installed beside
 Prefect 3 (see ENVIRONMENT.md), so no ratio is reported.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import tempfile
@@ -46,19 +48,21 @@ def main() -> None:
         named = read_label_file(root / "class_map_total_and_total_mr.json", "total")
         table = with_codes(complete_table(LabelTable(tuple(lb for lb in named if lb.value in present)), present))
         name = "export_bundle_totalsegmentator_dicom"
-    totals, stages = [], []
+    totals, cpu, stages = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             summary = write_bundle(Path(tmp) / f"case{repeat}", image, labels, table, dicom_series=True)
             totals.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
             stages.append(summary.timings)
         size = sum(p.stat().st_size for p in summary.path.rglob("*") if p.is_file())
         seg_size = (summary.path / "seg.dcm").stat().st_size
     print(json.dumps({
         "benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "shape_zyx": list(image.shape), "structures": len(table), "repeats": args.repeats,
-        "seconds_median": round(statistics.median(totals), 2),
+        "seconds_median": round(statistics.median(totals), 2), "cpu_seconds_median": round(statistics.median(cpu), 2),
+        "load_average_1min": round(os.getloadavg()[0], 1),
         "stage_seconds_median": {k: round(statistics.median(s[k] for s in stages), 2) for k in stages[0]},
         "bundle_mb": round(size / 2**20, 1), "seg_mb": round(seg_size / 2**20, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
