@@ -185,14 +185,19 @@ def test_cli_unknown_labels_get_generic_names_and_errors_are_one_line(tmp_path):
     (tmp_path / "names.json").write_text(json.dumps({"1": "liver"}))
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(tmp_path / "labels.nii.gz"), "--image", str(tmp_path / "image.nii.gz"),
-                                 "--out", str(tmp_path / "out"), "--labels", str(tmp_path / "names.json"), "--json"])
+                                 "--out", str(tmp_path / "out"), "--labels", str(tmp_path / "names.json"), "--json",
+                                 "--modality", "CT"])
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert [row["name"] for row in stats] == ["liver", "label_2", "label_3"]
+    assert stats[0]["intensity_unit"] == "HU" and stats[0]["value"] == 1
     assert "seg.dcm" not in json.loads(result.output)["files"]
     result = runner.invoke(app, ["export", str(tmp_path / "missing.nii.gz"), "--image", str(tmp_path / "image.nii.gz"),
                                  "--out", str(tmp_path / "out2")])
     assert result.exit_code == 2 and "missing.nii.gz" in result.output and not (tmp_path / "out2").exists()
+    result = runner.invoke(app, ["export", str(tmp_path / "labels.nii.gz"), "--image", str(tmp_path / "image.nii.gz"),
+                                 "--out", str(tmp_path / "out3"), "--modality", "PET"])
+    assert result.exit_code == 2 and "--modality CT" in result.output and not (tmp_path / "out3").exists()
 
 
 @pytest.mark.parametrize("geometry", ["negated", "oblique"])

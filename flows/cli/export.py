@@ -22,19 +22,27 @@ def export(
     stats_config: Path | None = typer.Option(None, "--config", help="YAML with QA thresholds (StatsConfig)."),
     dicom_series: bool = typer.Option(False, "--dicom-series",
                                       help="For non-DICOM images: also write a DICOM series, SEG and RTSTRUCT."),
+    modality: str | None = typer.Option(None, "--modality", help="CT or MR (default: DICOM tag, else detected)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
 ) -> None:
     """Write labels.nii.gz, seg.dcm/rtstruct.dcm (DICOM images), labels.seg.nrrd, overlays, stats and report.html."""
     import numpy as np
 
     from pipeline.config import load_config
+    from pipeline.errors import InputError
     from pipeline.export.bundle import write_bundle
     from pipeline.export.label_tables import complete_table, read_label_file, with_codes
     from pipeline.export.stats import StatsConfig
     from pipeline.io import read_volume
     from pipeline.labels import LabelTable
+    from pipeline.normalize import detect_modality
 
     image_volume = read_volume(image)
+    try:  # intensities are reported in HU only for CT
+        detected = detect_modality(image_volume, modality)
+    except ValueError as err:
+        raise InputError(image, str(err), "pass --modality CT or --modality MR") from err
+    image_volume = image_volume.with_array(image_volume.array, modality=detected)
     label_volume = read_volume(labels, kind="label")
     config = load_config(stats_config, StatsConfig) if stats_config else StatsConfig()
     if "expected" not in config.model_fields_set:  # a label file names structures; it does not expect them

@@ -76,7 +76,7 @@ def write_dicom_seg(
     if labels.shape != (len(reference.datasets), rows, cols):
         raise InputError(path, f"label map shape {labels.shape} does not match the series "
                          f"({len(reference.datasets)}, {rows}, {cols})", "resample the labels onto the image grid")
-    lut = np.zeros(int(labels.array.max()) + 1, dtype=np.uint8)
+    lut = np.zeros(int(labels.array.max()) + 1, dtype=np.uint8 if len(present) < 256 else np.uint16)
     for number, label in enumerate(present, start=1):
         lut[label.value] = number
     segment_map = lut[labels.array]
