@@ -7,5 +7,6 @@ from flows.cli import export  # noqa: F401
 from flows.cli import deblur  # noqa: F401
 from flows.cli import train  # noqa: F401
 from flows.cli import segment  # noqa: F401
+from flows.cli import autoencoder  # noqa: F401
 
 __all__ = ["app"]
