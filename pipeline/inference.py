@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.patches import context_crop
@@ -173,13 +174,22 @@ def grid_coordinates(source: Volume, target: Volume) -> tuple[np.ndarray, np.nda
 
 
 class _Axis:
-    """Linear-interpolation table along one axis: lower/upper source index and upper weight."""
+    """Linear-interpolation table along one axis: lower/upper source index and upper weight.
+
+    ``scale`` is set when the grids' outer voxel edges coincide (``coords[i] = (i + 1/2) r - 1/2``,
+    as for grids made by ``pipeline.resample.grid_at_spacing``): then ``torch``'s optimised
+    ``interpolate`` (``align_corners=False``, ``scale_factor = 1/r``) computes the same samples.
+    """
 
     def __init__(self, coords: np.ndarray, n: int) -> None:
         c = np.clip(coords, 0.0, n - 1.0)
         self.lower = np.minimum(np.floor(c), max(n - 2, 0)).astype(np.intp)
         self.upper = np.minimum(self.lower + 1, n - 1)
         self.weight = (c - self.lower).astype(np.float32)
+        ratio = float(coords[1] - coords[0]) if coords.size > 1 else 1.0
+        edges = (np.arange(coords.size) + 0.5) * ratio - 0.5
+        self.scale = 1.0 / ratio if ratio > 0 and np.allclose(coords, edges, atol=1e-4) else None
+        self.size = coords.size
 
 
 def _tables(source: Volume, target: Volume) -> list[_Axis]:
@@ -192,6 +202,19 @@ def _slab(values: np.ndarray, axes: list[_Axis], part: slice, rows: slice = slic
     z, y, x = axes
     block = torch.lerp(torch.from_numpy(values[:, z.lower[part]]), torch.from_numpy(values[:, z.upper[part]]),
                        torch.from_numpy(z.weight[part][:, None, None]))
+    if y.scale and x.scale:
+        channels, depth = block.shape[:2]
+        flat = block.reshape(1, channels * depth, *block.shape[2:])
+        short = [max(math.ceil(a.size / a.scale) - n, 0) for a, n in zip((y, x), flat.shape[2:])]
+        if any(short):  # one replicated voxel lets floor(n * scale) reach the target size
+            flat = F.pad(flat, (0, short[1], 0, short[0]), mode="replicate")
+        plane = F.interpolate(flat, scale_factor=(y.scale, x.scale), mode="bilinear", align_corners=False,
+                              recompute_scale_factor=False)
+        plane = plane.reshape(channels, depth, *plane.shape[2:])[:, :, : y.size, : x.size][:, :, rows, cols]
+        if out is None:
+            return plane.numpy()
+        torch.from_numpy(out).copy_(plane)
+        return out
     block = block.numpy()
     block = torch.lerp(torch.from_numpy(np.take(block, y.lower[rows], axis=2)),
                        torch.from_numpy(np.take(block, y.upper[rows], axis=2)), torch.from_numpy(y.weight[rows][:, None]))

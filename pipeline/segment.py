@@ -58,7 +58,8 @@ class InferenceConfig(Settings):
         crop_foreground: run the networks only on the bounding box of the image's foreground
             (``pipeline.normalize.foreground_mask``, e.g. the body in CT) plus ``crop_margin_mm``;
             outside it every voxel is background (nnU-Net crops to the non-zero region the same way).
-        crop_margin_mm: context kept around the foreground box.
+        crop_margin_mm: margin kept around the foreground box (the box is grown to at least one
+            window, so the networks see real image, not padding, around the body).
         resample_order: interpolation order of the image onto the working grid (1 = linear: the
             ~30x downsampling of CT makes cubic cost seconds for no visible gain).
         slab: input-grid z-slices restored at once (memory ~ classes x slab x rows x columns floats).
@@ -77,7 +78,7 @@ class InferenceConfig(Settings):
     fusion: Rule | None = None
     refine: bool = True
     crop_foreground: bool = True
-    crop_margin_mm: float = 24.0
+    crop_margin_mm: float = 6.0
     resample_order: int = 1
     slab: int = 16
     memory_budget_mib: float | None = None
@@ -123,14 +124,22 @@ def ensemble_settings(members: Sequence[Member]) -> dict[str, Any]:
     return {}
 
 
-def foreground_box(volume: Volume, margin_mm: float) -> tuple[slice, slice, slice]:
-    """Bounding box (z, y, x slices) of the image's foreground, grown by ``margin_mm`` and clipped."""
+def foreground_box(volume: Volume, margin_mm: float, min_size: Sequence[int] = (1, 1, 1)) -> tuple[slice, slice, slice]:
+    """Bounding box (z, y, x slices) of the image's foreground, grown by ``margin_mm``.
+
+    A box thinner than ``min_size`` (the window) along an axis grows around its centre to the window
+    (clipped to the image), so a window sees real image there rather than padding.
+    """
     mask = foreground_mask(volume.array)
     box = []
-    for axis, spacing in zip(range(3), reversed(volume.spacing)):
+    for axis, (spacing, size) in enumerate(zip(reversed(volume.spacing), min_size)):
+        n = mask.shape[axis]
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         margin = int(np.ceil(margin_mm / spacing))
-        box.append(slice(max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, mask.shape[axis])))
+        lo, hi = max(int(hit[0]) - margin, 0), min(int(hit[-1]) + margin + 1, n)
+        grow = max(int(size) - (hi - lo), 0)
+        lo = max(min(lo - grow // 2, n - int(size)), 0)
+        box.append(slice(lo, min(max(hi, lo + int(size)), n)))
     return tuple(box)  # type: ignore[return-value]
 
 
@@ -186,7 +195,8 @@ def segment_case(
                 resampled = resample_to_spacing(image, spacing, order=config.resample_order, threads=config.threads)
             with _timed(timings, "crop"):
                 full = tuple(slice(0, n) for n in resampled.shape)
-                box = foreground_box(resampled, config.crop_margin_mm) if config.crop_foreground else full
+                box = (foreground_box(resampled, config.crop_margin_mm, meta["patch_size"])
+                       if config.crop_foreground else full)
             with _timed(timings, "normalize"):
                 working[key] = (normalize(resampled, meta["normalization"]), box)
         volume, box = working[key]

@@ -124,3 +124,19 @@ def test_restore_takes_only_neighbouring_labels_and_is_identity_on_the_same_grid
     zc, yc, xc = grid_coordinates(source, fine)
     far = (np.abs(zc - 2.5)[:, None, None] > 2) | (np.abs(yc - 3)[None, :, None] > 2) | (np.abs(xc - 4)[None, None, :] > 2)
     assert not up[far].any()
+
+
+@pytest.mark.parametrize("new_spacing", [(3.0, 3.0, 3.0), (3.0, 2.0, 3.0), (0.5, 0.7, 1.3)])
+def test_restore_from_an_edge_aligned_working_grid_equals_simpleitk(rng, new_spacing):
+    from pipeline.resample import grid_at_spacing
+
+    target = Volume(np.zeros((20, 31, 35), np.uint8), spacing=(0.8, 0.9, 1.5), origin=(3.0, 4.0, 5.0), direction=OBLIQUE)
+    source = grid_at_spacing(target, new_spacing)  # the grid segment_case infers on
+    values = rng.random(source.shape).astype(np.float32)
+    theirs = _sitk_linear(values, source, target)
+    inside = theirs != -1.0
+    np.testing.assert_allclose(restore_map(values, source, target, slab=4)[inside], theirs[inside], atol=1e-5)
+    labels = rng.integers(0, 3, source.shape).astype(np.uint8)
+    dense = restore_labels(labels, values, source, target, slab=3, dense_fraction=0.0)
+    sparse = restore_labels(labels, values, source, target, slab=3, dense_fraction=1.1)
+    np.testing.assert_array_equal(dense, sparse)
