@@ -97,7 +97,12 @@ def _atomic_folder(out_dir: Path) -> Iterator[Path]:
         if out_dir.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                os.replace(old / out_dir.name, out_dir)  # put the previous bundle back
+                os.rmdir(old)
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, out_dir)
