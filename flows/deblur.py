@@ -37,7 +37,8 @@ def deblur_folder_flow(src: str, dst: str, config: dict[str, Any]) -> list[str]:
         future.wait()
     failed = {name: f.state.message for name, f in futures.items() if f.state.is_failed()}
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(images)} images failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        reasons = "; ".join(f"{name}: {message}" for name, message in failed.items())
+        raise RuntimeError(f"{len(failed)} of {len(images)} images failed: {reasons}")
     return sorted(f.result() for f in futures.values())
 
 

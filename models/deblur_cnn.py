@@ -19,6 +19,8 @@ Wiener estimate rather than the whole image. ``forward`` returns the image estim
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +89,27 @@ class DeblurCNN(nn.Module):
 
 
 def save_deblur_cnn(folder: str | Path, model: DeblurCNN, meta: dict[str, Any]) -> Path:
-    """Write ``weights.safetensors`` and ``model.json`` (``arch``, ``arch_kwargs`` and ``meta``) to ``folder``."""
+    """Write ``weights.safetensors`` and ``model.json`` (``arch``, ``arch_kwargs`` and ``meta``) to ``folder``.
+
+    Each file is written to a temporary name in ``folder`` and renamed into place.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "weights.safetensors"))
-    (folder / "model.json").write_text(json.dumps({"arch": "deblur_cnn", "arch_kwargs": model.config, **meta}, indent=2))
+    document = json.dumps({"arch": "deblur_cnn", "arch_kwargs": model.config, **meta}, indent=2)
+    writers = {"weights.safetensors": lambda tmp: save_file(state, tmp),
+               "model.json": lambda tmp: Path(tmp).write_text(document)}
+    for name, write in writers.items():
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, folder / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return folder
 
 

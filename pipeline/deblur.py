@@ -68,7 +68,9 @@ def _with_edges(restore: Callable[[np.ndarray], np.ndarray], image: np.ndarray, 
     return out[margin : margin + image.shape[0], margin : margin + image.shape[1]]
 
 
-def wiener(image: np.ndarray, psf: np.ndarray, nsr: float, *, edge: Edge = "taper", margin: int | None = None) -> np.ndarray:
+def wiener(
+    image: np.ndarray, psf: np.ndarray, nsr: float, *, edge: Edge = "taper", margin: int | None = None
+) -> np.ndarray:
     """Wiener deconvolution with a constant noise-to-signal ratio (eq. 3), by FFT.
 
     ``X = conj(K) / (|K|^2 + nsr) * Y`` with ``K = F(psf)``; ``nsr = 1/SNR``.
@@ -118,7 +120,8 @@ def pseudo_inverse_kernel(
         if np.sum(crop**2) >= energy * total:
             break
     else:
-        logger.info("k† capped at %d px keeps %.5f of its energy (asked %.5f)", max_size, np.sum(crop**2) / total, energy)
+        logger.info("k† capped at %d px keeps %.5f of its energy (asked %.5f)",
+                    max_size, np.sum(crop**2) / total, energy)
     # The cut-off tail is oscillatory but not zero-mean: restore the DC gain sum(k†) = 1 / (1 + nsr).
     return crop + (full.sum() - crop.sum()) / crop.size
 
@@ -146,7 +149,9 @@ class SeparableKernel:
         return np.einsum("j,jy,jx->yx", self.s, self.u, self.v)
 
 
-def kernel_svd(kernel: np.ndarray, energy: float = 0.9999, rank: int | None = None, keep_dc: bool = True) -> SeparableKernel:
+def kernel_svd(
+    kernel: np.ndarray, energy: float = 0.9999, rank: int | None = None, keep_dc: bool = True
+) -> SeparableKernel:
     """SVD of a 2D kernel with the rank chosen by retained energy (eq. 5).
 
     Args:

@@ -31,7 +31,7 @@ __all__ = ["DeblurConfig", "Method", "make_restorer", "deblur_image", "deblur_vo
 
 
 class DeblurConfig(Settings):
-    """Deblur settings (defaults tuned on training images for disk r=7 + noise 0.0005); ``configs/deblur.yaml`` overrides."""
+    """Deblur settings (tuned on training images for disk r=7 + noise 0.0005); ``configs/deblur.yaml`` overrides."""
 
     psf: str = "disk:7"
     method: Method = "wiener"
@@ -63,10 +63,14 @@ def find_dcnn_weights(psf: np.ndarray, root: Path = WEIGHTS_ROOT) -> Path:
                       "train them (deconvseg deblur-train) or use --method wiener")
 
 
-def make_restorer(psf: np.ndarray, method: Method, config: DeblurConfig = DeblurConfig()) -> Callable[[np.ndarray], np.ndarray]:
+def make_restorer(
+    psf: np.ndarray, method: Method, config: DeblurConfig = DeblurConfig()
+) -> Callable[[np.ndarray], np.ndarray]:
     """A function ``image -> restored image`` with everything PSF-dependent (k†, SVD, network) built once."""
     if method in ("svd", "direct2d"):
-        kdag = classical.pseudo_inverse_kernel(psf, config.nsr, energy=config.support_energy, max_size=config.max_support)
+        kdag = classical.pseudo_inverse_kernel(
+            psf, config.nsr, energy=config.support_energy, max_size=config.max_support
+        )
         if method == "direct2d":
             return lambda image: classical.apply_direct(image, kdag)
         sep = classical.kernel_svd(kdag, energy=config.rank_energy)
@@ -89,7 +93,9 @@ def make_restorer(psf: np.ndarray, method: Method, config: DeblurConfig = Deblur
     return restorers[method]
 
 
-def deblur_image(image: np.ndarray, psf: np.ndarray, method: Method = "wiener", config: DeblurConfig = DeblurConfig()) -> np.ndarray:
+def deblur_image(
+    image: np.ndarray, psf: np.ndarray, method: Method = "wiener", config: DeblurConfig = DeblurConfig()
+) -> np.ndarray:
     """Restore a 2D float image (intensities in [0, 1] for ``rl`` and ``dcnn``); float64 out, unclipped."""
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:

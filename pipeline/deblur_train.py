@@ -4,8 +4,8 @@ Each training image is degraded ``copies`` times (independent noise) once, up fr
 draws random aligned crops (``patch + model.shrink`` pixels of the degraded image, ``patch`` pixels of
 the reference) with random flips/transposes. Loss: mean squared error (what PSNR measures). Adam, the
 deconvolution layers at ``lr_deconv`` (fine-tuning the k† initialisation), the rest at ``lr``, both on a
-cosine decay over the budget; training stops after ``max_seconds`` of process CPU time (a budget that does not depend on how busy a
-shared machine is), ``max_wall_seconds`` of wall time or ``max_steps``, whichever comes first.
+cosine decay over the budget; training stops after ``max_seconds`` of process CPU time (a budget that
+does not depend on how busy a shared machine is), ``max_wall_seconds`` of wall time or ``max_steps``, whichever comes first.
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def _training_pairs(cfg: DeblurTrainConfig, rng: np.random.Generator) -> list[tu
     return pairs
 
 
-def _batch(pairs: list, size: int, patch: int, shrink: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(
+    pairs: list, size: int, patch: int, shrink: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random aligned crops: inputs ``(size, 1, patch + shrink, ...)``, targets ``(size, 1, patch, patch)``."""
     margin = shrink // 2
     inputs, targets = [], []

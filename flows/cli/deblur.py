@@ -28,10 +28,10 @@ def _run_folder_flow(src: Path, dst: Path, config: dict) -> int:
 @app.command()
 @one_line_errors
 def deblur(
-    src: Path = typer.Argument(..., help="PNG/TIFF image, NIfTI/NRRD/MHA volume, DICOM folder, or a folder of PNG/TIFF."),
-    dst: Path = typer.Argument(..., help="Output file (.png/.tif for images, .nii.gz/.nrrd/.mha for volumes) or folder."),
-    psf: Optional[str] = typer.Option(None, help="PSF in pixels: disk:R, gaussian:SIGMA, motion:LEN[:ANGLE] or a .npy file."),
-    method: Optional[str] = typer.Option(None, help="wiener | svd | direct2d | rl | skimage_wiener | unsupervised_wiener | dcnn"),
+    src: Path = typer.Argument(..., help="PNG/TIFF image, NIfTI/NRRD/MHA volume, DICOM folder or PNG/TIFF folder."),
+    dst: Path = typer.Argument(..., help="Output: .png/.tif for images, .nii.gz/.nrrd/.mha for volumes, or a folder."),
+    psf: Optional[str] = typer.Option(None, help="PSF in pixels: disk:R, gaussian:SIGMA, motion:LEN[:ANGLE], .npy."),
+    method: Optional[str] = typer.Option(None, help="wiener|svd|direct2d|rl|skimage_wiener|unsupervised_wiener|dcnn"),
     nsr: Optional[float] = typer.Option(None, help="Wiener noise-to-signal ratio 1/SNR (wiener, svd, direct2d)."),
     config: Optional[Path] = typer.Option(None, help="YAML overriding the defaults (see configs/deblur.yaml)."),
 ) -> None:
@@ -46,7 +46,10 @@ def deblur(
     from pipeline.image2d import IMAGE_SUFFIXES
 
     overrides = {k: v for k, v in {"psf": psf, "method": method, "nsr": nsr}.items() if v is not None}
-    cfg = load_config(config, DeblurConfig, overrides) if config else validate_config(overrides, DeblurConfig, "options")
+    if config:
+        cfg = load_config(config, DeblurConfig, overrides)
+    else:
+        cfg = validate_config(overrides, DeblurConfig, "options")
     torch.set_num_threads(cfg.threads)
     if src.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in src.iterdir()):
         raise typer.Exit(code=_run_folder_flow(src, dst, cfg.model_dump()))
