@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,7 +92,6 @@ class TrainEvent:
     val_dice: float | None = None  # latest mean validation Dice
     best_dice: float | None = None
     validated: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Callback = Callable[[TrainEvent], None]
@@ -110,12 +109,22 @@ def member_settings(config: TrainConfig, member: MemberConfig) -> dict[str, Any]
 
 
 def is_trained(folder: Path) -> bool:
-    """True when ``folder`` holds a finished member (``model.json`` and no resume state)."""
-    return (folder / META).is_file() and not has_train_state(folder / RESUME)
+    """True when ``folder`` holds a finished member: ``model.json`` with the total training time
+    (written only when training ends) and no resume state."""
+    if not (folder / META).is_file() or has_train_state(folder / RESUME):
+        return False
+    return "seconds" in json.loads((folder / META).read_text()).get("training", {})
 
 
-def validate(model: torch.nn.Module, cases: list[Prepared], n_classes: int, patch_size, context_factor, config: TrainConfig) -> dict[str, list[float]]:
-    """Per-case Dice of every foreground class on the working grid (``pipeline.metrics.dice``)."""
+def validate(
+    model: torch.nn.Module,
+    cases: list[Prepared],
+    n_classes: int,
+    patch_size: tuple[int, int, int],
+    context_factor: tuple[int, int, int] | None,
+    config: TrainConfig,
+) -> list[list[float]]:
+    """Dice of every foreground class per case on the working grid (``pipeline.metrics.dice``)."""
     model.eval()
     predictor = prepare_predictor(model, bf16=config.bf16)
     dices: list[list[float]] = []
@@ -124,7 +133,7 @@ def validate(model: torch.nn.Module, cases: list[Prepared], n_classes: int, patc
         pred = logits.argmax(0).numpy()
         dices.append([dice(pred == c, case.label == c) for c in range(1, n_classes)])
     model.train()
-    return {"per_case": dices}
+    return dices
 
 
 def _class_means(per_case: list[list[float]], names: list[str]) -> dict[str, float]:
@@ -203,7 +212,7 @@ def train_member(
         state["val_at_done"] = state["val_at_done"] + crossed
         if done % config.val_every == 0 or done == steps or out_of_time or crossed:
             scores = validate(model, data.val, n_classes, patch, member.context_factor, config)
-            per_class = _class_means(scores["per_case"], names)
+            per_class = _class_means(scores, names)
             mean = float(np.mean(list(per_class.values())))
             state["history"].append({"step": done, "loss": loss_value, "val_dice": per_class, "mean_dice": mean})
             if mean > state["best"]:

@@ -127,3 +127,17 @@ def test_time_budget_stops_early_with_a_validated_checkpoint(tiny_data, tmp_path
     meta = train_member(config, config.members[0], tiny_data, tmp_path / "budget" / "m")
     assert 0 < meta["training"]["steps_done"] < 10_000
     assert meta["training"]["history"][-1]["step"] == meta["training"]["steps_done"]
+
+
+def test_a_member_without_its_final_record_is_not_finished(tmp_path):
+    from pipeline.training import is_trained
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"training": {"step": 40}}))
+    assert not is_trained(folder)
+    (folder / "model.json").write_text(json.dumps({"training": {"step": 40, "seconds": 12.0}}))
+    assert is_trained(folder)
+    (folder / RESUME).mkdir()
+    (folder / RESUME / "state.json").write_text("{}")
+    assert not is_trained(folder)
