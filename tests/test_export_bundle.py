@@ -58,6 +58,21 @@ def test_bundle_has_the_documented_files_and_stats_keys(totalseg):
         assert row["volume_ml"] == pytest.approx(row["voxels"] * 0.9765625 ** 2 * 2.0 / 1000, abs=1e-3)
 
 
+def test_nifti_and_seg_nrrd_hold_the_reference_at_the_same_world_points(totalseg):
+    import nrrd
+
+    nii = nib.load(totalseg["out"] / "labels.nii.gz")
+    back = sample_by_world(np.asarray(nii.dataobj), RAS_TO_LPS @ nii.affine, totalseg["image"])
+    np.testing.assert_array_equal(back, totalseg["reference"])
+    data, header = nrrd.read(str(totalseg["out"] / "labels.seg.nrrd"))
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(header["space directions"], dtype=float).T
+    affine[:3, 3] = header["space origin"]
+    np.testing.assert_array_equal(sample_by_world(data, affine, totalseg["image"]), totalseg["reference"])
+    assert {header[f"Segment{i}_Name"] for i in range(31)} == {totalseg["names"][str(v)] for v in
+                                                              set(np.unique(totalseg["reference"]).tolist()) - {0}}
+
+
 def test_seg_reads_back_onto_the_source_frames_voxel_for_voxel(totalseg):
     out, image = totalseg["out"], totalseg["image"]
     manifest = json.loads((out / "manifest.json").read_text())
