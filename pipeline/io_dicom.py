@@ -56,7 +56,8 @@ def read_dicom_series(
         kind: ``"image"`` or ``"label"``.
 
     Raises:
-        InputError: no DICOM image series here, the UID is absent, slice gaps or
+        InputError: no DICOM image series here, the UID is absent, two largest series of equal
+            size and no ``series_uid`` (ambiguous), slice gaps or
             non-uniform spacing, mixed slice sizes/orientations, or undecodable pixels.
     """
     path = Path(path)
@@ -117,6 +118,10 @@ def _choose(folder: Path, series: dict[str, list[_Slice]], series_uid: str | Non
             raise InputError(folder, f"no series with UID '{series_uid}'", f"choose one of {sorted(series)}")
         return series_uid
     chosen = max(series, key=lambda uid: len(series[uid]))
+    ties = sorted(uid for uid in series if len(series[uid]) == len(series[chosen]))
+    if len(ties) > 1:  # e.g. two interleaved acquisitions: picking one would be a guess
+        raise InputError(folder, f"holds {len(ties)} series of {len(series[chosen])} slices each ({', '.join(ties)})",
+                         "choose one with series_uid (deconvseg info --series-uid) or give each its own folder")
     if len(series) > 1:
         log.warning(
             "%s holds %d series; reading the largest, %r (%d slices); pass series_uid to choose another",
