@@ -34,6 +34,8 @@ class BatchConfig(Settings):
         max_workers: cases run at once by the default (thread) task runner.
         retries: retries of a case after a transient error.
         retry_delay_s: first retry delay; it doubles with each retry.
+        case_timeout_s: a case running longer fails with that reason (``None``: no limit); the
+            running case's thread is interrupted between Python steps.
         dashboard_key: prefix of the artifact keys (``<key>-cases``, ``-summary``, ``-progress``).
         inference: overrides of ``pipeline.segment.InferenceConfig``.
     """
@@ -42,6 +44,7 @@ class BatchConfig(Settings):
     max_workers: int = 1
     retries: int = 2
     retry_delay_s: float = 2.0
+    case_timeout_s: float | None = None
     dashboard_key: str = "deconvseg-batch"
     inference: dict[str, Any] = {}
 

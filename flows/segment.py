@@ -24,19 +24,22 @@ from typing import Any
 from prefect import flow, task
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
+from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
 
 from flows import dashboard
 from flows.inputs import (DEFAULT_MODEL, BatchConfig, CaseInput, cache_key, config_version, discover_cases,
                           model_version)
+from flows.outputs import batch_lock, sweep_partial
 from flows.runners import make_task_runner
 from pipeline.errors import DeconvsegError
 
-_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, TaskRunTimeoutError)
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying: I/O hiccups (``OSError``), not missing/forbidden paths."""
+    """True for errors worth retrying: I/O hiccups (``OSError``), not missing/forbidden paths and
+    not a case that ran out of its time (``case_timeout_s``)."""
     return isinstance(exc, OSError) and not isinstance(exc, _NOT_TRANSIENT)
 
 
@@ -165,14 +168,22 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
     settings = BatchConfig(**config)
     model_dir = str(Path(model).expanduser().resolve()) if model else str(DEFAULT_MODEL)
     out_dir = Path(out).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     cases = discover_cases(Path(source).expanduser())
     versions = {"model": model_version(model_dir), "config": config_version(settings.inference)}
-    progress = dashboard.Progress(settings.dashboard_key, len(cases))
-    case_task = segment_case.with_options(
-        retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
+    with batch_lock(out_dir):
+        sweep_partial(out_dir, [item.case_id for item in cases])
+        progress = dashboard.Progress(settings.dashboard_key, len(cases))
+        start = time.perf_counter()
+        rows = _run_cases(cases, out_dir, model_dir, versions, settings, progress)
+        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key)
 
-    start = time.perf_counter()
+
+def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: dict[str, str],
+               settings: BatchConfig, progress: dashboard.Progress) -> list[dict[str, Any]]:
+    """Submit one ``segment-case`` task per case; a row per case as each finishes."""
+    case_task = segment_case.with_options(
+        retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s),
+        timeout_seconds=settings.case_timeout_s)
     rows: list[dict[str, Any]] = []
     futures = {}
     for item in cases:
@@ -185,14 +196,17 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
         case_versions = {**versions, "input": input_version}
         future = case_task.submit(item.to_json(), str(out_dir), model_dir, cache_key(case_versions),
                                   case_versions, settings.inference, settings.threads)
-        futures[future] = item
-    for future in as_completed(list(futures)):
+        futures[future.task_run_id] = (future, item)
+    for future in as_completed([future for future, _ in futures.values()]):
         future.wait()
+        item = futures[future.task_run_id][1]
         outcome = future.result(raise_on_failure=False)
-        if isinstance(outcome, BaseException):
-            rows.append(dashboard.failed_row(futures[future].case_id, one_line(outcome)))
+        if isinstance(outcome, TaskRunTimeoutError):
+            rows.append(dashboard.failed_row(item.case_id, f"{item.path}: took longer than case_timeout_s="
+                                             f"{settings.case_timeout_s:g} s; raise it or check the input"))
+        elif isinstance(outcome, BaseException):
+            rows.append(dashboard.failed_row(item.case_id, one_line(outcome)))
         else:
             rows.append({**outcome, "status": "cached"} if future.state.name == "Cached" else outcome)
         progress.advance()
-
-    return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key)
+    return rows
