@@ -11,13 +11,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import InputError
+from pipeline.sanitize import safe_component
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MODEL_FILES = ("model.json", "weights.safetensors", "ensemble.json")
@@ -70,9 +70,9 @@ class CaseInput:
 
 
 def safe_case_id(name: str) -> str:
-    """A folder name made of ``[A-Za-z0-9._-]`` (no ``..``, no separators), at most 100 chars."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
-    return cleaned[:100]
+    """A folder name made of ``[A-Za-z0-9._-]`` (no ``..``, no separators, accents transliterated),
+    at most 100 chars, long names kept distinct by a hash (``pipeline.sanitize.safe_component``)."""
+    return safe_component(name)
 
 
 def _strip_suffix(name: str) -> str:

@@ -178,7 +178,12 @@ def _check_nifti_complete(path: Path) -> nib.arrayproxy.ArrayProxy:
     trailer's ISIZE (uncompressed length mod 2^32) must say so; if it does not (a truncated file,
     or a multi-member gzip), the stream is decompressed to the end to decide.
     """
-    proxy = nib.load(path).dataobj  # header only; the voxels are not read
+    try:
+        proxy = nib.load(path).dataobj  # header only; the voxels are not read
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError, ValueError) as err:
+        # ITK read a header from the first bytes, nibabel cannot: the file ends inside or just after it
+        raise InputError(path, "truncated or corrupt NIfTI: the header cannot be read whole",
+                         "re-copy or re-export the file") from err
     expected = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * proxy.dtype.itemsize
     if suffix_of(path) == ".nii":
         complete = path.stat().st_size >= expected

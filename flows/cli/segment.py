@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -22,7 +21,9 @@ def case_id(path: Path) -> str:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:100] or "case"
+    from pipeline.sanitize import safe_component
+
+    return safe_component(name)
 
 
 def resolve_model(model: str) -> Path:
