@@ -29,6 +29,7 @@ not around writing outputs (which are atomic and short).
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import logging
 import math
@@ -93,13 +94,14 @@ def activation_bytes(model: nn.Module, meta: dict[str, Any]) -> int:
                 if isinstance(tensor, torch.Tensor):
                     total += tensor.numel() * tensor.element_size()
 
-        leaves = [m for m in model.modules() if not list(m.children())]
+        # Shapes only: a copy on the "meta" device runs the forward pass without computing anything.
+        probe = copy.deepcopy(model).to("meta")
+        leaves = [m for m in probe.modules() if not list(m.children())]
         handles = [m.register_forward_hook(add) for m in leaves]
         try:
-            device = next(model.parameters(), torch.zeros(0)).device
-            window = torch.zeros((1, key[1], *patch), device=device)
+            window = torch.zeros((1, key[1], *patch), device="meta")
             with torch.inference_mode():
-                model(*([window, window] if key[2] else [window]))
+                probe(*([window, window] if key[2] else [window]))
         finally:
             for handle in handles:
                 handle.remove()
