@@ -1,9 +1,10 @@
 """Forward time of each registered architecture on one patch, fp32 and bf16 autocast + channels_last_3d.
 
 Prints one JSON line per architecture: ``arch``, ``params``, ``arch_kwargs``, ``shape``, ``threads``,
-``fp32_s`` and ``bf16_cl_s`` (median seconds per forward, batch 1, no grad), ``speedup`` (fp32/bf16),
-``ratio_to_unet`` (fp32 time over MONAI UNet's in the same run), and with ``--backward`` the
-median seconds of one bf16 forward+backward (``train_step_s``).
+``fp32_s`` and ``bf16_cl_s`` (median wall seconds per forward, batch 1, no grad), the same as process
+CPU seconds summed over threads (``*_cpu_s``, steadier on a shared machine), ``speedup`` (fp32/bf16
+wall), ``ratio_to_unet`` (fp32 CPU time over MONAI UNet's in the same run), ``load_avg_1min``, and
+with ``--backward`` one bf16 forward+backward step (``train_step_s``, ``train_step_cpu_s``).
 
     nice -n 10 .venv/bin/python benchmarks/networks.py --threads 2 --shape 16 160 160
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -41,14 +43,16 @@ SUGGESTED = {
 }
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds (all threads) of ``fn``."""
     fn()  # warm-up (oneDNN primitive creation)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def measure(name: str, shape: list[int], repeats: int, backward: bool) -> dict:
@@ -64,7 +68,7 @@ def measure(name: str, shape: list[int], repeats: int, backward: bool) -> dict:
         with torch.no_grad():
             m(*inp)
 
-    fp32 = _median_time(forward, repeats)
+    fp32, fp32_cpu = _median_time(forward, repeats)
     model_cl = model.to(memory_format=torch.channels_last_3d)
     inputs_cl = tuple(t.to(memory_format=torch.channels_last_3d) for t in inputs)
 
@@ -72,10 +76,11 @@ def measure(name: str, shape: list[int], repeats: int, backward: bool) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             forward(model_cl, inputs_cl)
 
-    bf16 = _median_time(forward_bf16, repeats)
+    bf16, bf16_cpu = _median_time(forward_bf16, repeats)
     row = {"arch": name, "params": sum(p.numel() for p in model.parameters()), "shape": shape,
            "threads": torch.get_num_threads(), "fp32_s": round(fp32, 3), "bf16_cl_s": round(bf16, 3),
-           "speedup": round(fp32 / bf16, 2), "arch_kwargs": kwargs}
+           "fp32_cpu_s": round(fp32_cpu, 3),
+           "bf16_cl_cpu_s": round(bf16_cpu, 3), "speedup": round(fp32 / bf16, 2), "arch_kwargs": kwargs}
     if backward:
         model_cl.train()
         target = torch.zeros(1, *shape, dtype=torch.long)
@@ -85,7 +90,7 @@ def measure(name: str, shape: list[int], repeats: int, backward: bool) -> dict:
                 loss = F.cross_entropy(model_cl(*inputs_cl).float(), target)
             loss.backward()
 
-        row["train_step_s"] = round(_median_time(step, max(1, repeats // 2)), 3)
+        row["train_step_s"], row["train_step_cpu_s"] = (round(t, 3) for t in _median_time(step, max(1, repeats // 2)))
     return row
 
 
@@ -101,7 +106,8 @@ def main() -> None:
     names = args.arch if "unet" in args.arch else [*args.arch, "unet"]  # the peer for the ratio
     rows = {name: measure(name, args.shape, args.repeats, args.backward) for name in names}
     for name in args.arch:
-        rows[name]["ratio_to_unet"] = round(rows[name]["fp32_s"] / rows["unet"]["fp32_s"], 2)
+        rows[name]["ratio_to_unet"] = round(rows[name]["fp32_cpu_s"] / rows["unet"]["fp32_cpu_s"], 2)
+        rows[name]["load_avg_1min"] = round(os.getloadavg()[0], 1)
         print(json.dumps(rows[name]), flush=True)
 
 

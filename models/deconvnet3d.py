@@ -126,5 +126,13 @@ class DeconvNet3d(nn.Module):
 
 
 def unpool(x: torch.Tensor, switches: torch.Tensor, pool: Sequence[int], size: Sequence[int]) -> torch.Tensor:
-    """Max-unpooling: each value of ``x`` goes to its stored switch in a zero map of spatial ``size``."""
-    return F.max_unpool3d(x, switches, tuple(pool), tuple(pool), output_size=tuple(size))
+    """Max-unpooling: each value of ``x`` goes to its stored switch in a zero map of spatial ``size``.
+
+    The map keeps ``x``'s dtype and memory format: autocast would otherwise return it in float32
+    and ``max_unpool3d`` in the contiguous format, costing two copies per level under bf16.
+    """
+    channels_last = x.is_contiguous(memory_format=torch.channels_last_3d)
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    with torch.autocast(x.device.type, enabled=False):
+        out = F.max_unpool3d(x, switches, tuple(pool), tuple(pool), output_size=tuple(size))
+    return out.contiguous(memory_format=layout)

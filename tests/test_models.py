@@ -162,3 +162,12 @@ def test_fcn_upsampling_starts_as_nearest_neighbour() -> None:
         up = net.up[0](scores)
     expected = scores.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
     assert torch.equal(up, expected)
+
+
+def test_unpooling_keeps_dtype_and_memory_format_under_autocast() -> None:
+    x = torch.randn(1, 4, 3, 8, 9).to(memory_format=torch.channels_last_3d)
+    pooled, switches = F.max_pool3d(x, 2, 2, ceil_mode=True, return_indices=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = unpool(pooled.bfloat16(), switches, (2, 2, 2), x.shape[-3:])
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(out.float(), unpool(pooled, switches, (2, 2, 2), x.shape[-3:]), atol=0.02, rtol=0.01)
