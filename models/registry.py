@@ -101,10 +101,14 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict[str, Any]) 
         The folder.
 
     Raises:
-        ValueError: when the architecture is unknown or ``meta`` is not JSON-serialisable.
+        ValueError: when the architecture is unknown or disagrees with the model, or ``meta`` is not
+            plain JSON (NaN and inf are refused); nothing is written then.
     """
     folder = Path(folder)
+    model = getattr(model, "_orig_mod", model)  # a torch.compile wrapper saves its module's names
     meta = dict(meta)
+    if "arch" in meta and hasattr(model, "arch") and meta["arch"] != model.arch:
+        raise ValueError(f"meta says arch {meta['arch']!r} but the model was built as {model.arch!r}")
     meta.setdefault("arch", getattr(model, "arch", None))
     meta.setdefault("arch_kwargs", getattr(model, "arch_kwargs", None))
     if meta["arch"] not in ARCHITECTURES or not isinstance(meta["arch_kwargs"], dict):
@@ -113,6 +117,10 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict[str, Any]) 
     meta.setdefault("out_channels", meta["arch_kwargs"].get("out_channels", 2))
     if hasattr(model, "context_factor"):
         meta.setdefault("context_factor", list(model.context_factor))
+    try:  # refuse unwritable metadata before touching the folder
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"meta is not plain JSON (no NaN/inf, no objects): {err}") from err
     folder.mkdir(parents=True, exist_ok=True)
     # save_model drops the duplicate names of shared tensors (MONAI's UNets share some).
     _write_atomic(folder / WEIGHTS, lambda p: save_model(model, str(p)))

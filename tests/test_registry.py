@@ -83,6 +83,26 @@ def test_overwriting_a_checkpoint_replaces_both_files(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_bad_meta_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    model = _trained("fcn3d")
+    for meta, match in [
+        ({**META, "metrics": {"mean_dice": float("nan")}}, "not plain JSON"),
+        ({**META, "training": {"data": tmp_path}}, "not plain JSON"),
+        ({**META, "arch": "deconvnet3d"}, "built as 'fcn3d'"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            save_checkpoint(tmp_path / "m", model, meta)
+        assert not (tmp_path / "m").exists()
+
+
+def test_a_compiled_wrapper_saves_the_plain_names(tmp_path: Path) -> None:
+    model = _trained("fcn3d")
+    wrapper = torch.nn.Module()
+    wrapper._orig_mod = model  # what torch.compile's OptimizedModule holds
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "m", wrapper, META))
+    assert torch.equal(_forward(loaded, "fcn3d"), _forward(model, "fcn3d"))
+
+
 def test_a_pickle_is_never_loaded(tmp_path: Path) -> None:
     model = _trained("fcn3d")
     folder = save_checkpoint(tmp_path / "m", model, META)
