@@ -13,11 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from pipeline.datasets import Case, read_acdc, read_manifest, read_msd
 from pipeline.errors import InputError
+from pipeline.labels import LabelTable
 from pipeline.metrics import aggregate, label_metrics
+from pipeline.postprocess import choose_steps
 from pipeline.segment import InferenceConfig, segment_case
 
 Member = tuple[nn.Module, dict[str, Any]]
@@ -52,6 +55,47 @@ def read_eval_cases(data: str | Path, split: str | Path | None = None) -> list[C
     return cases
 
 
+def predict_cases(
+    cases: Sequence[Case],
+    members: Sequence[Member],
+    config: InferenceConfig = InferenceConfig(),
+    *,
+    ensemble: Mapping[str, Any] | None = None,
+    on_case: Callable[[str], None] | None = None,
+) -> tuple[list[np.ndarray], float]:
+    """``segment_case`` label maps of every case (input grid) and the mean seconds per case."""
+    labels, seconds = [], 0.0
+    for case in cases:
+        start = time.perf_counter()
+        labels.append(segment_case(case.image, members, config, ensemble=ensemble).labels.array)
+        seconds += time.perf_counter() - start
+        if on_case:
+            on_case(case.case_id)
+    return labels, seconds / max(len(cases), 1)
+
+
+def fit_postprocess(
+    cases: Sequence[Case],
+    members: Sequence[Member],
+    candidates: Sequence[Mapping[str, Any]],
+    config: InferenceConfig = InferenceConfig(),
+    ensemble: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Choose refinement steps on validation cases (``pipeline.postprocess.choose_steps``).
+
+    The fused, unrefined predictions on the input grid are tried with each candidate; a step is
+    kept for a class only when no class's mean Dice drops (nnU-Net's rule).
+
+    Returns:
+        The plan for ``ensemble.json``'s ``postprocess`` key.
+    """
+    unrefined = config.model_copy(update={"refine": False})
+    predictions, _ = predict_cases(cases, members, unrefined, ensemble=ensemble)
+    references = [case.label.array for case in cases]
+    spacings = [case.image.spacing for case in cases]
+    return choose_steps(predictions, references, spacings, candidates)
+
+
 def evaluate_members(
     cases: Sequence[Case],
     members: Sequence[Member],
@@ -73,17 +117,14 @@ def evaluate_members(
         ``aggregate``'s dict (``mean_dice``, ``dice``, ``hd95``, ``surface_dice``, ..., ``cases``)
         plus ``infer_s_per_volume`` and ``per_case`` (``{case_id: {"dice": ..., "mean_dice": ...}}``).
     """
-    results, per_case, seconds = [], {}, 0.0
-    for case in cases:
-        start = time.perf_counter()
-        segmentation = segment_case(case.image, members, config, ensemble=ensemble)
-        seconds += time.perf_counter() - start
-        metrics = label_metrics(segmentation.labels.array, case.label.array, segmentation.table, case.image.spacing)
+    table = LabelTable.from_json(members[0][1]["labels"])
+    predictions, seconds = predict_cases(cases, members, config, ensemble=ensemble, on_case=on_case)
+    results, per_case = [], {}
+    for case, pred in zip(cases, predictions):
+        metrics = label_metrics(pred, case.label.array, table, case.image.spacing)
         results.append(metrics)
         per_case[case.case_id] = {"dice": metrics["dice"], "mean_dice": metrics["mean_dice"]}
-        if on_case:
-            on_case(case.case_id)
     summary = aggregate(results)
-    summary["infer_s_per_volume"] = seconds / max(len(cases), 1)
+    summary["infer_s_per_volume"] = seconds
     summary["per_case"] = per_case
     return summary

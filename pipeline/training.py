@@ -26,15 +26,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from models.registry import ENSEMBLE, META, build_model, save_checkpoint
+from models.registry import ENSEMBLE, META, build_model, load_ensemble, save_checkpoint
 from pipeline.augment import AugmentConfig, RandomAugment
 from pipeline.checkpointing import has_train_state, load_train_state, save_train_state
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
+from pipeline.evaluation import fit_postprocess
 from pipeline.inference import prepare_predictor, sliding_window
 from pipeline.metrics import dice
 from pipeline.losses import dice_ce_loss, lr_factor
 from pipeline.patches import PatchSampler
+from pipeline.segment import InferenceConfig
 from pipeline.training_data import DataConfig, Prepared, TrainingData
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ class TrainConfig(Settings):
     threads: int = 2
     bf16: bool = False
     fusion: Literal["mean"] = "mean"
+    # Refinement steps tried on the validation cases once every member is trained (kept per class
+    # only where no class's Dice drops; pipeline.postprocess.choose_steps); [] skips the search.
+    postprocess_candidates: list[dict[str, Any]] = []
     members: list[MemberConfig] = [MemberConfig(name="deconvnet3d")]
 
 
@@ -259,6 +264,14 @@ def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any
     return meta
 
 
+def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any]) -> dict[str, Any]:
+    """The refinement plan chosen on the validation cases with the fused members."""
+    members = load_ensemble(config.out)
+    inference = InferenceConfig(threads=config.threads)
+    cases = [case.original for case in data.val]
+    return fit_postprocess(cases, members, config.postprocess_candidates, inference, ensemble={**ensemble, "postprocess": None})
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON atomically (temp file beside it, then ``os.replace``)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -303,6 +316,7 @@ def train_ensemble(
     pending = [name for name in names if not is_trained(out / name)]
     if pending:
         return {"members_pending": pending}
+    previous = json.loads((out / ENSEMBLE).read_text()) if (out / ENSEMBLE).is_file() else {}
     members = {}
     for member in config.members:
         meta = json.loads((out / member.name / META).read_text())
@@ -314,5 +328,8 @@ def train_ensemble(
         "members": members,
         "train_seconds": round(sum(m["seconds"] for m in members.values()), 1),
     }
+    if config.postprocess_candidates:
+        same = previous.get("members", {}).keys() == members.keys() and "postprocess" in previous
+        ensemble["postprocess"] = previous["postprocess"] if same else _fit_plan(config, data, ensemble)
     _write_json(out / ENSEMBLE, ensemble)
     return ensemble

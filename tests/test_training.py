@@ -52,6 +52,7 @@ def test_lr_factor_warms_up_then_decays_to_near_zero():
 
 
 def test_train_state_round_trip_restores_optimizer_and_rng(tmp_path):
+    torch.set_num_threads(1)  # as the training code does; more threads than free cores only spin
     model = build_model("deconvnet3d", in_channels=1, out_channels=2, **TINY_NET)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(1, 1, 4, 8, 8)
@@ -113,12 +114,13 @@ def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp
         MemberConfig(name="a", arch_kwargs=TINY_NET, seed=1),
         MemberConfig(name="b", arch="fcn3d", arch_kwargs=TINY_NET, seed=2, steps=4),
     ]
-    config = tiny_config(tmp_path / "ens", steps=4, members=members)
+    config = tiny_config(tmp_path / "ens", steps=4, members=members, postprocess_candidates=[{"step": "largest_component"}])
     pending = train_ensemble(config, tiny_data, only=["a"])
     assert pending == {"members_pending": ["b"]}
     summary = train_ensemble(config, tiny_data)
     written = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert written == summary and list(written["members"]) == ["a", "b"] and written["fusion"] == "mean"
+    assert {"steps", "rejected", "dice"} <= set(written["postprocess"])
     assert math.isclose(written["train_seconds"], sum(m["seconds"] for m in written["members"].values()), abs_tol=0.2)
 
 
