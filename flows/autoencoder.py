@@ -128,8 +128,13 @@ def shape_guard_training(root: str, train_list: str, val_list: str, out_dir: str
     rng = np.random.default_rng(cfg.train.seed + 2)
     corrupted = {kind: [corrupt_labels(v, kind, rng) for v in val_labels] for kind in KINDS}
     refinement = {kind: refinement_task(guard, val_labels, inputs) for kind, inputs in corrupted.items()}
-    metrics = {"plausibility_auc": plausibility["auc"], "refinement": refinement,
-               "reference_score_mean": float(np.mean(plausibility["reference"]))}
+    metrics = {
+        "plausibility_auc": plausibility["auc"],
+        "reference_score_mean": float(np.mean(plausibility["reference"])),
+        "flag_below": float(np.percentile(plausibility["reference"], 5)),
+        "corrupted_score_mean": {kind: float(np.mean(plausibility[kind])) for kind in KINDS},
+        "refinement": refinement,
+    }
     meta = {
         "labels": {"1": "RV", "2": "MYO", "3": "LV"},
         "metrics": metrics,

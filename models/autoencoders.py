@@ -122,18 +122,25 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv3d(c_in, c_out, 3, padding=1), nn.BatchNorm3d(c_out), nn.LeakyReLU(0.1)]
 
 
+def _up_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.ConvTranspose3d(c_in, c_out, 2, stride=2), nn.BatchNorm3d(c_out), nn.LeakyReLU(0.1)]
+
+
 class ShapeAutoencoder3D(nn.Module):
     """Autoencoder for one-hot label maps on a fixed grid (a learned shape prior, Post-DAE style).
 
-    Encoder: three (conv 3x3x3 + batch norm + leaky ReLU + max-pool 2) stages, linear bottleneck.
-    Decoder: linear, then three (transposed conv k=2, s=2 + conv 3x3x3, each with batch norm and
-    leaky ReLU) stages, and a 1x1x1 conv to class logits. The decoder deliberately does NOT unpool into switches: switches would pass the
-    input's shape around the bottleneck, and a shape prior must reconstruct only what it learned.
+    Encoder: a strided conv (k=2, s=2) to ``channels[0]``, then two (conv 3x3x3 + max-pool 2)
+    stages, a linear bottleneck. Decoder: linear, two (transposed conv k=2, s=2 + conv 3x3x3)
+    stages, and a transposed conv (k=2, s=2) to class logits. Every hidden conv has batch norm
+    and a leaky ReLU. Nothing runs at full grid resolution but the first and last strided
+    layers, which keeps training cheap on a CPU. The decoder deliberately does NOT unpool into
+    switches: switches would pass the input's shape around the bottleneck, and a shape prior must
+    reconstruct only what it learned.
 
     Args:
         n_classes: label values 0..n_classes-1 (background included), one input channel each.
         grid: ``(z, y, x)`` size of the fixed grid; each side divisible by 8.
-        channels: features of the three stages.
+        channels: features at 1/2, 1/4 and 1/8 of the grid.
         code_size: length of the bottleneck vector.
     """
 
@@ -147,23 +154,23 @@ class ShapeAutoencoder3D(nn.Module):
         super().__init__()
         if any(side % 8 for side in grid):
             raise ValueError(f"every grid side must be divisible by 8, got {grid}")
+        c0, c1, c2 = channels
         self.n_classes = n_classes
         self.grid = tuple(grid)
-        self.inner = (channels[2], *(side // 8 for side in grid))
-        flat = channels[2] * (grid[0] // 8) * (grid[1] // 8) * (grid[2] // 8)
-        stages: list[nn.Module] = []
-        width = n_classes
-        for c in channels:
-            stages += [*_conv_bn(width, c), nn.MaxPool3d(2)]
-            width = c
-        self.encoder = nn.Sequential(*stages)
+        self.inner = (c2, *(side // 8 for side in grid))
+        flat = c2 * (grid[0] // 8) * (grid[1] // 8) * (grid[2] // 8)
+        self.encoder = nn.Sequential(
+            nn.Conv3d(n_classes, c0, 2, stride=2), nn.BatchNorm3d(c0), nn.LeakyReLU(0.1),
+            *_conv_bn(c0, c1), nn.MaxPool3d(2),
+            *_conv_bn(c1, c2), nn.MaxPool3d(2),
+        )
         self.to_code = nn.Linear(flat, code_size)
         self.from_code = nn.Linear(code_size, flat)
-        ups: list[nn.Module] = []
-        for c in (*channels[::-1][1:], channels[0]):
-            ups += [nn.ConvTranspose3d(width, c, 2, stride=2), nn.BatchNorm3d(c), nn.LeakyReLU(0.1), *_conv_bn(c, c)]
-            width = c
-        self.decoder = nn.Sequential(*ups, nn.Conv3d(width, n_classes, 1))
+        self.decoder = nn.Sequential(
+            *_up_bn(c2, c1), *_conv_bn(c1, c1),
+            *_up_bn(c1, c0), *_conv_bn(c0, c0),
+            nn.ConvTranspose3d(c0, n_classes, 2, stride=2),
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_code(self.encoder(x).flatten(1))

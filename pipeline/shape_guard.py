@@ -139,7 +139,16 @@ class ShapeGuard:
 
     @torch.no_grad()
     def reconstruct(self, labels: np.ndarray) -> np.ndarray:
-        """The autoencoder's version of ``labels`` on the input grid (a new uint8 array)."""
+        """The autoencoder's version of ``labels`` on the input grid (a new uint8 array).
+
+        Raises:
+            ValueError: ``labels`` is not 3D or holds values outside ``0..n_classes-1``.
+        """
+        if labels.ndim != 3 or labels.min(initial=0) < 0 or labels.max(initial=0) >= self.config.n_classes:
+            raise ValueError(
+                f"shape guard expects a 3D label map with values 0..{self.config.n_classes - 1}, got shape "
+                f"{labels.shape} and values up to {labels.max(initial=0)}; map the labels to the guard's table first"
+            )
         box = largest_component_box(labels, self.config)
         if box is None:
             return np.zeros(labels.shape, dtype=np.uint8)

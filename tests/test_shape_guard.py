@@ -99,6 +99,8 @@ def test_training_lowers_the_loss_and_clean_shapes_score_higher(trained):
     study = plausibility_study(guard, held_out, seed=1)
     assert study["auc"]["swap"] >= 0.9
     assert guard.score(np.zeros(SHAPE, dtype=np.uint8)) == 0.0
+    with pytest.raises(ValueError, match="values 0..3"):
+        guard.score(np.full(SHAPE, 7, dtype=np.uint8))
 
 
 def test_refine_touches_listed_classes_only_and_hook_refines_all_by_default(trained):
