@@ -1,6 +1,7 @@
 """Ensemble inference at CT scale against a MONAI recipe doing the same work, in one run.
 
     python benchmarks/ct_scale.py [--threads 2] [--members 3] [--patch 128 128 128] [--bf16 | --no-bf16]
+    python benchmarks/ct_scale.py --switches     # seconds per window under bf16 / channels_last / compile
 
 Input: the TotalSegmentator example CT (``shared/data/totalsegmentator_example/example_ct.nii.gz``,
 3 mm) resampled (linear, air outside) to 512 x 512 x 250 voxels at 0.8 x 0.8 x 1.5 mm and written as
@@ -142,6 +143,37 @@ def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) ->
     return {"total_s": total, "stages": stages, "peak_rss_mib": _peak_rss_mib(), "shape": list(data["pred"].shape)}
 
 
+def measure_switches(threads: int, patch: list[int], repeats: int = 2) -> dict:
+    """Seconds per window of one member (concat variant) under each speed switch, and bf16 agreement."""
+    import torch
+
+    from models.registry import build_model
+    from pipeline.inference import prepare_predictor
+    from pipeline.phantoms import PHANTOM_LABELS
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = build_model("deconvnet3d", in_channels=1, out_channels=len(PHANTOM_LABELS) + 1, **VARIANTS[0]).eval()
+    x = torch.randn(1, 1, *patch)
+    results, reference = {}, None
+    for name, switches in [("fp32", {}), ("channels_last", {"channels_last": True}), ("bf16", {"bf16": True}),
+                           ("bf16+channels_last", {"bf16": True, "channels_last": True}),
+                           ("compile", {"compile": True}), ("compile+bf16", {"compile": True, "bf16": True})]:
+        predict = prepare_predictor(net, **switches)
+        start = time.perf_counter()
+        out = predict(x)  # first call: compiles where asked
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = predict(x)
+        results[name] = {"first_s": round(first, 3), "window_s": round((time.perf_counter() - start) / repeats, 3)}
+        if reference is None:
+            reference = out
+        results[name]["argmax_agreement_with_fp32"] = round(float((out.argmax(1) == reference.argmax(1)).float().mean()), 4)
+        net = net.to(memory_format=torch.contiguous_format)
+    return {"switches": results, "patch": patch, "threads": threads}
+
+
 def _child(which: str, args: argparse.Namespace, folder: Path, ct: Path, model: Path) -> dict:
     out = folder / f"out-{which}"
     out.mkdir(exist_ok=True)
@@ -163,12 +195,16 @@ def main() -> None:
     parser.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], help="window (z, y, x) at 3 mm")
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--switches", action="store_true", help="only time the speed switches on one window")
     parser.add_argument("--child", choices=["ours", "monai"])
     parser.add_argument("--ct", type=Path)
     parser.add_argument("--model", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    if args.switches:
+        print(json.dumps(measure_switches(args.threads, args.patch)))
+        return
     if args.child == "ours":
         print(json.dumps(run_ours(args.ct, args.model, args.out, args.threads, args.overlap, args.bf16)))
         return

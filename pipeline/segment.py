@@ -180,10 +180,11 @@ def segment_case(
     """
     torch.set_num_threads(config.threads)
     table = _check_members(members)
-    check_memory(image, members, config.memory_budget_mib, batch_size=config.batch_size)
+    timings: dict[str, float] = {}
+    with _timed(timings, "memory_check"):
+        check_memory(image, members, config.memory_budget_mib, batch_size=config.batch_size)
     settings = dict(ensemble_settings(members) if ensemble is None else ensemble)
     values = np.array([0, *table.values], dtype=np.uint8)
-    timings: dict[str, float] = {}
     working: dict[tuple, tuple[Volume, tuple[slice, ...]]] = {}
     probabilities = []
     grid: Volume | None = None
