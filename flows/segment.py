@@ -1,10 +1,14 @@
-"""Prefect flows that segment scans: ``segment_case`` (one task per case) and ``segment_batch``.
+"""Prefect flows that segment scans: the ``segment-case`` task and the ``segment_batch`` flow.
+
+The case is the unit of work, concurrency, caching, retry and failure: one task reads the input,
+runs ``pipeline.segment.segment_case`` (every network of the ensemble, fusion, refinement) and
+writes the review bundle. Cases run concurrently on the chosen task runner (threads or Dask).
 
 Tasks pass **paths**, never arrays (a task's inputs and result stay a few hundred bytes, so
 memory does not grow with the batch and Dask ships nothing heavy). A case is keyed on the
 **content hash** of its input plus the model's and the configuration's versions
-(``cache_key``); a rerun skips a case whose review bundle on disk carries the same key, and
-Prefect's cache record marks it ``Cached`` in the UI. A bundle deleted by hand is recomputed.
+(``cache_key``); a rerun skips a case whose review bundle on disk carries the same key (from the
+second rerun on, Prefect's cache record shows it ``Cached``). A deleted bundle is recomputed.
 
 Transient errors (``OSError`` other than a missing or forbidden path) are retried with
 exponential backoff; anything else fails the case at once. A failed case is recorded with its
