@@ -22,6 +22,7 @@ cardiac MR with 10 mm slices, and so may kernels (``(1, 3, 3)`` while the slice 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -133,6 +134,8 @@ def unpool(x: torch.Tensor, switches: torch.Tensor, pool: Sequence[int], size: S
     """
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d)
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-    with torch.autocast(x.device.type, enabled=False):
+    # The "meta" device (shape probes in pipeline.guards) has no autocast; there is nothing to cast.
+    no_autocast = torch.autocast(x.device.type, enabled=False) if x.device.type != "meta" else contextlib.nullcontext()
+    with no_autocast:
         out = F.max_unpool3d(x, switches, tuple(pool), tuple(pool), output_size=tuple(size))
     return out.contiguous(memory_format=layout)
