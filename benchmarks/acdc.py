@@ -7,8 +7,9 @@ members, with ``train_wall_s`` the longest member when they ran in parallel), ``
 
 By default the committed checkpoints are scored (no retraining). ``--retrain`` first trains
 ``configs/acdc.yaml`` (one process per member, in parallel) and ``configs/acdc-deconvnet-pure.yaml``.
+``--model`` scores only the given folders (e.g. one per process, to use both cores).
 
-    .venv/bin/python benchmarks/acdc.py [--data ../shared/data/acdc] [--retrain]
+    .venv/bin/python benchmarks/acdc.py [--data ../shared/data/acdc] [--model DIR ...] [--retrain]
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "acdc"))
     parser.add_argument("--split", default=None, help="list file (default: <data>/splits/val.list)")
+    parser.add_argument("--model", action="append", default=None,
+                        help="checkpoint or ensemble folder (repeatable; default: every member, the baselines, the ensemble)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--retrain", action="store_true", help="train everything first (about an hour)")
     args = parser.parse_args()
@@ -52,21 +55,24 @@ def main() -> None:
 
     import torch
 
-    from models.registry import load_checkpoint, load_ensemble, read_ensemble_config
+    from models.registry import load_ensemble, read_ensemble_config
     from pipeline.evaluation import evaluate_members, read_eval_cases
     from pipeline.segment import InferenceConfig
 
     torch.set_num_threads(args.threads)
     cases = read_eval_cases(args.data, args.split or Path(args.data) / "splits" / "val.list")
     config = InferenceConfig(threads=args.threads)
-    singles = sorted(p for root in (ENSEMBLE, BASELINES) if root.is_dir() for p in root.iterdir() if (p / "model.json").is_file())
-    for folder in singles:
-        model, meta = load_checkpoint(folder)
-        result = evaluate_members(cases, [(model, meta)], config, ensemble={})
-        print(json.dumps(row(f"{folder.parent.name}/{folder.name}", result, [meta])), flush=True)
-    members = load_ensemble(ENSEMBLE)
-    result = evaluate_members(cases, members, config, ensemble=read_ensemble_config(ENSEMBLE))
-    print(json.dumps(row(f"acdc ensemble ({len(members)} members, mean of softmax)", result, [m for _, m in members])))
+    folders = [Path(m) for m in args.model] if args.model else [
+        *sorted(p for root in (ENSEMBLE, BASELINES) if root.is_dir() for p in root.iterdir() if (p / "model.json").is_file()),
+        ENSEMBLE,
+    ]
+    for folder in folders:
+        members = load_ensemble(folder)
+        single = (folder / "model.json").is_file()
+        # A single member is scored without refinement; an ensemble with its ensemble.json (fusion + plan).
+        result = evaluate_members(cases, members, config, ensemble={} if single else read_ensemble_config(folder))
+        name = f"{folder.parent.name}/{folder.name}" if single else f"{folder.name} ensemble ({len(members)} members)"
+        print(json.dumps(row(name, result, [meta for _, meta in members])), flush=True)
 
 
 def row(name: str, result: dict, metas: list[dict]) -> dict:
