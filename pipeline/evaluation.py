@@ -20,7 +20,7 @@ from pipeline.datasets import Case, read_acdc, read_manifest, read_msd
 from pipeline.errors import InputError
 from pipeline.labels import LabelTable
 from pipeline.metrics import aggregate, label_metrics
-from pipeline.postprocess import choose_steps
+from pipeline.postprocess import apply_plan, choose_steps
 from pipeline.segment import InferenceConfig, segment_case
 
 Member = tuple[nn.Module, dict[str, Any]]
@@ -80,20 +80,37 @@ def fit_postprocess(
     candidates: Sequence[Mapping[str, Any]],
     config: InferenceConfig = InferenceConfig(),
     ensemble: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Choose refinement steps on validation cases (``pipeline.postprocess.choose_steps``).
 
     The fused, unrefined predictions on the input grid are tried with each candidate; a step is
     kept for a class only when no class's mean Dice drops (nnU-Net's rule).
 
     Returns:
-        The plan for ``ensemble.json``'s ``postprocess`` key.
+        The plan for ``ensemble.json``'s ``postprocess`` key, and the scores of the refined
+        predictions (``score_predictions``; the plan applied on the input grid).
     """
     unrefined = config.model_copy(update={"refine": False})
-    predictions, _ = predict_cases(cases, members, unrefined, ensemble=ensemble)
+    predictions, seconds = predict_cases(cases, members, unrefined, ensemble=ensemble)
     references = [case.label.array for case in cases]
     spacings = [case.image.spacing for case in cases]
-    return choose_steps(predictions, references, spacings, candidates)
+    plan = choose_steps(predictions, references, spacings, candidates)
+    refined = [apply_plan(p, plan, s) for p, s in zip(predictions, spacings)]
+    scores = score_predictions(cases, refined, LabelTable.from_json(members[0][1]["labels"]))
+    scores["infer_s_per_volume"] = seconds
+    return plan, scores
+
+
+def score_predictions(cases: Sequence[Case], predictions: Sequence[np.ndarray], table: LabelTable) -> dict[str, Any]:
+    """``pipeline.metrics.aggregate`` of per-case ``label_metrics``, plus ``per_case`` Dice."""
+    results, per_case = [], {}
+    for case, pred in zip(cases, predictions):
+        metrics = label_metrics(pred, case.label.array, table, case.image.spacing)
+        results.append(metrics)
+        per_case[case.case_id] = {"dice": metrics["dice"], "mean_dice": metrics["mean_dice"]}
+    summary = aggregate(results)
+    summary["per_case"] = per_case
+    return summary
 
 
 def evaluate_members(
@@ -117,14 +134,7 @@ def evaluate_members(
         ``aggregate``'s dict (``mean_dice``, ``dice``, ``hd95``, ``surface_dice``, ..., ``cases``)
         plus ``infer_s_per_volume`` and ``per_case`` (``{case_id: {"dice": ..., "mean_dice": ...}}``).
     """
-    table = LabelTable.from_json(members[0][1]["labels"])
     predictions, seconds = predict_cases(cases, members, config, ensemble=ensemble, on_case=on_case)
-    results, per_case = [], {}
-    for case, pred in zip(cases, predictions):
-        metrics = label_metrics(pred, case.label.array, table, case.image.spacing)
-        results.append(metrics)
-        per_case[case.case_id] = {"dice": metrics["dice"], "mean_dice": metrics["mean_dice"]}
-    summary = aggregate(results)
+    summary = score_predictions(cases, predictions, LabelTable.from_json(members[0][1]["labels"]))
     summary["infer_s_per_volume"] = seconds
-    summary["per_case"] = per_case
     return summary

@@ -264,12 +264,15 @@ def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any
     return meta
 
 
-def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any]) -> dict[str, Any]:
-    """The refinement plan chosen on the validation cases with the fused members."""
+def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The refinement plan chosen on the validation cases with the fused members, and the fused,
+    refined validation scores on the input grid (Dice and HD95 per class)."""
     members = load_ensemble(config.out)
     inference = InferenceConfig(threads=config.threads)
     cases = [case.original for case in data.val]
-    return fit_postprocess(cases, members, config.postprocess_candidates, inference, ensemble={**ensemble, "postprocess": None})
+    plan, scores = fit_postprocess(cases, members, config.postprocess_candidates, inference, ensemble={**ensemble, "postprocess": None})
+    keys = ("mean_dice", "dice", "hd95", "surface_dice", "cases", "infer_s_per_volume")
+    return plan, {key: scores[key] for key in keys}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -330,6 +333,9 @@ def train_ensemble(
     }
     if config.postprocess_candidates:
         same = previous.get("members", {}).keys() == members.keys() and "postprocess" in previous
-        ensemble["postprocess"] = previous["postprocess"] if same else _fit_plan(config, data, ensemble)
+        if same:
+            ensemble.update(postprocess=previous["postprocess"], metrics=previous.get("metrics"))
+        else:
+            ensemble["postprocess"], ensemble["metrics"] = _fit_plan(config, data, ensemble)
     _write_json(out / ENSEMBLE, ensemble)
     return ensemble

@@ -121,6 +121,7 @@ def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp
     written = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert written == summary and list(written["members"]) == ["a", "b"] and written["fusion"] == "mean"
     assert {"steps", "rejected", "dice"} <= set(written["postprocess"])
+    assert written["metrics"]["cases"] == 1 and 0.0 <= written["metrics"]["mean_dice"] <= 1.0
     assert math.isclose(written["train_seconds"], sum(m["seconds"] for m in written["members"].values()), abs_tol=0.2)
 
 
