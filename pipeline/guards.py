@@ -14,8 +14,9 @@ channels and ``M`` members (float32 = 4 bytes)::
          + 13 N_in                              restored labels, uncertainty, export copies
 
 The stack term dominates at CT scale: ``np.stack`` briefly holds the M member maps twice.
-``A_m`` is measured once per network and patch size: one forward pass of a zero window with
-hooks that add up the bytes of every module's output (an upper bound, since inference frees
+``A_m`` is measured once per network and patch size: one forward pass of a zero window on a
+"meta"-device copy (shapes only, no compute; a real window where an operation has no meta kernel)
+with hooks that add up the bytes of every module's output (an upper bound, since inference frees
 most intermediate tensors as it goes). ``check_memory`` raises ``ResourceError`` with the figure
 and the budget instead of letting the operating system kill the process half-way.
 
@@ -86,27 +87,33 @@ def activation_bytes(model: nn.Module, meta: dict[str, Any]) -> int:
     cache = _ACTIVATIONS.setdefault(model, {})
     key = (patch, int(meta.get("in_channels", 1)), meta.get("context_factor") is not None)
     if key not in cache:
-        total = 0
-
-        def add(module: nn.Module, inputs: Any, output: Any) -> None:
-            nonlocal total
-            for tensor in output if isinstance(output, (tuple, list)) else (output,):
-                if isinstance(tensor, torch.Tensor):
-                    total += tensor.numel() * tensor.element_size()
-
-        # Shapes only: a copy on the "meta" device runs the forward pass without computing anything.
-        probe = copy.deepcopy(model).to("meta")
-        leaves = [m for m in probe.modules() if not list(m.children())]
-        handles = [m.register_forward_hook(add) for m in leaves]
-        try:
-            window = torch.zeros((1, key[1], *patch), device="meta")
-            with torch.inference_mode():
-                probe(*([window, window] if key[2] else [window]))
-        finally:
-            for handle in handles:
-                handle.remove()
-        cache[key] = total
+        try:  # shapes only: a copy on the "meta" device runs the forward pass without computing anything
+            cache[key] = _output_bytes(copy.deepcopy(model).to("meta"), key, "meta")
+        except (RuntimeError, NotImplementedError) as err:  # an operation with no meta kernel
+            log.debug("meta-device probe failed (%s); measuring one real window instead", err)
+            cache[key] = _output_bytes(model, key, next(model.parameters(), torch.zeros(0)).device)
     return cache[key]
+
+
+def _output_bytes(model: nn.Module, key: tuple, device: str | torch.device) -> int:
+    """Sum of the bytes of every leaf module's output for one zero window (``key`` = patch, channels, two-scale)."""
+    total = 0
+
+    def add(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+
+    handles = [m.register_forward_hook(add) for m in model.modules() if not list(m.children())]
+    try:
+        window = torch.zeros((1, key[1], *key[0]), device=device)
+        with torch.inference_mode():
+            model(*([window, window] if key[2] else [window]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
 
 
 def estimate_peak_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[str, Any]]], *,

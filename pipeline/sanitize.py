@@ -17,6 +17,7 @@ Two jobs at the boundary between data and the file system / the outside world:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import unicodedata
@@ -46,7 +47,7 @@ REMOVED = (
     "RequestingPhysician", "ScheduledPerformingPhysicianName", "DeviceSerialNumber", "RequestAttributesSequence",
     "ReferencedPatientSequence", "PatientInsurancePlanCodeSequence", "ResponsiblePerson",
 )
-METHOD = "deconvseg: PS3.15 E.1 basic profile subset; retain UIDs, retain longitudinal dates"
+METHOD = "deconvseg: PS3.15 E.1 basic subset, retain UIDs and dates"  # LO: at most 64 characters
 # Keys of ``Volume.metadata`` that identify the patient (``patient_id`` from ``pipeline.io_dicom``).
 METADATA_KEYS = ("patient_id", "patient_name", "patient_birth_date", "patient_sex", "accession_number")
 
@@ -102,7 +103,7 @@ def deidentify_dataset(dataset: Dataset, pseudonym: str = "") -> Dataset:
     Returns:
         The copy, with PatientIdentityRemoved ``YES`` and DeidentificationMethod set.
     """
-    out = dataset.copy()
+    out = copy.deepcopy(dataset)  # Dataset.copy() shares the data elements with the original
     for keyword in EMPTIED:
         setattr(out, keyword, "")
     if pseudonym:

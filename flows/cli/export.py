@@ -24,6 +24,8 @@ def export(
                                       help="For non-DICOM images: also write a DICOM series, SEG and RTSTRUCT."),
     modality: str | None = typer.Option(None, "--modality", help="CT or MR (default: DICOM tag, else detected)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="SEG/RTSTRUCT without patient name, ID, birth "
+                                    "date (PatientID = bundle name); manifest without input paths."),
 ) -> None:
     """Write labels.nii.gz, seg.dcm/rtstruct.dcm (DICOM images), labels.seg.nrrd, overlays, stats and report.html."""
     import numpy as np
@@ -56,6 +58,7 @@ def export(
         uncertainty=read_volume(uncertainty) if uncertainty else None,
         stats_config=config,
         dicom_series=dicom_series,
+        deidentify=deidentify,
     )
     result = {
         "bundle": str(summary.path),

@@ -23,15 +23,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 
 from pipeline.errors import InputError
 from pipeline.export.dicom_seg import write_dicom_seg
-from pipeline.export.dicom_series import prepare_reference
+from pipeline.export.dicom_series import SeriesReference, prepare_reference
 from pipeline.export.grid import align_to_image
 from pipeline.export.manifest import build_manifest, write_manifest
 from pipeline.export.nifti import write_labels_json, write_labels_nifti, write_uncertainty_nifti
@@ -41,6 +42,8 @@ from pipeline.export.rtstruct import write_rtstruct
 from pipeline.export.seg_nrrd import write_seg_nrrd
 from pipeline.export.stats import StatsConfig, compute_stats, write_stats
 from pipeline.labels import LabelTable
+from pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
+from pipeline.sanitize import deidentify_dataset
 from pipeline.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -119,6 +122,22 @@ def _input_files(image: Volume, labels: Volume) -> dict[str, list[str]]:
     return files
 
 
+def _deidentified(reference: SeriesReference, pseudonym: str) -> SeriesReference:
+    """``reference`` with de-identified datasets; the copies it wrote into the bundle are rewritten."""
+    datasets = [deidentify_dataset(ds, pseudonym) for ds in reference.datasets]
+    for path, ds in zip(reference.files, datasets):
+        ds.save_as(path, enforce_file_format=True)
+    return replace(reference, datasets=datasets)
+
+
+def _mark_deidentified(paths: list[Path]) -> None:
+    """Set PatientIdentityRemoved/DeidentificationMethod on written SEG/RTSTRUCT files (PS3.15 E.1)."""
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.PatientIdentityRemoved, ds.DeidentificationMethod = "YES", DEIDENTIFICATION_METHOD
+        ds.save_as(path, enforce_file_format=True)
+
+
 def write_bundle(
     out_dir: str | Path,
     image: Volume,
@@ -130,6 +149,7 @@ def write_bundle(
     stats_config: StatsConfig = StatsConfig(),
     dicom_series: bool = False,
     title: str | None = None,
+    deidentify: bool = False,
 ) -> BundleSummary:
     """Write the review bundle of one case.
 
@@ -144,6 +164,9 @@ def write_bundle(
         dicom_series: for non-DICOM input, write a DICOM series into ``dicom/`` and SEG/RTSTRUCT
             referencing it.
         title: heading of the report (default: the out_dir name).
+        deidentify: write SEG/RTSTRUCT and the ``dicom/`` copy without the patient's identity
+            (``pipeline.sanitize.deidentify_dataset``, PatientID = the bundle's name) and a manifest
+            whose inputs carry hashes but no paths; the manifest records ``"deidentified": true``.
 
     Returns:
         The summary, with the per-structure stats and flags.
@@ -174,11 +197,15 @@ def write_bundle(
         elif wants_dicom:
             with _stage(timings, "dicom_reference"):
                 reference = prepare_reference(image, tmp / "dicom", make_series=True)
+                if deidentify:
+                    reference = _deidentified(reference, out_dir.name)
             extra["dicom_reference"] = reference.describe()
             with _stage(timings, "dicom_seg"):
                 write_dicom_seg(tmp / "seg.dcm", labels, table, reference)
             with _stage(timings, "rtstruct"):
                 write_rtstruct(tmp / "rtstruct.dcm", labels, table, reference)
+            if deidentify:
+                _mark_deidentified([tmp / "seg.dcm", tmp / "rtstruct.dcm"])
         with _stage(timings, "stats"):
             stats = compute_stats(image, labels, table, uncertainty, stats_config)
             write_stats(tmp, stats)
@@ -194,6 +221,9 @@ def write_bundle(
         all_timings = {**caller.pop("timings_s", {}), **{f"export.{k}": v for k, v in timings.items()}}
         record = build_manifest(_input_files(image, labels), timings=all_timings, extra=extra)
         record.update(caller)
+        if deidentify:
+            record["inputs"] = {role: [{"sha256": f["sha256"]} for f in files] for role, files in record["inputs"].items()}
+            record["deidentified"] = True
         write_manifest(tmp / "manifest.json", record)
     flags = [{"name": row["name"], "value": row["value"], "flag": flag} for row in stats for flag in row["flags"]]
     for flag in flags:
