@@ -106,6 +106,7 @@ def save_deblur_cnn(folder: str | Path, model: DeblurCNN, meta: dict[str, Any]) 
         os.close(fd)
         try:
             write(tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, folder / name)
         finally:
             if os.path.exists(tmp):
