@@ -1,6 +1,7 @@
 """Forward time of each registered architecture on one patch, fp32 and bf16 autocast + channels_last_3d.
 
 Prints one JSON line per architecture: ``arch``, ``params``, ``arch_kwargs``, ``shape``, ``threads``,
+``gflop`` (convolution FLOPs of one forward, counted by ``torch.utils.flop_counter``: load-independent),
 ``fp32_s`` and ``bf16_cl_s`` (median wall seconds per forward, batch 1, no grad), the same as process
 CPU seconds summed over threads (``*_cpu_s``, steadier on a shared machine), ``speedup`` (fp32/bf16
 wall), ``ratio_to_unet`` (fp32 CPU time over MONAI UNet's in the same run), ``load_avg_1min``, and
@@ -19,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.registry import build_model
 
@@ -68,6 +70,8 @@ def measure(name: str, shape: list[int], repeats: int, backward: bool) -> dict:
         with torch.no_grad():
             m(*inp)
 
+    with FlopCounterMode(display=False) as counter:
+        forward()
     fp32, fp32_cpu = _median_time(forward, repeats)
     model_cl = model.to(memory_format=torch.channels_last_3d)
     inputs_cl = tuple(t.to(memory_format=torch.channels_last_3d) for t in inputs)
@@ -78,6 +82,7 @@ def measure(name: str, shape: list[int], repeats: int, backward: bool) -> dict:
 
     bf16, bf16_cpu = _median_time(forward_bf16, repeats)
     row = {"arch": name, "params": sum(p.numel() for p in model.parameters()), "shape": shape,
+           "gflop": round(counter.get_total_flops() / 1e9, 1),
            "threads": torch.get_num_threads(), "fp32_s": round(fp32, 3), "bf16_cl_s": round(bf16, 3),
            "fp32_cpu_s": round(fp32_cpu, 3),
            "bf16_cl_cpu_s": round(bf16_cpu, 3), "speedup": round(fp32 / bf16, 2), "arch_kwargs": kwargs}
