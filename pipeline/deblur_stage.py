@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline import deblur as classical
 from pipeline.config import Settings
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, DeconvsegError, InputError
 from pipeline.psf import parse_psf, psf_from_array
 from pipeline.volume import Volume
 
@@ -143,7 +143,9 @@ def deblur_file(src: str | Path, dst: str | Path, config: DeblurConfig = DeblurC
         image, dtype = read_image_2d(src)
         try:
             restored = deblur_image(image, parse_psf(config.psf), config.method, config)
-        except ValueError as err:
+        except DeconvsegError:
+            raise
+        except ValueError as err:  # an image the restoration cannot take (e.g. smaller than the PSF)
             raise InputError(src, str(err), "check the PSF and method") from err
         return write_image_2d(dst, restored, dtype=dtype)
     if dst.suffix.lower() in IMAGE_SUFFIXES:

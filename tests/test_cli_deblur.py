@@ -85,6 +85,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, rng):
         (["deblur", str(src), str(tmp_path / "o.png"), "--psf", "box:3"], "unknown form"),
         (["deblur", str(src), str(tmp_path / "o.png"), "--method", "magic"], "method"),
         (["deblur", str(src), str(tmp_path / "o.jpg")], "unsupported output suffix"),
+        (["deblur", str(src), str(tmp_path / "o.png"), "--psf", "disk:4", "--method", "dcnn"], "no weights"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)
