@@ -12,6 +12,7 @@ channels and ``M`` members (float32 = 4 bytes)::
          + max_m A_m * batch                    activations of one window (measured, see below)
          + sum_m P_m                            parameters
          + 13 N_in                              restored labels, uncertainty, export copies
+         + 128 MiB                              first-call buffers of torch/oneDNN and libraries
 
 The stack term dominates at CT scale: ``np.stack`` briefly holds the M member maps twice.
 ``A_m`` is measured once per network and patch size: one forward pass of a zero window on a
@@ -51,6 +52,7 @@ from pipeline.volume import Volume
 log = logging.getLogger(__name__)
 
 MIB = 1 << 20
+RUNTIME_OVERHEAD = 128 * MIB  # measured ~90-110 MiB above the loaded baseline on small cases (benchmarks/guards.py)
 DEFAULT_BUDGET_FRACTION = 0.8  # of physical memory, when no budget is configured
 _ACTIVATIONS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]]" = weakref.WeakKeyDictionary()
 
@@ -138,6 +140,7 @@ def estimate_peak_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[
         "activations": window * batch_size,
         "parameters": sum(sum(p.numel() * p.element_size() for p in model.parameters()) for model, _ in members),
         "restore_and_export": 13 * n_in,
+        "runtime": RUNTIME_OVERHEAD,
     })
 
 
