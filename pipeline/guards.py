@@ -182,6 +182,11 @@ class CaseTimeout(ResourceError):
     """A case ran longer than its time limit."""
 
 
+class _Expired(BaseException):
+    """What the timer injects: a ``BaseException``, so no ``except Exception``/``RuntimeError``/``OSError``
+    on the way (e.g. a reader turning errors into "corrupt file") can swallow or relabel it."""
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float | None, what: str = "case") -> Iterator[None]:
     """Raise ``CaseTimeout`` in the calling thread when the block runs longer than ``seconds``.
@@ -209,18 +214,16 @@ def time_limit(seconds: float | None, what: str = "case") -> Iterator[None]:
         with lock:
             if state["active"]:
                 state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(target, ctypes.py_object(CaseTimeout))
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(target, ctypes.py_object(_Expired))
 
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
     timer.start()
     try:
         yield
-    except CaseTimeout as err:
-        if err.args:  # raised by the block itself (a nested limit), not by this timer
-            raise
+    except _Expired:
         raise CaseTimeout(f"{what}: exceeded the time limit of {seconds:g} s; "
-                          "raise case_timeout_s or check the input's size") from None
+                          "raise the time limit or check the input's size") from None
     finally:
         timer.cancel()
         with lock:

@@ -247,3 +247,11 @@ def test_batch_logs_and_dashboard_carry_no_patient_name_or_birth_date(batch):
     for text in texts:
         for secret in ("DOE", "JANE", "19450317"):
             assert secret not in text
+
+
+def test_segment_stops_a_case_over_its_time_limit(model, tmp_path):
+    source = write_phantom(tmp_path / "slow.nii.gz", seed=2)
+    result = CliRunner().invoke(app, ["segment", str(source), "--out", str(tmp_path / "out"), "--model", str(model),
+                                      "--timeout", "0.001"])
+    _refused(result, source, r"exceeded the time limit of 0.001 s; raise the time limit")
+    assert _listing(tmp_path / "out") == []

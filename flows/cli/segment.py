@@ -51,6 +51,8 @@ def segment(
     threads: int = typer.Option(None, "--threads", min=1, help="Torch threads (overrides the config)."),
     fusion: str = typer.Option(None, "--fusion", help="mean, weighted_mean, majority or staple (default: the model's)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line summarising every case."),
+    timeout: float = typer.Option(None, "--timeout", min=0.001,
+                                  help="Fail a case whose reading and inference take longer (seconds)."),
 ) -> None:
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
     from rich.progress import track
@@ -60,6 +62,7 @@ def segment(
     from pipeline.errors import InputError
     from pipeline.export.bundle import write_bundle
     from pipeline.io import read_volume
+    from pipeline.guards import time_limit
     from pipeline.segment import InferenceConfig, segment_case
 
     overrides = {k: v for k, v in {"threads": threads, "fusion": fusion}.items() if v is not None}
@@ -78,8 +81,9 @@ def segment(
     summaries = []
     for name, path in track(list(cases.items()), description="segmenting", transient=True):
         start = time.perf_counter()
-        image = read_volume(path)
-        result = segment_case(image, members, settings)
+        with time_limit(timeout, str(path)):
+            image = read_volume(path)
+            result = segment_case(image, members, settings)
         manifest = {"case_id": name, "timings_s": result.timings,
                     "model": {"dir": str(model_dir), "members": [Path(m.get("checkpoint_dir", "")).name for _, m in members]},
                     "config": {"inference": settings.model_dump(mode="json")},
