@@ -142,7 +142,7 @@ def shape_guard_training(root: str, train_list: str, val_list: str, out_dir: str
                      "loss_per_epoch": losses, "config": cfg.model_dump(mode="json")},
     }
     arch = {"n_classes": cfg.grid.n_classes, "grid": list(cfg.grid.grid), "channels": list(cfg.channels),
-            "code_size": cfg.code_size}
+            "code_size": cfg.code_size, "bottleneck": cfg.bottleneck}
     save_guard_task(out_dir, guard, arch, meta)
     return metrics
 

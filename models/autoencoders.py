@@ -141,7 +141,10 @@ class ShapeAutoencoder3D(nn.Module):
         n_classes: label values 0..n_classes-1 (background included), one input channel each.
         grid: ``(z, y, x)`` size of the fixed grid; each side divisible by 8.
         channels: features at 1/2, 1/4 and 1/8 of the grid.
-        code_size: length of the bottleneck vector.
+        code_size: ``"dense"``: length of the bottleneck vector; ``"spatial"``: channels of the
+            bottleneck map at 1/8 of the grid (code length ``code_size * prod(grid) / 512``).
+        bottleneck: ``"dense"`` (linear layers) or ``"spatial"`` (1x1x1 convolutions: fully
+            convolutional, so a shape is coded the same wherever it sits on the grid).
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class ShapeAutoencoder3D(nn.Module):
         grid: tuple[int, int, int] = (16, 64, 64),
         channels: tuple[int, int, int] = (8, 16, 32),
         code_size: int = 64,
+        bottleneck: Literal["dense", "spatial"] = "dense",
     ) -> None:
         super().__init__()
         if any(side % 8 for side in grid):
@@ -164,8 +168,15 @@ class ShapeAutoencoder3D(nn.Module):
             *_conv_bn(c0, c1), nn.MaxPool3d(2),
             *_conv_bn(c1, c2), nn.MaxPool3d(2),
         )
-        self.to_code = nn.Linear(flat, code_size)
-        self.from_code = nn.Linear(code_size, flat)
+        self.dense = bottleneck == "dense"
+        if self.dense:
+            self.to_code: nn.Module = nn.Linear(flat, code_size)
+            self.from_code: nn.Module = nn.Linear(code_size, flat)
+        elif bottleneck == "spatial":
+            self.to_code = nn.Conv3d(c2, code_size, 1)
+            self.from_code = nn.Conv3d(code_size, c2, 1)
+        else:
+            raise ValueError(f"bottleneck must be 'dense' or 'spatial', got {bottleneck!r}")
         self.decoder = nn.Sequential(
             *_up_bn(c2, c1), *_conv_bn(c1, c1),
             *_up_bn(c1, c0), *_conv_bn(c0, c0),
@@ -173,11 +184,12 @@ class ShapeAutoencoder3D(nn.Module):
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_code(self.encoder(x).flatten(1))
+        h = self.encoder(x)
+        return self.to_code(h.flatten(1) if self.dense else h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.from_code(self.encode(x)), 0.1).view(-1, *self.inner)
-        return self.decoder(h)
+        h = F.leaky_relu(self.from_code(self.encode(x)), 0.1)
+        return self.decoder(h.view(-1, *self.inner) if self.dense else h)
 
 
 def count_parameters(model: nn.Module) -> int:

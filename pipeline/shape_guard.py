@@ -210,6 +210,9 @@ def save_shape_guard(folder: str | Path, guard: ShapeGuard, arch_kwargs: dict, m
             **meta,
         }
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp creates 0700; a checkpoint is an ordinary readable folder
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

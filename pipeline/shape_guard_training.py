@@ -9,7 +9,7 @@ output the clean map. Loss = cross-entropy + (1 - mean soft Dice of the structur
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ class ShapeGuardTrainConfig(Settings):
 
     Attributes:
         grid: grid placement (size, margins, number of classes).
-        code_size: bottleneck length of the autoencoder.
+        code_size: bottleneck length (dense) or channels (spatial) of the autoencoder.
+        bottleneck: ``"dense"`` or ``"spatial"`` (see ``ShapeAutoencoder3D``).
         channels: features of its three stages.
         copies: randomly shifted/scaled crops per training map.
         jitter: largest relative shift/scale of a crop.
@@ -39,6 +40,7 @@ class ShapeGuardTrainConfig(Settings):
 
     grid: ShapeGridConfig = ShapeGridConfig()
     code_size: int = 64
+    bottleneck: Literal["dense", "spatial"] = "dense"
     channels: tuple[int, int, int] = (8, 16, 32)
     copies: int = 2
     jitter: float = 0.08
@@ -93,7 +95,9 @@ def train_shape_guard(
     """
     torch.manual_seed(config.train.seed)
     grids = torch.from_numpy(grid_samples(label_maps, config, config.train.seed))
-    model = ShapeAutoencoder3D(config.grid.n_classes, config.grid.grid, config.channels, config.code_size)
+    model = ShapeAutoencoder3D(
+        config.grid.n_classes, config.grid.grid, config.channels, config.code_size, config.bottleneck
+    )
     history = train_autoencoder(
         model, grids, config.train, loss=shape_loss, make_input=corrupting_input(config), progress=progress
     )

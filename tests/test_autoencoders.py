@@ -68,8 +68,13 @@ def test_shape_autoencoder_returns_class_logits_on_its_grid():
     x = torch.zeros(2, 4, 8, 32, 24)
     assert model(x).shape == (2, 4, 8, 32, 24)
     assert model.encode(x).shape == (2, 16)
+    spatial = ShapeAutoencoder3D(n_classes=4, grid=(8, 32, 24), channels=(4, 8, 8), code_size=2, bottleneck="spatial")
+    assert spatial(x).shape == (2, 4, 8, 32, 24)
+    assert spatial.encode(x).shape == (2, 2, 1, 4, 3)
     with pytest.raises(ValueError, match="divisible by 8"):
         ShapeAutoencoder3D(grid=(10, 32, 32))
+    with pytest.raises(ValueError, match="bottleneck"):
+        ShapeAutoencoder3D(bottleneck="sparse")
 
 
 def test_unknown_names_are_rejected():

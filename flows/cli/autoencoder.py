@@ -73,6 +73,7 @@ def shape_guard(
     data: Path = typer.Option(DEFAULT_ACDC, "--data", help="ACDC folder holding volumes/ and splits/."),
     out: Path = typer.Option(REPO / "models" / "weights" / "shape-ae-acdc", "--out", help="Checkpoint folder."),
     epochs: int = typer.Option(15, "--epochs", help="Training epochs."),
+    bottleneck: str = typer.Option("spatial", "--bottleneck", help="dense (64-d vector) or spatial (8 x 1/8-grid map)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights, crops and corruptions."),
 ) -> None:
@@ -83,7 +84,8 @@ def shape_guard(
     for path in splits.values():
         if not path.is_file():
             raise InputError(path, "split list not found", "pass --data pointing at the ACDC folder with splits/")
-    config = {"train": {"epochs": epochs, "batch_size": 4, "lr": 5e-3, "seed": seed, "threads": threads}}
+    config = {"bottleneck": bottleneck, "code_size": 64 if bottleneck == "dense" else 8,
+              "train": {"epochs": epochs, "batch_size": 4, "lr": 5e-3, "seed": seed, "threads": threads}}
     _run_flow({"flow": "shape", "root": str(data.resolve()), "train_list": str(splits["train"]),
                "val_list": str(splits["val"]), "out_dir": str(out.resolve()), "config": config})
     metrics = json.loads((out / "model.json").read_text())["metrics"]
