@@ -79,7 +79,8 @@ class TrainConfig(Settings):
     checkpoint_every: int = 50
     threads: int = 2
     bf16: bool = False
-    fusion: Literal["mean"] = "mean"
+    fusion: Literal["mean", "weighted_mean"] = "mean"
+    fusion_weights: dict[str, float] = {}  # member name -> weight for weighted_mean (default 1)
     # Refinement steps tried on the validation cases once every member is trained (kept per class
     # only where no class's Dice drops; pipeline.postprocess.choose_steps); [] skips the search.
     postprocess_candidates: list[dict[str, Any]] = []
@@ -308,9 +309,9 @@ def train_ensemble(
     """
     torch.set_num_threads(config.threads)
     names = [m.name for m in config.members]
-    unknown = sorted(set(only or []) - set(names))
+    unknown = sorted((set(only or []) | set(config.fusion_weights)) - set(names))
     if unknown:
-        raise ConfigError(f"members {unknown} are not in the config; choose from {names}")
+        raise ConfigError(f"members {unknown} (--member or fusion_weights) are not in the config; choose from {names}")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     for member in config.members:
@@ -324,15 +325,20 @@ def train_ensemble(
     for member in config.members:
         meta = json.loads((out / member.name / META).read_text())
         members[member.name] = {"arch": meta["arch"], "metrics": meta["metrics"], "seconds": meta["training"]["seconds"]}
+    # load_ensemble returns members sorted by folder name: the weights follow that order.
+    order = sorted(members)
     ensemble = {
         "name": config.name,
         "fusion": config.fusion,
-        "weights": [1.0] * len(members),
+        "weights": [float(config.fusion_weights.get(name, 1.0)) for name in order],
+        "weights_order": order,
         "members": members,
         "train_seconds": round(sum(m["seconds"] for m in members.values()), 1),
     }
     if config.postprocess_candidates:
-        same = previous.get("members", {}).keys() == members.keys() and "postprocess" in previous
+        same = "postprocess" in previous and all(
+            previous.get(key) == ensemble[key] for key in ("fusion", "weights", "weights_order")
+        ) and previous.get("members", {}).keys() == members.keys()
         if same:
             ensemble.update(postprocess=previous["postprocess"], metrics=previous.get("metrics"))
         else:

@@ -111,15 +111,20 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(t
 
 def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp_path):
     members = [
-        MemberConfig(name="a", arch_kwargs=TINY_NET, seed=1),
         MemberConfig(name="b", arch="fcn3d", arch_kwargs=TINY_NET, seed=2, steps=4),
+        MemberConfig(name="a", arch_kwargs=TINY_NET, seed=1),
     ]
-    config = tiny_config(tmp_path / "ens", steps=4, members=members, postprocess_candidates=[{"step": "largest_component"}])
+    config = tiny_config(
+        tmp_path / "ens", steps=4, members=members, postprocess_candidates=[{"step": "largest_component"}],
+        fusion="weighted_mean", fusion_weights={"b": 2.0},
+    )
     pending = train_ensemble(config, tiny_data, only=["a"])
     assert pending == {"members_pending": ["b"]}
     summary = train_ensemble(config, tiny_data)
     written = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
-    assert written == summary and list(written["members"]) == ["a", "b"] and written["fusion"] == "mean"
+    assert written == summary and list(written["members"]) == ["b", "a"] and written["fusion"] == "weighted_mean"
+    # weights follow load_ensemble's order (sorted folder names), not the config's
+    assert written["weights_order"] == ["a", "b"] and written["weights"] == [1.0, 2.0]
     assert {"steps", "rejected", "dice"} <= set(written["postprocess"])
     assert written["metrics"]["cases"] == 1 and 0.0 <= written["metrics"]["mean_dice"] <= 1.0
     assert math.isclose(written["train_seconds"], sum(m["seconds"] for m in written["members"].values()), abs_tol=0.2)
