@@ -102,8 +102,8 @@ def measure(runner: str, request: dict, env: dict[str, str], cases: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=50)
-    parser.add_argument("--shape", type=int, nargs=3, default=[32, 64, 64], help="z y x")
-    parser.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 6.0], help="x y z, mm")
+    parser.add_argument("--shape", type=int, nargs=3, default=[24, 48, 48], help="z y x")
+    parser.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 4.0], help="x y z, mm")
     parser.add_argument("--model", type=Path, default=None, help="default: models/weights/phantom-ct")
     parser.add_argument("--runners", default="default,dask", help="comma-separated: default, dask")
     parser.add_argument("--workers", type=int, default=2, help="Dask workers")
