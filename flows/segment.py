@@ -28,7 +28,6 @@ from typing import Any
 from prefect import flow, task
 from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
-from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
 
 from flows import dashboard
@@ -38,7 +37,7 @@ from flows.outputs import batch_lock, sweep_partial
 from flows.runners import make_task_runner
 from pipeline.errors import DeconvsegError
 
-_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, TaskRunTimeoutError)
+_NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -92,7 +91,7 @@ def _members(model_dir: str, version: str) -> list:
 @task(name="segment-case", cache_key_fn=_cache_key_fn, persist_result=True,
       retry_condition_fn=_retry_transient, task_run_name="segment-{case[case_id]}")
 def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, versions: dict[str, str],
-                 inference: dict[str, Any], threads: int) -> dict[str, Any]:
+                 inference: dict[str, Any], threads: int, timeout_s: float | None = None) -> dict[str, Any]:
     """Read one input, segment it with the model's ensemble and write its review bundle.
 
     Args:
@@ -103,6 +102,9 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
         versions: input/model/config versions for the manifest.
         inference: ``InferenceConfig`` fields.
         threads: torch threads for this case.
+        timeout_s: the case's time limit (``case_timeout_s``). ``pipeline.guards.time_limit``
+            enforces it rather than Prefect's ``timeout_seconds``, whose ordinary ``TimeoutError``
+            library code may catch (a DICOM slice silently skipped, a misleading reason).
 
     Returns:
         The case's dashboard row (see ``flows.dashboard.case_row``).
@@ -112,20 +114,23 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
     if _bundle_is_current({"out_dir": out_dir, "case": case, "key": key}):
         return dashboard.row_from_bundle(item.case_id, bundle, status="cached")
     from pipeline.export.bundle import write_bundle
+    from pipeline.guards import time_limit
     from pipeline.io import read_volume
     from pipeline.segment import InferenceConfig, segment_case as run_segmentation
 
     start = time.perf_counter()
-    image = read_volume(item.path)
-    if item.modality:
-        image = image.with_array(image.array, modality=item.modality)
-    members = _members(model_dir, versions["model"])
-    result = run_segmentation(image, members, InferenceConfig(**{**inference, "threads": threads}))
-    manifest = {"cache_key": key, "case_id": item.case_id, "versions": versions, "timings_s": result.timings,
-                "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
-                "config": {"inference": inference, "version": versions["config"]}}
-    summary = write_bundle(bundle, image, result.labels, result.table, uncertainty=result.uncertainty,
-                           manifest=manifest)
+    limit = f"{item.path}: case {item.case_id} (case_timeout_s={timeout_s:g})" if timeout_s else item.case_id
+    with time_limit(timeout_s, limit):
+        image = read_volume(item.path)
+        if item.modality:
+            image = image.with_array(image.array, modality=item.modality)
+        members = _members(model_dir, versions["model"])
+        result = run_segmentation(image, members, InferenceConfig(**{**inference, "threads": threads}))
+        manifest = {"cache_key": key, "case_id": item.case_id, "versions": versions, "timings_s": result.timings,
+                    "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
+                    "config": {"inference": inference, "version": versions["config"]}}
+        summary = write_bundle(bundle, image, result.labels, result.table, uncertainty=result.uncertainty,
+                               manifest=manifest)
     seconds = time.perf_counter() - start
     return dashboard.case_row(item.case_id, "segmented", seconds, summary.path, summary.stats,
                               result.structure_uncertainty)
@@ -186,8 +191,7 @@ def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: 
                settings: BatchConfig, progress: dashboard.Progress) -> list[dict[str, Any]]:
     """Submit one ``segment-case`` task per case; a row per case as each finishes."""
     case_task = segment_case.with_options(
-        retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s),
-        timeout_seconds=settings.case_timeout_s)
+        retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
     rows: list[dict[str, Any]] = []
     futures = {}
     for item in cases:
@@ -199,16 +203,13 @@ def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: 
             continue
         case_versions = {**versions, "input": input_version}
         future = case_task.submit(item.to_json(), str(out_dir), model_dir, cache_key(case_versions),
-                                  case_versions, settings.inference, settings.threads)
+                                  case_versions, settings.inference, settings.threads, settings.case_timeout_s)
         futures[future.task_run_id] = (future, item)
     for future in as_completed([future for future, _ in futures.values()]):
         future.wait()
         item = futures[future.task_run_id][1]
         outcome = future.result(raise_on_failure=False)
-        if isinstance(outcome, TaskRunTimeoutError):
-            rows.append(dashboard.failed_row(item.case_id, f"{item.path}: took longer than case_timeout_s="
-                                             f"{settings.case_timeout_s:g} s; raise it or check the input"))
-        elif isinstance(outcome, BaseException):
+        if isinstance(outcome, BaseException):
             rows.append(dashboard.failed_row(item.case_id, one_line(outcome)))
         else:
             rows.append({**outcome, "status": "cached"} if future.state.name == "Cached" else outcome)
