@@ -116,14 +116,13 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
     from pipeline.export.bundle import write_bundle
     from pipeline.guards import time_limit
     from pipeline.io import read_volume
+    from pipeline.normalize import with_modality
     from pipeline.segment import InferenceConfig, segment_case as run_segmentation
 
     start = time.perf_counter()
     limit = f"{item.path}: case {item.case_id} (case_timeout_s={timeout_s:g})" if timeout_s else item.case_id
     with time_limit(timeout_s, limit):
-        image = read_volume(item.path)
-        if item.modality:
-            image = image.with_array(image.array, modality=item.modality)
+        image = with_modality(read_volume(item.path), item.modality)
         members = _members(model_dir, versions["model"])
         result = run_segmentation(image, members, InferenceConfig(**{**inference, "threads": threads}))
         manifest = {"cache_key": key, "case_id": item.case_id, "versions": versions, "timings_s": result.timings,

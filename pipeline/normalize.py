@@ -49,6 +49,12 @@ def detect_modality(volume: Volume, override: str | None = None) -> Literal["CT"
     return "CT" if float(np.percentile(_sample(volume.array, None, 0), 0.5)) < -200 else "MR"
 
 
+def with_modality(volume: Volume, override: str | None = None) -> Volume:
+    """``volume`` (a new object, same voxels) with ``metadata["modality"]`` from ``detect_modality``,
+    so that exports report CT intensities in HU even for NIfTI input without a modality tag."""
+    return volume.with_array(volume.array, modality=detect_modality(volume, override))
+
+
 def foreground_mask(array: np.ndarray) -> np.ndarray:
     """Foreground of one image: above ``p2 + 0.1 (p98 - p2)`` (FSL BET's robust threshold).
 

@@ -94,3 +94,15 @@ def test_fingerprint_reports_spacing_intensities_and_class_frequencies():
     assert sum(fp["class_frequencies"].values()) == pytest.approx(1.0)
     assert fp["class_frequencies"]["1"] > fp["class_frequencies"]["2"]  # the liver is the largest organ
     assert 0 < fp["intensity"]["percentile_00_5"] < fp["intensity"]["median"] < fp["intensity"]["percentile_99_5"]
+
+
+def test_with_modality_tags_a_ct_without_changing_voxels():
+    from pipeline.normalize import with_modality
+    from pipeline.phantoms import make_phantom
+
+    image, _ = make_phantom("CT", shape=(16, 32, 32), spacing=(4.0, 4.0, 6.0), seed=3)
+    untagged = image.with_array(image.array, modality=None)
+    tagged = with_modality(untagged)
+    assert tagged.modality == "CT" and untagged.modality is None
+    assert tagged.array is untagged.array and tagged.same_grid(untagged)
+    assert with_modality(untagged, "mr").modality == "MR"

@@ -37,14 +37,13 @@ def export(
     from pipeline.export.stats import StatsConfig
     from pipeline.io import read_volume
     from pipeline.labels import LabelTable
-    from pipeline.normalize import detect_modality
+    from pipeline.normalize import with_modality
 
     image_volume = read_volume(image)
     try:  # intensities are reported in HU only for CT
-        detected = detect_modality(image_volume, modality)
+        image_volume = with_modality(image_volume, modality)
     except ValueError as err:
         raise InputError(image, str(err), "pass --modality CT or --modality MR") from err
-    image_volume = image_volume.with_array(image_volume.array, modality=detected)
     label_volume = read_volume(labels, kind="label")
     config = load_config(stats_config, StatsConfig) if stats_config else StatsConfig()
     if "expected" not in config.model_fields_set:  # a label file names structures; it does not expect them

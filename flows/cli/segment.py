@@ -63,6 +63,7 @@ def segment(
     from pipeline.export.bundle import write_bundle
     from pipeline.io import read_volume
     from pipeline.guards import time_limit
+    from pipeline.normalize import with_modality
     from pipeline.segment import InferenceConfig, segment_case
 
     overrides = {k: v for k, v in {"threads": threads, "fusion": fusion}.items() if v is not None}
@@ -82,7 +83,7 @@ def segment(
     for name, path in track(list(cases.items()), description="segmenting", transient=True):
         start = time.perf_counter()
         with time_limit(timeout, str(path)):
-            image = read_volume(path)
+            image = with_modality(read_volume(path))
             result = segment_case(image, members, settings)
         manifest = {"case_id": name, "timings_s": result.timings,
                     "model": {"dir": str(model_dir), "members": [Path(m.get("checkpoint_dir", "")).name for _, m in members]},
