@@ -8,7 +8,6 @@ bytes, weights or settings recomputes the case.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.datasets import read_manifest_rows
 from pipeline.errors import InputError
 from pipeline.sanitize import safe_component
 
@@ -125,15 +125,9 @@ def discover_cases(source: Path) -> list[CaseInput]:
 
 
 def _read_manifest(path: Path) -> list[CaseInput]:
-    """Rows ``case_id,image[,label][,modality]``; relative paths are relative to the CSV."""
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"case_id", "image"} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(path, f"missing column(s) {sorted(missing)}", "add a header line: case_id,image")
-        rows = list(reader)
-    return [CaseInput(safe_case_id(row["case_id"]), (path.parent / row["image"]).resolve(),
-                      (row.get("modality") or "").upper() or None) for row in rows]
+    """Rows ``case_id,image[,label][,modality]`` (``pipeline.datasets.read_manifest_rows``) as inputs."""
+    return [CaseInput(safe_case_id(row["case_id"]), Path(row["image"]), (row.get("modality") or "").upper() or None)
+            for row in read_manifest_rows(path)]
 
 
 def content_hash(path: Path) -> str:

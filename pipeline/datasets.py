@@ -171,11 +171,11 @@ def _read_dataset_json(root: Path) -> dict:
     return spec
 
 
-def read_manifest(path: str | Path) -> list[Case]:
-    """Read cases listed in a CSV file with columns ``case_id,image[,label][,modality]``.
+def read_manifest_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV manifest (``case_id,image[,label][,modality]``), checked but not loaded.
 
-    Relative paths are taken relative to the CSV file's folder; an empty ``label`` means
-    unlabelled. ``image`` may be a file or a DICOM series folder.
+    Relative ``image``/``label`` paths are returned resolved against the CSV file's folder; an
+    empty ``label`` or ``modality`` stays empty.
 
     Raises:
         InputError: the file is missing, lacks a column, or repeats a case id.
@@ -192,15 +192,30 @@ def read_manifest(path: str | Path) -> list[Case]:
     ids = [row["case_id"] for row in rows]
     if len(set(ids)) != len(ids):
         raise InputError(path, "case_id values repeat", "give every row its own case_id")
+    for row in rows:
+        for column in ("image", "label"):
+            if row.get(column):
+                row[column] = str((path.parent / row[column]).resolve())
+    return rows
+
+
+def read_manifest(path: str | Path) -> list[Case]:
+    """Read the cases listed in a CSV manifest (see ``read_manifest_rows``); ``image`` may be a
+    file or a DICOM series folder.
+
+    Raises:
+        InputError: the file is missing, lacks a column, repeats a case id, or an image or label
+            cannot be read or its label is off the image's grid.
+    """
+    rows = read_manifest_rows(path)
     cases = []
     for row in rows:
-        image = read_volume(path.parent / row["image"], "image")
+        image = read_volume(row["image"], "image")
         if row.get("modality"):
             image = image.with_array(image.array, modality=row["modality"].upper())
         label = None
         if row.get("label"):
-            label_path = path.parent / row["label"]
-            label = _check_pair(read_volume(label_path, "label"), image, label_path)
+            label = _check_pair(read_volume(row["label"], "label"), image, Path(row["label"]))
         cases.append(Case(row["case_id"], image, label))
     log.info("read %d cases from %s", len(cases), path)
     return cases
