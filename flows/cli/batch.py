@@ -116,7 +116,7 @@ def demo(
 
     inputs = write_demo_inputs(out / "inputs", cases, _DEMO_SHAPE, _DEMO_SPACING)
     _check(inputs, model)
-    settings = BatchConfig(dashboard_key="deconvseg-demo", threads=max(1, min(os.cpu_count() or 1, 4)))
+    settings = BatchConfig(dashboard_key="deconvseg-demo")
     request = {"source": str(inputs.resolve()), "out": str(out.resolve()),
                "model": str(model.resolve()) if model else None, "config": settings.model_dump()}
     status = _run_child(request, prefect_home, os.environ.get("PREFECT_API_URL") or None, local_cluster=False)
