@@ -83,6 +83,16 @@ def prefect_settings(home: str | Path | None = None, api_url: str | None = None)
         yield
 
 
+def stop_process(process: subprocess.Popen, grace_s: float) -> None:
+    """Terminate ``process``; kill it if it has not exited after ``grace_s`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
@@ -139,9 +149,4 @@ def local_server(
             wait_healthy(api_url, timeout_s, process)
             yield api_url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, grace_s=10)

@@ -26,6 +26,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (the suite shares two cores), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_env(tmp_path_factory) -> dict[str, str]:
     """Environment for a subprocess or in-process Prefect run: own home, offline, quiet."""

@@ -9,13 +9,7 @@ from models.autoencoders import ConvAutoencoder, FCAutoencoder, ShapeAutoencoder
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the suite shares two cores with other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.mark.parametrize("name", ["conv", "conv_upsample", "fc"])
 @pytest.mark.parametrize("code_size", [8, 32])

@@ -15,13 +15,7 @@ from tests.conftest import shared_path
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the suite shares two cores with other work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def few_images() -> torch.Tensor:

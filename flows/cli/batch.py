@@ -45,12 +45,9 @@ def _wait_child(command: list[str], env: dict[str, str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            from flows.prefect_env import stop_process
+
+            stop_process(process, grace_s=30)
 
 
 def _check(source: Path, model: Path | None) -> None:
