@@ -68,6 +68,9 @@ class TrainConfig(Settings):
     batch_size: int = 2
     steps: int = 500
     time_budget_s: float | None = None  # stop (and finish the schedule) after this many seconds
+    # "wall": seconds on the clock. "cpu": this process's CPU seconds (an idle core gives one per
+    # second), so other work on a shared machine stretches the wall time but not the training.
+    budget_clock: Literal["wall", "cpu"] = "wall"
     lr: float = 2e-3
     weight_decay: float = 1e-5
     warmup_steps: int = 20
@@ -187,14 +190,16 @@ def train_member(
         meta_base["context_factor"] = list(member.context_factor)
 
     model.train()
-    started = time.perf_counter() - state["elapsed_s"]
+    wall_started = time.perf_counter()
+    clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
+    started = clock() - state["elapsed_s"]
     budget = settings["time_budget_s"]
     warmup = min(config.warmup_steps, steps // 10)
     loss_value = float("nan")
     for step in range(state["step"], steps):
         progress = step / steps
         if budget:
-            progress = max(progress, (time.perf_counter() - started) / budget)
+            progress = max(progress, (clock() - started) / budget)
         for group in optimizer.param_groups:
             group["lr"] = settings["lr"] * lr_factor(step, progress, warmup)
         batch = sampler.batch(rng, settings["batch_size"])
@@ -211,7 +216,7 @@ def train_member(
         done = step + 1
         if callback:
             callback(TrainEvent(member.name, done, steps, loss_value, best_dice=state["best"] if state["best"] >= 0 else None))
-        elapsed = time.perf_counter() - started
+        elapsed = clock() - started
         out_of_time = bool(budget) and elapsed >= budget
         now = max(done / steps, elapsed / budget if budget else 0.0)
         crossed = [f for f in config.val_at if f not in state["val_at_done"] and now >= f]
@@ -223,7 +228,7 @@ def train_member(
             state["history"].append({"step": done, "loss": loss_value, "val_dice": per_class, "mean_dice": mean})
             if mean > state["best"]:
                 state["best"] = mean
-                seconds = time.perf_counter() - started
+                seconds = clock() - started
                 meta = {
                     **meta_base,
                     "metrics": {"val_dice": per_class, "mean_dice": mean, "val_cases": len(data.val)},
@@ -231,7 +236,7 @@ def train_member(
                         **data.description, "member": member.name, "seed": member.seed, "step": done,
                         "steps": steps, "batch_size": settings["batch_size"], "lr": settings["lr"],
                         "bf16": config.bf16, "threads": config.threads, "params": params,
-                        "time_budget_s": budget, "patch_size": list(patch),
+                        "time_budget_s": budget, "budget_clock": config.budget_clock, "patch_size": list(patch),
                         "seconds_at_checkpoint": round(seconds, 1),
                     },
                 }
@@ -243,9 +248,9 @@ def train_member(
             log.info("%s: time budget of %.0f s reached at step %d of %d", member.name, budget, done, steps)
             break
         if done % config.checkpoint_every == 0 and done < steps:
-            state.update(step=done, elapsed_s=time.perf_counter() - started)
+            state.update(step=done, elapsed_s=clock() - started)
             save_train_state(resume_dir, model, optimizer, {**state, "rng": rng.bit_generator.state})
-    return _finish(folder, resume_dir, time.perf_counter() - started, state)
+    return _finish(folder, resume_dir, clock() - started, state, wall_started)
 
 
 def _write_checkpoint(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -254,10 +259,12 @@ def _write_checkpoint(folder: Path, model: torch.nn.Module, meta: dict[str, Any]
     save_checkpoint(folder, model, meta)
 
 
-def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any]) -> dict[str, Any]:
-    """Record the total training time and history in ``model.json`` and drop the resume state."""
+def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any], wall_started: float) -> dict[str, Any]:
+    """Record the training time (on the budget's clock, and this session's wall time) and history in
+    ``model.json`` and drop the resume state."""
     meta = json.loads((folder / META).read_text())
     meta["training"]["seconds"] = round(seconds, 1)
+    meta["training"]["wall_seconds_this_run"] = round(time.perf_counter() - wall_started, 1)
     meta["training"]["steps_done"] = state.get("steps_done", state["step"])
     meta["training"]["history"] = state["history"]
     _write_json(folder / META, meta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -135,6 +136,15 @@ def test_time_budget_stops_early_with_a_validated_checkpoint(tiny_data, tmp_path
     meta = train_member(config, config.members[0], tiny_data, tmp_path / "budget" / "m")
     assert 0 < meta["training"]["steps_done"] < 10_000
     assert meta["training"]["history"][-1]["step"] == meta["training"]["steps_done"]
+
+
+def test_a_cpu_budget_counts_this_process_cpu_seconds_not_the_wall_clock(tiny_data, tmp_path):
+    config = tiny_config(tmp_path / "cpu", steps=10_000, time_budget_s=1.0, budget_clock="cpu")
+    started = time.process_time()
+    meta = train_member(config, config.members[0], tiny_data, tmp_path / "cpu" / "m")
+    assert 0 < meta["training"]["steps_done"] < 10_000
+    assert time.process_time() - started >= 1.0 and meta["training"]["budget_clock"] == "cpu"
+    assert meta["training"]["seconds"] >= 1.0 and meta["training"]["wall_seconds_this_run"] > 0
 
 
 def test_a_member_without_its_final_record_is_not_finished(tmp_path):
