@@ -39,6 +39,9 @@ class BatchConfig(Settings):
         case_timeout_s: a case running longer fails with that reason (``None``: no limit); the
             running case's thread is interrupted between Python steps.
         dashboard_key: prefix of the artifact keys (``<key>-cases``, ``-summary``, ``-progress``).
+        memory_budget_mib: peak memory of the cases running at once on this machine, together
+            (``None``: ``pipeline.guards.DEFAULT_BUDGET_FRACTION`` of its memory). Each case gets an
+            even share, unless ``inference`` sets its own ``memory_budget_mib``.
         inference: overrides of ``pipeline.segment.InferenceConfig``.
     """
 
@@ -48,7 +51,17 @@ class BatchConfig(Settings):
     retry_delay_s: float = 2.0
     case_timeout_s: float | None = None
     dashboard_key: str = "deconvseg-batch"
+    memory_budget_mib: float | None = None
     inference: dict[str, Any] = {}
+
+    def case_inference(self, cases_at_once: int) -> dict[str, Any]:
+        """``inference`` with each case's share of the memory budget when ``cases_at_once`` run together."""
+        if "memory_budget_mib" in self.inference:
+            return dict(self.inference)
+        from pipeline.guards import MIB, default_budget_bytes
+
+        total = self.memory_budget_mib or default_budget_bytes() / MIB
+        return {**self.inference, "memory_budget_mib": total / max(cases_at_once, 1)}
 
 
 @dataclass(frozen=True)

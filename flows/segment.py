@@ -159,16 +159,20 @@ def segment_batch(source: str, out: str, model: str | None = None, config: dict[
 
     settings = validate_config(config or {}, BatchConfig, source="batch config")
     runner = make_task_runner(dask_address, dask_workers, settings.max_workers)
-    summary = segment_cases.with_options(task_runner=runner)(source, out, model, settings.model_dump())
+    # Cases sharing this machine's memory; a remote cluster's workers are its own business.
+    at_once = 1 if dask_address else dask_workers or settings.max_workers
+    summary = segment_cases.with_options(task_runner=runner)(source, out, model, settings.model_dump(), at_once)
     message = dashboard.state_message(summary["counts"])
     return Failed(message=message, data=summary) if summary["counts"]["failed"] else Completed(message=message,
                                                                                                data=summary)
 
 
 @flow(name="segment-cases")
-def segment_cases(source: str, out: str, model: str | None, config: dict[str, Any]) -> dict[str, Any]:
+def segment_cases(source: str, out: str, model: str | None, config: dict[str, Any],
+                  cases_at_once: int = 1) -> dict[str, Any]:
     """The body of ``segment_batch``: discover, submit one ``segment-case`` task per case, collect
     outcomes as they finish (progress artifact), publish the dashboard; see ``segment_batch``.
+    ``cases_at_once`` cases share the memory budget (``BatchConfig.case_inference``).
 
     Returns:
         The summary (``flows.dashboard.publish``); failed cases are rows, not an exception.
@@ -182,15 +186,16 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
         sweep_partial(out_dir, [item.case_id for item in cases])
         progress = dashboard.Progress(settings.dashboard_key, len(cases))
         start = time.perf_counter()
-        rows = _run_cases(cases, out_dir, model_dir, versions, settings, progress)
+        rows = _run_cases(cases, out_dir, model_dir, versions, settings, progress, cases_at_once)
         return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key)
 
 
 def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: dict[str, str],
-               settings: BatchConfig, progress: dashboard.Progress) -> list[dict[str, Any]]:
+               settings: BatchConfig, progress: dashboard.Progress, cases_at_once: int) -> list[dict[str, Any]]:
     """Submit one ``segment-case`` task per case; a row per case as each finishes."""
     case_task = segment_case.with_options(
         retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
+    inference = settings.case_inference(cases_at_once)
     rows: list[dict[str, Any]] = []
     futures = {}
     for item in cases:
@@ -202,7 +207,7 @@ def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: 
             continue
         case_versions = {**versions, "input": input_version}
         future = case_task.submit(item.to_json(), str(out_dir), model_dir, cache_key(case_versions),
-                                  case_versions, settings.inference, settings.threads, settings.case_timeout_s)
+                                  case_versions, inference, settings.threads, settings.case_timeout_s)
         futures[future.task_run_id] = (future, item)
     for future in as_completed([future for future, _ in futures.values()]):
         future.wait()

@@ -95,6 +95,21 @@ def test_a_case_over_its_time_limit_fails_with_that_reason(server, model, tmp_pa
     assert not (out / "p3").exists()
 
 
+def test_cases_running_at_once_share_the_memory_budget(server, model, tmp_path):
+    from models.registry import load_ensemble
+    from pipeline.guards import estimate_peak_memory
+    from pipeline.io import read_volume
+
+    source, out = write_inputs(tmp_path / "in", [4]), tmp_path / "out"
+    need = estimate_peak_memory(read_volume(source / "p4.nii.gz"), load_ensemble(model)).mib
+    # Alone the case would fit in 1.5x its need; two cases at once get 0.75x each.
+    done = _serve(server, _request(source, out, model, max_workers=2, memory_budget_mib=1.5 * need))
+    assert done.returncode == 1, done.stderr[-3000:]
+    [row] = json.loads((out / "batch.json").read_text())["rows"]
+    assert row["status"] == "failed" and f"exceeds the budget of {0.75 * need:,.0f} MiB" in row["reason"]
+    assert not (out / "p4").exists()
+
+
 def _fingerprint(out):
     """Bundle -> {relative file: sha256 (or 'timestamped')} for every bundle; all entries of out."""
     bundles = {}
