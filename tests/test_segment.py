@@ -126,3 +126,15 @@ def test_cli_writes_one_bundle_per_input(tmp_path, ensemble_dir):
     assert missing.exit_code == 2 and "nope.nii.gz: no such file" in missing.output
     bad_model = runner.invoke(app, ["segment", str(first), "--out", str(out), "--model", str(tmp_path / "none")])
     assert bad_model.exit_code == 2 and "no such model folder" in bad_model.output
+
+
+def test_members_trained_under_bf16_run_under_it_unless_the_caller_says_otherwise():
+    from pipeline.segment import InferenceConfig, effective_config
+
+    bf16 = (None, {"training": {"bf16": True}})
+    fp32 = (None, {"training": {"bf16": False}})
+    assert effective_config(InferenceConfig(threads=1), [bf16, bf16]).bf16
+    assert effective_config(InferenceConfig(threads=1), [bf16, bf16]).threads == 1
+    assert not effective_config(InferenceConfig(bf16=False), [bf16, bf16]).bf16
+    assert not effective_config(InferenceConfig(), [bf16, fp32]).bf16
+    assert not effective_config(InferenceConfig(), [(None, {})]).bf16
