@@ -11,7 +11,8 @@ Two sub-networks, all convolutions *valid* (no padding), as in the paper:
    ``out_kernel`` (1 @ 8x8), ReLU between them.
 
 Deviation, kept for CPU training budgets: with ``residual=True`` the output adds the channel sum
-(``k† * y``, centre-cropped) to the outlier network's output, so the network learns a correction to the
+(``k† * y``, centre-cropped) to the outlier network's output, and the outlier network's last layer starts
+at zero, so the untrained network computes exactly ``k† * y`` and training learns a correction to the
 Wiener estimate rather than the whole image. ``forward`` returns the image estimate (a regression
 "logit"), smaller than the input by ``model.shrink`` pixels per axis; ``deblur_cnn_image`` pads first.
 """
@@ -62,6 +63,9 @@ class DeblurCNN(nn.Module):
             nn.Conv2d(hidden, 1, out_kernel),
         )
         self.residual = residual
+        if residual:  # start from the deconvolution estimate itself
+            nn.init.zeros_(self.outlier[-1].weight)
+            nn.init.zeros_(self.outlier[-1].bias)
         self.crop = (outlier_kernel + out_kernel - 2) // 2
         self.shrink = length - 1 + 2 * self.crop
 
@@ -78,14 +82,21 @@ class DeblurCNN(nn.Module):
             cols = (s[:, None] * u)[:, ::-1].copy()
             self.cols.weight.copy_(torch.from_numpy(cols).float().view(rank, 1, length, 1))
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """``y``: ``(N, 1, H, W)`` blurred images -> ``(N, 1, H - shrink, W - shrink)`` estimates."""
-        features = self.cols(self.rows(y))
+    def deconvolve(self, y: torch.Tensor) -> torch.Tensor:
+        """Deconvolution sub-network: ``(N, 1, H, W)`` -> ``(N, rank, H - length + 1, W - length + 1)``."""
+        return self.cols(self.rows(y))
+
+    def reject(self, features: torch.Tensor) -> torch.Tensor:
+        """Outlier-rejection sub-network (plus the residual): features -> ``(N, 1, h - 2 crop, w - 2 crop)``."""
         out = self.outlier(features)
         if self.residual:
             c = self.crop
             out = out + features.sum(dim=1, keepdim=True)[:, :, c : features.shape[2] - c, c : features.shape[3] - c]
         return out
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``y``: ``(N, 1, H, W)`` blurred images -> ``(N, 1, H - shrink, W - shrink)`` estimates."""
+        return self.reject(self.deconvolve(y))
 
 
 def save_deblur_cnn(folder: str | Path, model: DeblurCNN, meta: dict[str, Any]) -> Path:

@@ -36,7 +36,7 @@ class DeblurConfig(Settings):
     psf: str = "disk:7"
     method: Method = "wiener"
     nsr: float = 0.03
-    support_energy: float = 0.9999
+    support_energy: float = 0.99999
     max_support: int = 121
     rank_energy: float = 0.9999
     rl_iterations: int = 20

@@ -113,6 +113,19 @@ def test_separable_at_full_rank_equals_2d_kernel(rng):
     assert np.allclose(D.apply_separable(image, full), D.apply_direct(image, kdag), atol=1e-10)
 
 
+def test_symmetric_kernels_get_exactly_symmetric_factors():
+    kdag = D.pseudo_inverse_kernel(disk_psf(3), 0.01, energy=0.999)  # mirror-symmetric along both axes
+    sep = D.kernel_svd(kdag, energy=0.999, keep_dc=False)
+    assert np.array_equal(sep.u, sep.u[:, ::-1]) and np.array_equal(sep.v, sep.v[:, ::-1])
+    u, s, vt = np.linalg.svd(kdag)
+    assert np.allclose(sep.to_2d(), (u[:, : sep.rank] * s[: sep.rank]) @ vt[: sep.rank], atol=1e-12)
+    skew = D.pseudo_inverse_kernel(motion_psf(9, 30), 0.01, energy=0.999)  # no mirror symmetry
+    plain = D.kernel_svd(skew, energy=0.999)
+    assert not np.array_equal(plain.v, plain.v[:, ::-1])
+    u, s, vt = np.linalg.svd(skew)
+    assert np.allclose(plain.u[:-1], u[:, : plain.rank - 1].T) and np.allclose(plain.v[:-1], vt[: plain.rank - 1])
+
+
 def test_rank_selection_keeps_stated_energy():
     kdag = D.pseudo_inverse_kernel(disk_psf(7), 0.03, energy=0.9999)
     s = np.linalg.svd(kdag, compute_uv=False)

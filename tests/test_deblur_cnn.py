@@ -12,7 +12,7 @@ from models.deblur_cnn import DeblurCNN, deblur_cnn_image, load_deblur_cnn, save
 from pipeline import deblur as D
 from pipeline.deblur_data import HELD_OUT, TRAINING
 from pipeline.deblur_stage import DeblurConfig, deblur_image, find_dcnn_weights
-from pipeline.deblur_train import DeblurTrainConfig, train_deblur_cnn
+from pipeline.deblur_train import DeblurTrainConfig, build_initialised_model, train_deblur_cnn
 from pipeline.degrade import xu_degradation
 from pipeline.errors import ConfigError
 from pipeline.psf import disk_psf, gaussian_psf
@@ -31,10 +31,7 @@ def small_model(rank: int = 4, length: int = 9, seed: int = 0) -> tuple[DeblurCN
 
 
 def test_initialised_deconvolution_equals_separable_kdag(rng):
-    model, kdag = small_model()
-    with torch.no_grad():  # silence the outlier branch: the output is then the channel sum k† * y
-        model.outlier[-1].weight.zero_()
-        model.outlier[-1].bias.zero_()
+    model, kdag = small_model()  # the outlier branch starts at zero: the output is the channel sum k† * y
     image = rng.random((30, 37))
     expected = D.apply_separable(image, D.kernel_svd(kdag, rank=4, keep_dc=False))
     restored = deblur_cnn_image(model.eval(), image, tile=16)
@@ -73,11 +70,20 @@ def test_checkpoint_round_trip(tmp_path, rng):
 def test_training_runs_and_never_sees_held_out(tmp_path):
     assert not set(HELD_OUT) & set(TRAINING)
     cfg = DeblurTrainConfig(degradation="gaussian", rank=4, hidden=4, batch=2, patch=8, copies=1, max_crop=96,
-                            max_steps=3, threads=1)
-    model, meta = train_deblur_cnn(cfg)
+                            max_steps=3, checkpoint_steps=2, threads=1)
+    saved = []
+    model, meta = train_deblur_cnn(cfg, checkpoint=lambda net, info: saved.append(info["training"]["steps"]))
+    assert saved == [2]
     assert meta["training"]["steps"] == 3 and np.isfinite(meta["training"]["final_mse"])
     assert meta["training"]["held_out"] == list(HELD_OUT)
     assert model.config["rank"] == 4 and model.config["length"] == 25  # k† support chosen by energy
+
+
+def test_untrained_model_is_unit_gain_kdag():
+    model = build_initialised_model(DeblurTrainConfig(degradation="gaussian", hidden=4))
+    flat = torch.full((1, 1, model.shrink + 5, model.shrink + 5), 0.4)
+    with torch.no_grad():
+        assert torch.allclose(model(flat), torch.full((1, 1, 5, 5), 0.4), atol=1e-5)  # no Wiener DC shrink
 
 
 def test_bundled_xu_weights_restore_better_than_blurred_and_wiener(rng):

@@ -69,6 +69,6 @@ def deblur_train(config: Path = typer.Argument(..., help="Training YAML, e.g. co
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(config, DeblurTrainConfig)
-    model, meta = train_deblur_cnn(cfg)
+    model, meta = train_deblur_cnn(cfg, checkpoint=lambda net, info: save_deblur_cnn(cfg.out, net, info))
     folder = save_deblur_cnn(cfg.out, model, meta)
     typer.echo(f"saved {folder} after {meta['training']['steps']} steps")
