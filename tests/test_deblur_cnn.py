@@ -74,7 +74,7 @@ def test_training_runs_and_never_sees_held_out(tmp_path):
     saved = []
     model, meta = train_deblur_cnn(cfg, checkpoint=lambda net, info: saved.append(info["training"]["steps"]))
     assert saved == [2]
-    assert meta["training"]["steps"] == 3 and np.isfinite(meta["training"]["final_mse"])
+    assert meta["training"]["steps"] == 3 and np.isfinite(meta["training"]["final_loss"])
     assert meta["training"]["held_out"] == list(HELD_OUT)
     assert model.config["rank"] == 4 and model.config["length"] == 25  # k† support chosen by energy
 
