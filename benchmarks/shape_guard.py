@@ -3,11 +3,14 @@
     python benchmarks/shape_guard.py [--model models/weights/shape-ae-acdc] [--severities 0.5 1 2]
 
 One JSON line per severity: ``{"severity", "auc": {"hole", "island", "swap", "all"},
-"reference_mean", "corrupted_mean": {...}}``, where a positive is a reference label map of
-``val.list`` and a negative one corrupted copy per map and kind (``pipeline.label_corruption``:
-hole radius 0.4 x severity of the structure's half-extent, island volume 0.15 x severity of the
-structure's volume, swap = two structures exchange values). Then one JSON line per corruption kind
-(severity 1) with the per-class Dice against the reference before and after ``refine`` of that class.
+"reference_mean", "corrupted_mean": {...}, "flagged": {...}, "changed_ml": {...}}``, where a
+positive is a reference label map of ``val.list`` and a negative one corrupted copy per map and
+kind (``pipeline.label_corruption``: hole radius 0.4 x severity of the structure's half-extent,
+island volume 0.15 x severity of the structure's volume, swap = two structures exchange values);
+``flagged`` is the share of maps below the guard's ``flag_below`` and ``changed_ml`` the median,
+min and max volume the corruption changed (ACDC nominal voxel 1.5625 x 1.5625 x 10 mm). Then one
+JSON line per input kind (the references themselves, then each corruption at severity 1) with
+the per-class Dice against the reference before and after ``refine`` of that class alone.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.datasets import read_acdc
-from pipeline.label_corruption import KINDS, corrupt_labels
+from pipeline.datasets import ACDC_NOMINAL_SPACING, read_acdc
+from pipeline.label_corruption import KINDS
 from pipeline.shape_guard import load_shape_guard
-from pipeline.shape_guard_training import plausibility_study, refinement_study
+from pipeline.shape_guard_score import voxel_ml
+from pipeline.shape_guard_training import corrupted_copies, plausibility_study, refinement_study
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {1: "RV", 2: "MYO", 3: "LV"}
@@ -40,20 +44,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     guard = load_shape_guard(args.model)
     val = [case.label.array for case in read_acdc(args.data, args.data / "splits" / "val.list")]
+    spacing, flag = ACDC_NOMINAL_SPACING, guard.plausibility.flag_below
     for severity in args.severities:
-        study = plausibility_study(guard, val, seed=1, severity=severity)
+        study = plausibility_study(guard, val, spacing, seed=1, severity=severity)
+        changed = {kind: [float((m != v).sum()) * voxel_ml(spacing) for m, v in zip(maps, val)]
+                   for kind, maps in corrupted_copies(val, 1, severity).items()}
         print(json.dumps({
             "severity": severity, "cases": len(val), "auc": study["auc"],
             "reference_mean": float(np.mean(study["reference"])),
             "corrupted_mean": {kind: float(np.mean(study[kind])) for kind in KINDS},
+            "flagged": {kind: None if flag is None else float(np.mean(np.asarray(study[kind]) < flag))
+                        for kind in ("reference", *KINDS)},
+            "changed_ml": {kind: [round(float(f(v)), 2) for f in (np.median, np.min, np.max)] for kind, v in changed.items()},
         }), flush=True)
     if args.no_refinement:
         return
-    rng = np.random.default_rng(2)
-    for kind in KINDS:
-        effect = refinement_study(guard, val, [corrupt_labels(v, kind, rng) for v in val])
+    inputs = {"none": val, **corrupted_copies(val, 2)}
+    for kind, maps in inputs.items():
+        effect = refinement_study(guard, val, maps)
         print(json.dumps({"refinement_on": kind, "severity": 1.0,
-                          "dice": {NAMES[c]: {k: round(float(v), 4) for k, v in r.items()} for c, r in effect.items()}}))
+                          "dice": {NAMES[c]: {k: round(float(v), 4) for k, v in r.items()} for c, r in effect.items()}}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,18 @@
 A ``ShapeAutoencoder3D`` trained to map corrupted label maps back to clean ones has learned which
 shapes are plausible. For a segmentation ``S`` cropped around its largest foreground component
 and resampled to the network's fixed grid, the reconstruction ``R = AE(S)`` (mapped back to the
-input grid, background outside the crop) gives
+input grid, background outside the crop) gives the reconstruction Dice
 
-    plausibility(S) = mean over structures c of Dice(S == c, R == c),
+    d(S) = mean over structures c of Dice(S == c, R == c),
     Dice(A, B) = 2 |A & B| / (|A| + |B|),
 
-low when ``S`` holds shapes the autoencoder cannot reproduce (holes, islands, swapped classes);
-and ``refine(S, classes)`` replaces each listed structure by its reconstruction
-(Larrazabal et al., "Post-DAE", IEEE TMI 2020; Oktay et al., "Anatomically Constrained Neural
-Networks", IEEE TMI 2018).
+low when ``S`` holds shapes the autoencoder cannot reproduce (swapped classes, gross errors).
+``score`` combines it with volumes of stray components, enclosed background, exposed walls and
+blobs of confident disagreement with ``R`` (``pipeline.shape_guard_score``), which catch holes
+and islands too small to move ``d``. ``refine(S, classes)`` replaces each listed structure by
+its reconstruction, whole when ``d`` of that structure is very low, else only where they
+disagree in bulk (Larrazabal et al., "Post-DAE", IEEE TMI 2020; Oktay et al., "Anatomically
+Constrained Neural Networks", IEEE TMI 2018).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch.nn import functional as F
 from models.autoencoders import ShapeAutoencoder3D
 from pipeline.config import Settings
 from pipeline.errors import InputError
+from pipeline.shape_guard_score import Plausibility, PlausibilityConfig, Spacing, confident_disagreement, plausibility
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +108,25 @@ def one_hot(grid_labels: np.ndarray | torch.Tensor, n_classes: int) -> torch.Ten
     return F.one_hot(labels, n_classes).permute(0, 4, 1, 2, 3).float()
 
 
-def grid_to_labels(logits: torch.Tensor, box: Box, shape: Sequence[int]) -> np.ndarray:
-    """Map grid logits ``(C, z, y, x)`` back into a label map of ``shape`` (background outside the box)."""
+def grid_to_probabilities(logits: torch.Tensor, box: Box, shape: Sequence[int]) -> np.ndarray:
+    """Map grid logits ``(C, z, y, x)`` to class probabilities ``(C, *shape)`` (background outside the box).
+
+    The logits are resized trilinearly to the box, then turned into probabilities by softmax.
+    """
     extent = [b - a for a, b in box]
     resized = F.interpolate(logits[None], size=extent, mode="trilinear", align_corners=False)[0]
-    crop = resized.argmax(0).numpy().astype(np.uint8)
-    out = np.zeros(shape, dtype=np.uint8)
+    crop = torch.softmax(resized, dim=0).numpy()
+    out = np.zeros((logits.shape[0], *shape), dtype=np.float32)
+    out[0] = 1.0
     src = tuple(slice(max(-a, 0), e - max(b - n, 0)) for (a, b), e, n in zip(box, extent, shape))
     dst = tuple(slice(max(a, 0), min(b, n)) for (a, b), n in zip(box, shape))
-    out[dst] = crop[src]
+    out[(slice(None), *dst)] = crop[(slice(None), *src)]
     return out
+
+
+def grid_to_labels(logits: torch.Tensor, box: Box, shape: Sequence[int]) -> np.ndarray:
+    """Map grid logits ``(C, z, y, x)`` back into a label map of ``shape`` (background outside the box)."""
+    return grid_to_probabilities(logits, box, shape).argmax(0).astype(np.uint8)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -130,16 +143,24 @@ class ShapeGuard:
         config: grid placement used in training.
         classes: structures that ``__call__`` replaces (the per-class plan validated on data);
             empty = all, so that a caller such as ``pipeline.postprocess`` can decide per class.
+        plausibility: how the score combines its terms, and the QA threshold.
     """
 
-    def __init__(self, model: ShapeAutoencoder3D, config: ShapeGridConfig, classes: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        model: ShapeAutoencoder3D,
+        config: ShapeGridConfig,
+        classes: Sequence[int] = (),
+        plausibility: PlausibilityConfig = PlausibilityConfig(),
+    ) -> None:
         self.model = model.eval()
         self.config = config
         self.classes = tuple(classes)
+        self.plausibility = plausibility
 
     @torch.no_grad()
-    def reconstruct(self, labels: np.ndarray) -> np.ndarray:
-        """The autoencoder's version of ``labels`` on the input grid (a new uint8 array).
+    def probabilities(self, labels: np.ndarray) -> np.ndarray:
+        """The autoencoder's class probabilities ``(n_classes, *labels.shape)`` (float32, background outside the crop).
 
         Raises:
             ValueError: ``labels`` is not 3D or holds values outside ``0..n_classes-1``.
@@ -151,36 +172,58 @@ class ShapeGuard:
             )
         box = largest_component_box(labels, self.config)
         if box is None:
-            return np.zeros(labels.shape, dtype=np.uint8)
+            out = np.zeros((self.config.n_classes, *labels.shape), dtype=np.float32)
+            out[0] = 1.0
+            return out
         grid = crop_to_grid(labels, box, self.config.grid)
         logits = self.model(one_hot(grid[None], self.config.n_classes))[0]
-        return grid_to_labels(logits, box, labels.shape)
+        return grid_to_probabilities(logits, box, labels.shape)
+
+    def reconstruct(self, labels: np.ndarray) -> np.ndarray:
+        """The autoencoder's version of ``labels`` on the input grid (a new uint8 array)."""
+        return self.probabilities(labels).argmax(0).astype(np.uint8)
 
     def class_scores(self, labels: np.ndarray, reconstruction: np.ndarray | None = None) -> dict[int, float]:
         """Dice between each structure ``1..n_classes-1`` and its reconstruction."""
         recon = self.reconstruct(labels) if reconstruction is None else reconstruction
         return {c: dice(labels == c, recon == c) for c in range(1, self.config.n_classes)}
 
-    def score(self, labels: np.ndarray) -> float:
-        """Plausibility in [0, 1]: the mean of ``class_scores`` (0.0 for an empty map)."""
-        if not np.any(labels):
-            return 0.0
-        return float(np.mean(list(self.class_scores(labels).values())))
+    def assess(self, labels: np.ndarray, spacing: Spacing) -> Plausibility:
+        """Every term of the plausibility score (``pipeline.shape_guard_score``) and the QA flag.
+
+        Args:
+            labels: label map ``[z, y, x]``.
+            spacing: voxel size ``(x, y, z)`` in mm (the volume terms are in mL).
+        """
+        return plausibility(labels, self.probabilities(labels), spacing, self.plausibility)
+
+    def score(self, labels: np.ndarray, spacing: Spacing) -> float:
+        """Plausibility in [0, 1] (0.0 for an empty map): ``assess(labels, spacing).score``."""
+        return self.assess(labels, spacing).score
 
     def refine(self, labels: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
-        """Replace each structure in ``classes`` (default: all) by its reconstruction.
+        """Replace each structure in ``classes`` (default: all) by its reconstruction, whole or in bulk only.
 
-        Voxels of a replaced structure that its reconstruction does not cover become background;
-        voxels the reconstruction assigns to a replaced structure take its value. Other
-        structures are kept as they are. Returns a new array.
+        A structure whose reconstruction Dice is below ``plausibility.replace_below`` is replaced
+        whole (the autoencoder disagrees with all of it: swapped classes). Otherwise only its
+        confident disagreement after a one-voxel in-plane opening changes (the blobs of
+        ``disagreement_ml``: holes, islands), and the thin band along the boundaries, where the
+        autoencoder is coarser than the map, is kept. Voxels leaving a structure become
+        background; voxels joining it take its value, whatever they held. Returns a new array.
         """
         classes = range(1, self.config.n_classes) if classes is None else classes
-        recon = self.reconstruct(labels)
+        probs = self.probabilities(labels)
+        recon = probs.argmax(0)
+        regions = {}
+        for c in classes:
+            seg = labels == c
+            whole = dice(seg, recon == c) < self.plausibility.replace_below
+            regions[c] = np.ones_like(seg) if whole else confident_disagreement(seg, probs[c], self.plausibility.confidence)
         out = labels.copy()
-        for c in classes:
-            out[labels == c] = 0
-        for c in classes:
-            out[recon == c] = c
+        for c, region in regions.items():
+            out[region & (labels == c) & (recon != c)] = 0
+        for c, region in regions.items():
+            out[region & (recon == c)] = c
         return out
 
     def __call__(self, labels: np.ndarray) -> np.ndarray:
@@ -192,7 +235,8 @@ def save_shape_guard(folder: str | Path, guard: ShapeGuard, arch_kwargs: dict, m
     """Write ``weights.safetensors`` + ``model.json`` into ``folder`` atomically (temp sibling, then rename).
 
     Args:
-        folder: destination; replaced if it exists.
+        folder: destination; its weights and ``model.json`` are replaced if it exists, its other
+            plain files (the model card) are kept.
         guard: the trained guard.
         arch_kwargs: the ``ShapeAutoencoder3D`` constructor arguments.
         meta: extra JSON-able fields (labels, metrics, training).
@@ -207,9 +251,13 @@ def save_shape_guard(folder: str | Path, guard: ShapeGuard, arch_kwargs: dict, m
             "arch_kwargs": arch_kwargs,
             "grid_config": guard.config.model_dump(mode="json"),
             "classes": list(guard.classes),
+            "plausibility": guard.plausibility.model_dump(mode="json"),
             **meta,
         }
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+        for path in folder.glob("*") if folder.is_dir() else ():
+            if path.is_file() and not (tmp / path.name).exists():
+                shutil.copy2(path, tmp / path.name)
         tmp.chmod(0o755)  # mkdtemp creates 0700; a checkpoint is an ordinary readable folder
         for path in tmp.iterdir():
             path.chmod(0o644)
@@ -240,4 +288,5 @@ def load_shape_guard(folder: str | Path) -> ShapeGuard:
         model.load_state_dict(load_file(str(weights_path)))
     except RuntimeError as err:
         raise InputError(weights_path, f"weights do not fit the architecture ({err})", "retrain or re-export") from err
-    return ShapeGuard(model, ShapeGridConfig(**meta["grid_config"]), meta.get("classes", ()))
+    plausibility_config = PlausibilityConfig(**meta.get("plausibility", {}))
+    return ShapeGuard(model, ShapeGridConfig(**meta["grid_config"]), meta.get("classes", ()), plausibility_config)

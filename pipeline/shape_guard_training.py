@@ -8,6 +8,7 @@ output the clean map. Loss = cross-entropy + (1 - mean soft Dice of the structur
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Literal, Sequence
 
@@ -20,6 +21,7 @@ from pipeline.autoencoding import AutoencoderTrainConfig, ProgressFn, TrainHisto
 from pipeline.config import Settings
 from pipeline.label_corruption import KINDS, corrupt_labels
 from pipeline.shape_guard import ShapeGridConfig, ShapeGuard, crop_to_grid, dice, largest_component_box, one_hot
+from pipeline.shape_guard_score import PlausibilityConfig, Spacing, combine
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class ShapeGuardTrainConfig(Settings):
         jitter: largest relative shift/scale of a crop.
         clean_fraction: share of training inputs left uncorrupted.
         train: optimiser settings (epochs, batch size, learning rate, seed, threads).
+        plausibility: the score's settings given to the trained guard (``calibrate_plausibility``
+            then chooses its volume scale and weight on the training maps).
     """
 
     grid: ShapeGridConfig = ShapeGridConfig()
@@ -46,6 +50,7 @@ class ShapeGuardTrainConfig(Settings):
     jitter: float = 0.08
     clean_fraction: float = 0.25
     train: AutoencoderTrainConfig = AutoencoderTrainConfig(epochs=15, batch_size=4, lr=5e-3)
+    plausibility: PlausibilityConfig = PlausibilityConfig()
 
 
 def grid_samples(label_maps: Sequence[np.ndarray], config: ShapeGuardTrainConfig, seed: int = 0) -> np.ndarray:
@@ -101,7 +106,7 @@ def train_shape_guard(
     history = train_autoencoder(
         model, grids, config.train, loss=shape_loss, make_input=corrupting_input(config), progress=progress
     )
-    return ShapeGuard(model, config.grid), history
+    return ShapeGuard(model, config.grid, plausibility=config.plausibility), history
 
 
 def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
@@ -111,21 +116,74 @@ def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
 
 
+def corrupted_copies(references: Sequence[np.ndarray], seed: int = 0, severity: float = 1.0) -> dict[str, list[np.ndarray]]:
+    """One corrupted copy of every map per kind, ``{"hole": [...], "island": [...], "swap": [...]}``."""
+    rng = np.random.default_rng(seed)
+    return {kind: [corrupt_labels(ref, kind, rng, severity) for ref in references] for kind in KINDS}
+
+
 def plausibility_study(
-    guard: ShapeGuard, references: Sequence[np.ndarray], seed: int = 0, severity: float = 1.0
+    guard: ShapeGuard, references: Sequence[np.ndarray], spacing: Spacing, seed: int = 0, severity: float = 1.0
 ) -> dict:
     """Scores of reference maps against corrupted copies (one per kind and map) and ROC AUCs.
+
+    Args:
+        guard: the shape guard (its ``plausibility`` settings make the score).
+        references: expert label maps ``[z, y, x]``.
+        spacing: their voxel size ``(x, y, z)`` in mm.
+        seed: seed of the corruptions.
+        severity: corruption size (``pipeline.label_corruption.corrupt_labels``).
 
     Returns:
         ``{"reference": [...], "<kind>": [...], "auc": {"<kind>": a, "all": a}, "severity": s}``.
     """
-    rng = np.random.default_rng(seed)
-    result: dict = {"reference": [guard.score(ref) for ref in references], "severity": severity, "auc": {}}
-    for kind in KINDS:
-        result[kind] = [guard.score(corrupt_labels(ref, kind, rng, severity)) for ref in references]
+    result: dict = {"reference": [guard.score(ref, spacing) for ref in references], "severity": severity, "auc": {}}
+    for kind, maps in corrupted_copies(references, seed, severity).items():
+        result[kind] = [guard.score(m, spacing) for m in maps]
         result["auc"][kind] = roc_auc(result["reference"], result[kind])
     result["auc"]["all"] = roc_auc(result["reference"], [s for kind in KINDS for s in result[kind]])
     return result
+
+
+def calibrate_plausibility(
+    guard: ShapeGuard,
+    references: Sequence[np.ndarray],
+    spacing: Spacing,
+    seed: int = 0,
+    scales_ml: Sequence[float] = (1.0, 2.0, 5.0, 10.0, 20.0),
+    wall_weights: Sequence[float] = (0.0, 1.0, 5.0, 10.0),
+    weights: Sequence[float] = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0),
+) -> tuple[PlausibilityConfig, dict[str, float]]:
+    """Choose ``volume_scale_ml``, ``wall_weight`` and ``disagreement_weight`` on training maps.
+
+    Every point of the grid is scored on the references and one corrupted copy per kind (severity
+    1); the point with the highest worst-kind ROC AUC wins (ties: the higher AUC over all kinds,
+    then the earlier point). The guard's confidence, walled classes and flag threshold are kept.
+    Call it with training maps, never with the maps the AUC is reported on.
+
+    Returns:
+        The chosen settings and their AUCs on these maps (``{"hole", "island", "swap", "all"}``).
+    """
+    corrupted = corrupted_copies(references, seed)
+    terms = {
+        kind: [guard.assess(m, spacing) for m in maps]
+        for kind, maps in {"reference": list(references), **corrupted}.items()
+    }
+    best: tuple[tuple[float, float], PlausibilityConfig, dict[str, float]] | None = None
+    for scale, wall, weight in itertools.product(scales_ml, wall_weights, weights):
+        update = {"volume_scale_ml": scale, "wall_weight": wall, "disagreement_weight": weight}
+        config = guard.plausibility.model_copy(update=update)
+        scores = {
+            kind: [combine(p.dice, p.stray_ml, p.enclosed_background_ml, p.exposed_wall_ml, p.disagreement_ml, config)
+                   for p in ps]
+            for kind, ps in terms.items()
+        }
+        auc = {kind: roc_auc(scores["reference"], scores[kind]) for kind in KINDS}
+        auc["all"] = roc_auc(scores["reference"], [v for kind in KINDS for v in scores[kind]])
+        key = (min(auc[kind] for kind in KINDS), auc["all"])
+        if best is None or key > best[0]:
+            best = (key, config, auc)
+    return best[1], best[2]
 
 
 def refinement_study(

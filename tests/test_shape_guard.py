@@ -17,9 +17,26 @@ from pipeline.shape_guard import (
     one_hot,
     save_shape_guard,
 )
-from pipeline.shape_guard_training import ShapeGuardTrainConfig, plausibility_study, refinement_study, roc_auc, train_shape_guard
+from pipeline.shape_guard_score import (
+    PlausibilityConfig,
+    confident_disagreement,
+    enclosed_background_voxels,
+    exposed_voxels,
+    plausibility,
+    stray_voxels,
+    voxel_ml,
+)
+from pipeline.shape_guard_training import (
+    ShapeGuardTrainConfig,
+    calibrate_plausibility,
+    plausibility_study,
+    refinement_study,
+    roc_auc,
+    train_shape_guard,
+)
 
 SHAPE = (8, 48, 48)
+SPACING = (2.0, 2.0, 5.0)  # 0.02 mL voxels
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -43,6 +60,11 @@ def synthetic_heart(rng: np.random.Generator) -> np.ndarray:
     labels[np.broadcast_to(dist < r + 3, SHAPE) & (z >= 1) & (z <= 6)] = 2
     labels[np.broadcast_to(dist < r, SHAPE) & (z >= 1) & (z <= 6)] = 3
     return labels
+
+
+def cx_of(labels: np.ndarray) -> int:
+    """Column of the LV centre."""
+    return int(round(np.argwhere(labels == 3)[:, 2].mean()))
 
 
 @pytest.fixture(scope="module")
@@ -93,23 +115,33 @@ def test_training_lowers_the_loss_and_clean_shapes_score_higher(trained):
     assert history.epoch_loss[-1] < 0.5 * history.epoch_loss[0]
     rng = np.random.default_rng(3)
     for labels in held_out[:4]:
-        clean = guard.score(labels)
-        assert clean > guard.score(swap_classes(labels, rng))
-        assert clean > guard.score(add_hole(labels, rng, 0.6))
-    study = plausibility_study(guard, held_out, seed=1)
+        clean = guard.score(labels, SPACING)
+        assert clean > guard.score(swap_classes(labels, rng), SPACING)
+        assert clean > guard.score(add_hole(labels, rng, 0.6), SPACING)
+    study = plausibility_study(guard, held_out, SPACING, seed=1)
     assert study["auc"]["swap"] >= 0.9
-    assert guard.score(np.zeros(SHAPE, dtype=np.uint8)) == 0.0
+    assert guard.score(np.zeros(SHAPE, dtype=np.uint8), SPACING) == 0.0
     with pytest.raises(ValueError, match="values 0..3"):
-        guard.score(np.full(SHAPE, 7, dtype=np.uint8))
+        guard.score(np.full(SHAPE, 7, dtype=np.uint8), SPACING)
 
 
-def test_refine_touches_listed_classes_only_and_hook_refines_all_by_default(trained):
+def test_refine_changes_listed_classes_in_bulk_disagreement_only(trained):
     guard, _, held_out = trained
     labels = add_hole(held_out[0], np.random.default_rng(5), 0.6)
     refined = guard.refine(labels, [3])
     keep = (labels != 3) & (refined != 3)
     np.testing.assert_array_equal(refined[keep], labels[keep])
-    np.testing.assert_array_equal(guard(labels), guard.reconstruct(labels))
+    probs = guard.probabilities(labels)
+    region = confident_disagreement(labels == 3, probs[3], guard.plausibility.confidence)
+    np.testing.assert_array_equal(refined[~region], labels[~region])
+    assert not np.array_equal(refined, labels)  # the 0.6 hole is a bulk disagreement
+    swapped = held_out[0].copy()
+    swapped[held_out[0] == 1], swapped[held_out[0] == 3] = 3, 1  # RV <-> LV
+    assert guard.class_scores(swapped)[1] < guard.plausibility.replace_below
+    whole = guard.refine(swapped, [1])  # so the RV is replaced whole
+    recon = guard.reconstruct(swapped)
+    np.testing.assert_array_equal(whole == 1, recon == 1)
+    np.testing.assert_array_equal(guard(labels), guard.refine(labels))
     effect = refinement_study(guard, held_out[:3], [swap_classes(m, np.random.default_rng(0)) for m in held_out[:3]])
     assert set(effect) == {1, 2, 3} and all(set(v) == {"before", "after", "gain", "keep"} for v in effect.values())
 
@@ -117,11 +149,65 @@ def test_refine_touches_listed_classes_only_and_hook_refines_all_by_default(trai
 def test_checkpoint_round_trip_gives_same_reconstruction(trained, tmp_path):
     guard, _, held_out = trained
     guard.classes = (1, 3)
+    guard.plausibility = PlausibilityConfig(volume_scale_ml=3.0, flag_below=0.5)
     folder = save_shape_guard(tmp_path / "guard", guard, {"n_classes": 4, "grid": [8, 16, 16], "channels": [4, 8, 8], "code_size": 16}, {"metrics": {}})
+    (folder / "MODEL_CARD.md").write_text("card")
+    folder = save_shape_guard(folder, guard, {"n_classes": 4, "grid": [8, 16, 16], "channels": [4, 8, 8], "code_size": 16}, {"metrics": {}})
+    assert (folder / "MODEL_CARD.md").read_text() == "card"  # a re-save keeps the model card
     loaded = load_shape_guard(folder)
-    assert loaded.classes == (1, 3) and loaded.config == guard.config
+    assert loaded.classes == (1, 3) and loaded.config == guard.config and loaded.plausibility == guard.plausibility
     np.testing.assert_array_equal(loaded.reconstruct(held_out[1]), guard.reconstruct(held_out[1]))
-    guard.classes = ()
+    assert loaded.assess(held_out[1], SPACING) == guard.assess(held_out[1], SPACING)
+    guard.classes, guard.plausibility = (), PlausibilityConfig()
+
+
+def test_topology_terms_count_islands_and_enclosed_holes(rng):
+    labels = synthetic_heart(rng)
+    assert stray_voxels(labels == 1) == 0 and enclosed_background_voxels(labels) == 0
+    island = labels.copy()
+    island[2:4, 0:3, 0:3] = 3  # 18 voxels away from the heart
+    assert stray_voxels(island == 3) == 18
+    hole = labels.copy()
+    hole[3, 22:25, 22:25] = 0  # inside the LV disc of that slice
+    assert enclosed_background_voxels(hole) == 9
+    assert exposed_voxels(labels, (3,)) == 0 and exposed_voxels(labels, ()) == 0  # the LV is walled by the MYO
+    cut = labels.copy()
+    cut[3][(labels[3] == 2) & (np.arange(SHAPE[2])[None, :] > cx_of(labels) + 2)] = 0  # wall removed on one side
+    assert exposed_voxels(cut, (3,)) > 0 and exposed_voxels(cut, (1,)) == exposed_voxels(labels, (1,))
+    assert voxel_ml((2.0, 2.0, 5.0)) == pytest.approx(0.02)
+
+
+def test_plausibility_terms_and_flag_from_known_probabilities(rng):
+    labels = synthetic_heart(rng)
+    probs = np.stack([labels == c for c in range(4)]).astype(np.float32)  # a perfect reconstruction
+    config = PlausibilityConfig(volume_scale_ml=1.0, walled_classes=(3,), wall_weight=2.0, disagreement_weight=0.5, flag_below=0.9)
+    clean = plausibility(labels, probs, SPACING, config)
+    assert clean.score == pytest.approx(1.0) and not clean.flagged
+    assert clean.disagreement_ml == {1: 0.0, 2: 0.0, 3: 0.0} and clean.exposed_wall_ml == 0.0
+    damaged = labels.copy()
+    damaged[2:4, 0:3, 0:3] = 3  # island: 18 stray voxels = 0.36 mL
+    cy, cx = np.round(np.argwhere(labels == 3)[:, 1:].mean(axis=0)).astype(int)
+    damaged[2:5, cy - 2 : cy + 2, cx - 2 : cx + 2] = 0  # a 3 x 4 x 4 hole (0.96 mL) inside the LV
+    terms = plausibility(damaged, probs, SPACING, config)
+    assert terms.stray_ml[3] == pytest.approx(0.36) and terms.enclosed_background_ml == pytest.approx(0.96)
+    assert terms.exposed_wall_ml == pytest.approx((3 * 16 + 2 * 8) * 0.02)  # the hole's rim (16 a slice), the island's (8)
+    assert terms.disagreement_ml == pytest.approx({1: 0.0, 2: 0.0, 3: 0.96})  # the hole, larger than the island
+    expected = np.mean(list(terms.dice.values())) * np.exp(-(0.36 + 0.96 + 2.0 * 1.28 + 0.5 * 0.96) / 1.0)
+    assert terms.score == pytest.approx(expected) and terms.flagged
+    band = np.zeros(SHAPE, dtype=bool)
+    band[:, 10, 5:40] = True  # one voxel thick: removed by the opening
+    blob = np.zeros(SHAPE, dtype=bool)
+    blob[2:5, 30:34, 30:34] = True
+    disagreement = confident_disagreement(band | blob, np.zeros(SHAPE, dtype=np.float32), 0.9)
+    np.testing.assert_array_equal(disagreement, blob)
+
+
+def test_calibration_picks_a_grid_point_with_its_training_auc(trained):
+    guard, _, held_out = trained
+    config, auc = calibrate_plausibility(guard, held_out, SPACING, seed=4, scales_ml=(0.5, 5.0), wall_weights=(0.0,), weights=(0.0, 0.2))
+    assert config.volume_scale_ml in (0.5, 5.0) and config.disagreement_weight in (0.0, 0.2) and config.wall_weight == 0.0
+    assert config.confidence == guard.plausibility.confidence
+    assert set(auc) == {"hole", "island", "swap", "all"} and auc["swap"] >= 0.9
 
 
 def test_roc_auc_values():
