@@ -27,11 +27,18 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from pipeline.autoencoder_report import comparison_markdown, write_comparison
 from pipeline.autoencoding import AutoencoderTrainConfig, FitResult, fit_and_evaluate
-from pipeline.datasets import read_acdc
+from pipeline.datasets import ACDC_NOMINAL_SPACING, read_acdc
 from pipeline.label_corruption import KINDS, corrupt_labels
 from pipeline.mnist import read_mnist
 from pipeline.shape_guard import ShapeGuard, save_shape_guard
-from pipeline.shape_guard_training import ShapeGuardTrainConfig, plausibility_study, refinement_study, train_shape_guard
+from pipeline.shape_guard_score import PlausibilityConfig
+from pipeline.shape_guard_training import (
+    ShapeGuardTrainConfig,
+    calibrate_plausibility,
+    plausibility_study,
+    refinement_study,
+    train_shape_guard,
+)
 
 
 @task(name="read-mnist")
@@ -98,10 +105,16 @@ def train_shape_guard_task(labels: list[np.ndarray], config: dict) -> tuple[Shap
     return guard, history.epoch_loss, history.seconds
 
 
+@task(name="calibrate-plausibility")
+def calibrate_task(guard: ShapeGuard, labels: list[np.ndarray], seed: int) -> tuple[PlausibilityConfig, dict]:
+    """Choose the score's volume scale and weight on training labels (wraps ``calibrate_plausibility``)."""
+    return calibrate_plausibility(guard, labels, ACDC_NOMINAL_SPACING, seed=seed)
+
+
 @task(name="plausibility-study")
 def plausibility_task(guard: ShapeGuard, labels: list[np.ndarray], seed: int) -> dict:
     """Scores and ROC AUCs on reference vs corrupted labels (wraps ``plausibility_study``)."""
-    return plausibility_study(guard, labels, seed=seed)
+    return plausibility_study(guard, labels, ACDC_NOMINAL_SPACING, seed=seed)
 
 
 @task(name="refinement-study")
@@ -124,14 +137,18 @@ def shape_guard_training(root: str, train_list: str, val_list: str, out_dir: str
     train_labels = read_labels_task(root, train_list)
     val_labels = read_labels_task(root, val_list)
     guard, losses, seconds = train_shape_guard_task(train_labels, config)
+    guard.plausibility, train_auc = calibrate_task(guard, train_labels, cfg.train.seed + 3)
     plausibility = plausibility_task(guard, val_labels, cfg.train.seed + 1)
+    flag_below = float(np.percentile(plausibility["reference"], 5))
+    guard.plausibility = guard.plausibility.model_copy(update={"flag_below": flag_below})
     rng = np.random.default_rng(cfg.train.seed + 2)
     corrupted = {kind: [corrupt_labels(v, kind, rng) for v in val_labels] for kind in KINDS}
     refinement = {kind: refinement_task(guard, val_labels, inputs) for kind, inputs in corrupted.items()}
     metrics = {
         "plausibility_auc": plausibility["auc"],
+        "plausibility_auc_train": train_auc,
         "reference_score_mean": float(np.mean(plausibility["reference"])),
-        "flag_below": float(np.percentile(plausibility["reference"], 5)),
+        "flag_below": flag_below,
         "corrupted_score_mean": {kind: float(np.mean(plausibility[kind])) for kind in KINDS},
         "refinement": refinement,
     }

@@ -85,7 +85,8 @@ def shape_guard(
         if not path.is_file():
             raise InputError(path, "split list not found", "pass --data pointing at the ACDC folder with splits/")
     config = {"bottleneck": bottleneck, "code_size": 64 if bottleneck == "dense" else 8,
-              "train": {"epochs": epochs, "batch_size": 4, "lr": 5e-3, "seed": seed, "threads": threads}}
+              "train": {"epochs": epochs, "batch_size": 4, "lr": 5e-3, "seed": seed, "threads": threads},
+              "plausibility": {"walled_classes": [3]}}  # the LV blood pool lies inside the myocardium
     _run_flow({"flow": "shape", "root": str(data.resolve()), "train_list": str(splits["train"]),
                "val_list": str(splits["val"]), "out_dir": str(out.resolve()), "config": config})
     metrics = json.loads((out / "model.json").read_text())["metrics"]
