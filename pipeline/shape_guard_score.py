@@ -2,7 +2,7 @@
 
 The reconstruction Dice of a plausible map is limited by the autoencoder's own error, a thin band
 along the boundaries (mean Dice about 0.85 on ACDC val), so a hole or an island of a few mL barely
-moves it. Four terms, each a volume in mL measured on the segmentation ``S`` alone (the
+moves it. Five terms, each a volume in mL measured on the segmentation ``S`` alone (the
 reference is never needed), catch what the Dice misses:
 
 - stray volume ``V_s``: the voxels of each structure outside its largest 26-connected component
@@ -12,6 +12,9 @@ reference is never needed), catch what the Dice misses:
 - exposed wall ``V_w``: the voxels of a walled structure (one that the anatomy encloses in every
   slice, e.g. the LV blood pool inside the myocardium) with an in-plane 4-neighbour of
   background (holes cut through the wall);
+- concavity ``V_c``: the largest 6-connected component of the foreground's per-slice convex
+  deficiency, ``hull(S > 0) & (S == 0)``, after an in-plane opening ``width_mm`` wide (a short-axis
+  section of the heart is nearly convex; dents cut into its outline are not);
 - disagreement blob ``V_d``: the largest 6-connected component, over structures ``c``, of
   ``open((S == c & p_c < 1 - t) | (S != c & p_c > t))``, where ``p_c`` is the autoencoder's
   probability of ``c`` and ``open`` a one-voxel in-plane opening (3 x 3): the band of boundary
@@ -19,10 +22,10 @@ reference is never needed), catch what the Dice misses:
 
 With ``d`` the mean per-structure reconstruction Dice,
 
-    plausibility(S) = d * exp(-(V_s + V_h + u * V_w + w * V_d) / v0),
+    plausibility(S) = d * exp(-(V_s + V_h + u * V_w + k * V_c + w * V_d) / v0),
 
-``v0``, ``u`` and ``w`` chosen on the ACDC training labels. The topology terms follow the
-anatomical criteria (connectivity, holes, LV touching the background) of Painchaud et al.,
+``v0``, ``u``, ``k`` and ``w`` chosen on the ACDC training labels. The topology terms follow the
+anatomical criteria (connectivity, holes, LV touching the background, concavity) of Painchaud et al.,
 "Cardiac Segmentation with Strong Anatomical Guarantees", IEEE TMI 2020; the autoencoder term
 is Post-DAE's (Larrazabal et al., IEEE TMI 2020).
 """
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 
 from pipeline.config import Settings
 
@@ -49,6 +53,8 @@ class PlausibilityConfig(Settings):
         volume_scale_ml: ``v0``; the score falls by a factor e per ``v0`` mL of suspect volume.
         walled_classes: structures that must not touch the background within a slice.
         wall_weight: ``u``, the weight of their exposed voxels (a one-voxel layer) in the suspect volume.
+        concavity_width_mm: width of the in-plane opening applied to the convex deficiency.
+        concavity_weight: ``k``, the weight of the concavity volume.
         disagreement_weight: ``w``, the weight of the disagreement blob against the topology terms.
         replace_below: ``ShapeGuard.refine`` replaces a structure whole when its reconstruction
             Dice is below this (the autoencoder disagrees with all of it, e.g. swapped classes;
@@ -59,10 +65,12 @@ class PlausibilityConfig(Settings):
     """
 
     confidence: float = 0.95
-    volume_scale_ml: float = 2.0
+    volume_scale_ml: float = 10.0
     walled_classes: tuple[int, ...] = ()
     wall_weight: float = 10.0
-    disagreement_weight: float = 0.1
+    concavity_width_mm: float = 8.0
+    concavity_weight: float = 0.5
+    disagreement_weight: float = 0.02
     replace_below: float = 0.35
     flag_below: float | None = None
 
@@ -76,8 +84,9 @@ class Plausibility:
         stray_ml: volume outside each structure's largest component, per structure.
         enclosed_background_ml: background enclosed by the foreground within slices.
         exposed_wall_ml: voxels of the walled structures that touch the background in-plane.
+        concavity_ml: largest dent in the foreground's outline (opened convex deficiency).
         disagreement_ml: largest confident disagreement blob, per structure.
-        score: ``mean(dice) * exp(-(sum(stray) + enclosed + u * exposed + w * max(disagreement)) / v0)``.
+        score: ``mean(dice) * exp(-(sum(stray) + enclosed + u * exposed + k * concavity + w * max(disagreement)) / v0)``.
         flagged: ``score`` is below the configured ``flag_below``.
     """
 
@@ -85,6 +94,7 @@ class Plausibility:
     stray_ml: dict[int, float]
     enclosed_background_ml: float
     exposed_wall_ml: float
+    concavity_ml: float
     disagreement_ml: dict[int, float]
     score: float
     flagged: bool
@@ -124,6 +134,15 @@ def exposed_voxels(labels: np.ndarray, classes: tuple[int, ...]) -> int:
     background = np.pad(labels == 0, ((0, 0), (1, 1), (1, 1)), constant_values=True)
     touches = background[:, :-2, 1:-1] | background[:, 2:, 1:-1] | background[:, 1:-1, :-2] | background[:, 1:-1, 2:]
     return int((np.isin(labels, classes) & touches).sum())
+
+
+def convex_deficiency(labels: np.ndarray) -> np.ndarray:
+    """Per slice (axis 0), the background inside the convex hull of the foreground."""
+    out = np.zeros(labels.shape, dtype=bool)
+    for z, foreground in enumerate(labels > 0):
+        if foreground.sum() >= 3:
+            out[z] = convex_hull_image(foreground) & ~foreground
+    return out
 
 
 def largest_component_voxels(mask: np.ndarray) -> int:
@@ -169,9 +188,12 @@ def plausibility(
         blob[c] = largest_component_voxels(confident_disagreement(seg, probabilities[c], config.confidence)) * ml
     enclosed = enclosed_background_voxels(labels) * ml
     exposed = exposed_voxels(labels, config.walled_classes) * ml
-    score = combine(dice, stray, enclosed, exposed, blob, config) if np.any(labels) else 0.0
+    width = 2 * int(round(config.concavity_width_mm / min(spacing[:2]) / 2.0)) + 1
+    concave = largest_component_voxels(ndimage.binary_opening(convex_deficiency(labels), np.ones((1, width, width), bool))) * ml
+    terms = (dice, stray, enclosed, exposed, concave, blob)
+    score = combine(*terms, config) if np.any(labels) else 0.0
     flagged = config.flag_below is not None and score < config.flag_below
-    return Plausibility(dice, stray, enclosed, exposed, blob, score, flagged)
+    return Plausibility(*terms, score, flagged)
 
 
 def combine(
@@ -179,14 +201,16 @@ def combine(
     stray_ml: dict[int, float],
     enclosed_ml: float,
     exposed_ml: float,
+    concavity_ml: float,
     disagreement_ml: dict[int, float],
     config: PlausibilityConfig,
 ) -> float:
-    """``mean(dice) * exp(-(sum(stray) + enclosed + u * exposed + w * max(disagreement)) / v0)``."""
+    """``mean(dice) * exp(-(sum(stray) + enclosed + u * exposed + k * concavity + w * max(disagreement)) / v0)``."""
     suspect = (
         sum(stray_ml.values())
         + enclosed_ml
         + config.wall_weight * exposed_ml
+        + config.concavity_weight * concavity_ml
         + config.disagreement_weight * max(disagreement_ml.values())
     )
     return float(np.mean(list(dice.values())) * np.exp(-suspect / config.volume_scale_ml))

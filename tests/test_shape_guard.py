@@ -20,6 +20,7 @@ from pipeline.shape_guard import (
 from pipeline.shape_guard_score import (
     PlausibilityConfig,
     confident_disagreement,
+    convex_deficiency,
     enclosed_background_voxels,
     exposed_voxels,
     plausibility,
@@ -177,10 +178,25 @@ def test_topology_terms_count_islands_and_enclosed_holes(rng):
     assert voxel_ml((2.0, 2.0, 5.0)) == pytest.approx(0.02)
 
 
+def test_concavity_sees_a_dent_cut_into_a_convex_outline():
+    z, y, x = np.ogrid[:4, :40, :40]
+    disc = np.broadcast_to(((y - 20) ** 2 + (x - 20) ** 2 <= 15**2), (4, 40, 40)).astype(np.uint8)
+    assert convex_deficiency(disc).sum() < 0.05 * disc.sum()  # digitisation steps along the rim only
+    dented = disc.copy()
+    dented[1:3, 14:26, 28:40] = 0  # a 12 x 12 bite out of the right edge, two slices
+    probs = np.stack([dented == 0, dented == 1, np.zeros_like(disc), np.zeros_like(disc)]).astype(np.float32)
+    config = PlausibilityConfig(concavity_width_mm=8.0)  # a 5-voxel opening at 2 mm (3 at 4 mm)
+    dent = plausibility(dented, probs, SPACING, config).concavity_ml
+    assert dent == pytest.approx((dented[1:3] != disc[1:3]).sum() * 0.02, rel=0.2)
+    assert plausibility(disc, probs, SPACING, config).concavity_ml == 0.0  # the opening removes the rim steps
+
+
 def test_plausibility_terms_and_flag_from_known_probabilities(rng):
     labels = synthetic_heart(rng)
     probs = np.stack([labels == c for c in range(4)]).astype(np.float32)  # a perfect reconstruction
-    config = PlausibilityConfig(volume_scale_ml=1.0, walled_classes=(3,), wall_weight=2.0, disagreement_weight=0.5, flag_below=0.9)
+    config = PlausibilityConfig(
+        volume_scale_ml=1.0, walled_classes=(3,), wall_weight=2.0, concavity_weight=0.0, disagreement_weight=0.5, flag_below=0.9
+    )
     clean = plausibility(labels, probs, SPACING, config)
     assert clean.score == pytest.approx(1.0) and not clean.flagged
     assert clean.disagreement_ml == {1: 0.0, 2: 0.0, 3: 0.0} and clean.exposed_wall_ml == 0.0
@@ -204,7 +220,9 @@ def test_plausibility_terms_and_flag_from_known_probabilities(rng):
 
 def test_calibration_picks_a_grid_point_with_its_training_auc(trained):
     guard, _, held_out = trained
-    config, auc = calibrate_plausibility(guard, held_out, SPACING, seed=4, scales_ml=(0.5, 5.0), wall_weights=(0.0,), weights=(0.0, 0.2))
+    config, auc = calibrate_plausibility(
+        guard, held_out, SPACING, seed=4, scales_ml=(0.5, 5.0), wall_weights=(0.0,), concavity_weights=(0.0,), weights=(0.0, 0.2)
+    )
     assert config.volume_scale_ml in (0.5, 5.0) and config.disagreement_weight in (0.0, 0.2) and config.wall_weight == 0.0
     assert config.confidence == guard.plausibility.confidence
     assert set(auc) == {"hole", "island", "swap", "all"} and auc["swap"] >= 0.9
