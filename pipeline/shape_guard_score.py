@@ -13,8 +13,8 @@ reference is never needed), catch what the Dice misses:
   slice, e.g. the LV blood pool inside the myocardium) with an in-plane 4-neighbour of
   background (holes cut through the wall);
 - concavity ``V_c``: the largest 6-connected component of the foreground's per-slice convex
-  deficiency, ``hull(S > 0) & (S == 0)``, after an in-plane opening ``width_mm`` wide (a short-axis
-  section of the heart is nearly convex; dents cut into its outline are not);
+  deficiency, ``hull(S > 0) & (S == 0)``, after an in-plane opening ``concavity_width_mm`` wide
+  (a short-axis section of the heart is nearly convex; dents cut into its outline are not);
 - disagreement blob ``V_d``: the largest 6-connected component, over structures ``c``, of
   ``open((S == c & p_c < 1 - t) | (S != c & p_c > t))``, where ``p_c`` is the autoencoder's
   probability of ``c`` and ``open`` a one-voxel in-plane opening (3 x 3): the band of boundary
@@ -53,7 +53,8 @@ class PlausibilityConfig(Settings):
         volume_scale_ml: ``v0``; the score falls by a factor e per ``v0`` mL of suspect volume.
         walled_classes: structures that must not touch the background within a slice.
         wall_weight: ``u``, the weight of their exposed voxels (a one-voxel layer) in the suspect volume.
-        concavity_width_mm: width of the in-plane opening applied to the convex deficiency.
+        concavity_width_mm: width of the in-plane square opening applied to the convex deficiency
+            (the nearest odd number of voxels; 7 at ACDC's 1.5625 mm).
         concavity_weight: ``k``, the weight of the concavity volume.
         disagreement_weight: ``w``, the weight of the disagreement blob against the topology terms.
         replace_below: ``ShapeGuard.refine`` replaces a structure whole when its reconstruction
@@ -68,7 +69,7 @@ class PlausibilityConfig(Settings):
     volume_scale_ml: float = 10.0
     walled_classes: tuple[int, ...] = ()
     wall_weight: float = 10.0
-    concavity_width_mm: float = 8.0
+    concavity_width_mm: float = 11.0
     concavity_weight: float = 0.5
     disagreement_weight: float = 0.02
     replace_below: float = 0.35
@@ -188,8 +189,9 @@ def plausibility(
         blob[c] = largest_component_voxels(confident_disagreement(seg, probabilities[c], config.confidence)) * ml
     enclosed = enclosed_background_voxels(labels) * ml
     exposed = exposed_voxels(labels, config.walled_classes) * ml
-    width = 2 * int(round(config.concavity_width_mm / min(spacing[:2]) / 2.0)) + 1
-    concave = largest_component_voxels(ndimage.binary_opening(convex_deficiency(labels), np.ones((1, width, width), bool))) * ml
+    width = max(2 * round((config.concavity_width_mm / min(spacing[:2]) - 1.0) / 2.0) + 1, 1)  # nearest odd
+    dents = ndimage.binary_opening(convex_deficiency(labels), np.ones((1, width, width), dtype=bool))
+    concave = largest_component_voxels(dents) * ml
     terms = (dice, stray, enclosed, exposed, concave, blob)
     score = combine(*terms, config) if np.any(labels) else 0.0
     flagged = config.flag_below is not None and score < config.flag_below

@@ -185,7 +185,7 @@ def test_concavity_sees_a_dent_cut_into_a_convex_outline():
     dented = disc.copy()
     dented[1:3, 14:26, 28:40] = 0  # a 12 x 12 bite out of the right edge, two slices
     probs = np.stack([dented == 0, dented == 1, np.zeros_like(disc), np.zeros_like(disc)]).astype(np.float32)
-    config = PlausibilityConfig(concavity_width_mm=8.0)  # a 5-voxel opening at 2 mm (3 at 4 mm)
+    config = PlausibilityConfig(concavity_width_mm=10.0)  # a 5-voxel opening at 2 mm
     dent = plausibility(dented, probs, SPACING, config).concavity_ml
     assert dent == pytest.approx((dented[1:3] != disc[1:3]).sum() * 0.02, rel=0.2)
     assert plausibility(disc, probs, SPACING, config).concavity_ml == 0.0  # the opening removes the rim steps
