@@ -9,6 +9,8 @@ kind (``pipeline.label_corruption``: hole radius 0.4 x severity of the structure
 island volume 0.15 x severity of the structure's volume, swap = two structures exchange values);
 ``flagged`` is the share of maps below the guard's ``flag_below`` and ``changed_ml`` the median,
 min and max volume the corruption changed (ACDC nominal voxel 1.5625 x 1.5625 x 10 mm). Then one
+line per error kept out of training and calibration (``OTHER_KINDS``: a structure missing from
+its first or last slice, a structure grown 2 voxels in-plane), with the same fields. Then one
 JSON line per input kind (the references themselves, then each corruption at severity 1) with
 the per-class Dice against the reference before and after ``refine`` of that class alone.
 """
@@ -23,10 +25,10 @@ import numpy as np
 import torch
 
 from pipeline.datasets import ACDC_NOMINAL_SPACING, read_acdc
-from pipeline.label_corruption import KINDS
+from pipeline.label_corruption import KINDS, OTHER_KINDS, corrupt_labels
 from pipeline.shape_guard import load_shape_guard
 from pipeline.shape_guard_score import voxel_ml
-from pipeline.shape_guard_training import corrupted_copies, plausibility_study, refinement_study
+from pipeline.shape_guard_training import corrupted_copies, plausibility_study, refinement_study, roc_auc
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {1: "RV", 2: "MYO", 3: "LV"}
@@ -56,6 +58,17 @@ def main() -> None:
             "flagged": {kind: None if flag is None else float(np.mean(np.asarray(study[kind]) < flag))
                         for kind in ("reference", *KINDS)},
             "changed_ml": {kind: [round(float(f(v)), 2) for f in (np.median, np.min, np.max)] for kind, v in changed.items()},
+        }), flush=True)
+    reference = [guard.score(v, spacing) for v in val]
+    rng = np.random.default_rng(1)
+    for kind in OTHER_KINDS:
+        maps = [corrupt_labels(v, kind, rng) for v in val]
+        scores = [guard.score(m, spacing) for m in maps]
+        changed = [float((m != v).sum()) * voxel_ml(spacing) for m, v in zip(maps, val)]
+        print(json.dumps({
+            "other_error": kind, "severity": 1.0, "auc": roc_auc(reference, scores),
+            "flagged": None if flag is None else float(np.mean(np.asarray(scores) < flag)),
+            "changed_ml": [round(float(f(changed)), 2) for f in (np.median, np.min, np.max)],
         }), flush=True)
     if args.no_refinement:
         return

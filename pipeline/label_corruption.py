@@ -1,7 +1,10 @@
 """Implausible versions of a label map: holes, islands and swapped classes.
 
 They train the denoising shape autoencoder (Post-DAE, Larrazabal et al., IEEE TMI 2020, corrupt
-clean label maps and learn to undo the damage) and test the plausibility score. Every function
+clean label maps and learn to undo the damage) and test the plausibility score. Two more errors,
+a structure missing from its first or last slice and a structure grown into the background
+(``OTHER_KINDS``), are kept out of training and calibration: they test the score on damage it
+was not tuned to. Every function
 returns a new array and leaves its input untouched. Sizes are fractions of the affected
 structure, so one severity means the same on a 64^2 grid and on a 256^2 slice.
 """
@@ -11,9 +14,11 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from scipy import ndimage
 
-CorruptionKind = Literal["hole", "island", "swap"]
+CorruptionKind = Literal["hole", "island", "swap", "end_slice", "dilation"]
 KINDS: tuple[CorruptionKind, ...] = ("hole", "island", "swap")
+OTHER_KINDS: tuple[CorruptionKind, ...] = ("end_slice", "dilation")
 
 
 def _ellipsoid(shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -107,14 +112,53 @@ def swap_classes(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def drop_end_slice(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Remove one structure from its first or last slice (a missed basal or apical slice).
+
+    Returns:
+        A new label map (those voxels become background).
+    """
+    out = labels.copy()
+    value = _pick_class(labels, rng)
+    if value is None:
+        return out
+    slices = np.flatnonzero((labels == value).any(axis=(1, 2)))
+    z = slices[0] if rng.random() < 0.5 else slices[-1]
+    out[z][labels[z] == value] = 0
+    return out
+
+
+def dilate_structure(labels: np.ndarray, rng: np.random.Generator, voxels: int = 2) -> np.ndarray:
+    """Grow one structure that touches the background in-plane by ``voxels`` into it (over-segmentation).
+
+    Returns:
+        A new label map (a copy when no structure touches the background).
+    """
+    out = labels.copy()
+    square = np.ones((1, 3, 3), dtype=bool)
+    growth = {
+        int(v): ndimage.binary_dilation(labels == v, square, iterations=voxels) & (labels == 0)
+        for v in np.unique(labels) if v != 0
+    }
+    touching = [v for v, grown in growth.items() if grown.any()]
+    if touching:
+        value = touching[rng.integers(len(touching))]
+        out[growth[value]] = value
+    return out
+
+
 def corrupt_labels(
     labels: np.ndarray, kind: CorruptionKind, rng: np.random.Generator, severity: float = 1.0
 ) -> np.ndarray:
-    """Apply one corruption; ``severity`` scales the hole radius (0.4) and island volume (0.15)."""
+    """Apply one corruption; ``severity`` scales the hole radius (0.4), island volume (0.15) and dilation (2 voxels)."""
     if kind == "hole":
         return add_hole(labels, rng, 0.4 * severity)
     if kind == "island":
         return add_island(labels, rng, 0.15 * severity)
     if kind == "swap":
         return swap_classes(labels, rng)
-    raise ValueError(f"unknown corruption {kind!r}; use one of {KINDS}")
+    if kind == "end_slice":
+        return drop_end_slice(labels, rng)
+    if kind == "dilation":
+        return dilate_structure(labels, rng, max(int(round(2 * severity)), 1))
+    raise ValueError(f"unknown corruption {kind!r}; use one of {KINDS + OTHER_KINDS}")

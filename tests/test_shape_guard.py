@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.autoencoding import AutoencoderTrainConfig
-from pipeline.label_corruption import add_hole, add_island, corrupt_labels, swap_classes
+from pipeline.label_corruption import add_hole, add_island, corrupt_labels, dilate_structure, drop_end_slice, swap_classes
 from pipeline.shape_guard import (
     ShapeGridConfig,
     crop_to_grid,
@@ -109,6 +109,13 @@ def test_corruptions_change_a_copy_only(rng):
     assert not np.array_equal(swapped, labels)
     with pytest.raises(ValueError, match="unknown corruption"):
         corrupt_labels(labels, "blur", rng)
+    dropped = drop_end_slice(labels, rng)
+    changed = np.argwhere(dropped != labels)
+    assert len(np.unique(changed[:, 0])) == 1 and changed[0, 0] in (1, 6)  # the heart spans slices 1..6
+    assert np.all(dropped[dropped != labels] == 0)
+    grown = dilate_structure(labels, rng, 2)
+    assert np.all(labels[grown != labels] == 0) and len(np.unique(grown[grown != labels])) == 1
+    np.testing.assert_array_equal(labels, before)
 
 
 def test_training_lowers_the_loss_and_clean_shapes_score_higher(trained):
