@@ -9,9 +9,9 @@ input grid, background outside the crop) gives the reconstruction Dice
     Dice(A, B) = 2 |A & B| / (|A| + |B|),
 
 low when ``S`` holds shapes the autoencoder cannot reproduce (swapped classes, gross errors).
-``score`` combines it with volumes of stray components, enclosed background, exposed walls and
-blobs of confident disagreement with ``R`` (``pipeline.shape_guard_score``), which catch holes
-and islands too small to move ``d``. ``refine(S, classes)`` replaces each listed structure by
+``score`` combines it with volumes of stray components, enclosed background, exposed walls,
+dents in the outline and blobs of confident disagreement with ``R`` (``pipeline.shape_guard_score``),
+which catch holes and islands too small to move ``d``. ``refine(S, classes)`` replaces each listed structure by
 its reconstruction, whole when ``d`` of that structure is very low, else only where they
 disagree in bulk (Larrazabal et al., "Post-DAE", IEEE TMI 2020; Oktay et al., "Anatomically
 Constrained Neural Networks", IEEE TMI 2018).
@@ -271,6 +271,9 @@ def save_shape_guard(folder: str | Path, guard: ShapeGuard, arch_kwargs: dict, m
 
 def load_shape_guard(folder: str | Path) -> ShapeGuard:
     """Read a guard written by ``save_shape_guard`` (safetensors, never pickle).
+
+    A ``model.json`` without ``plausibility`` (written before the score had settings) gets the
+    ``PlausibilityConfig`` defaults, which never flag.
 
     Raises:
         InputError: the folder lacks ``model.json``/``weights.safetensors`` or they do not match.
