@@ -32,7 +32,9 @@ from pipeline.checkpointing import has_train_state, load_train_state, save_train
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
 from pipeline.evaluation import fit_postprocess
+from pipeline.fusion import dice_weights
 from pipeline.inference import prepare_predictor, sliding_window
+from pipeline.labels import LabelTable
 from pipeline.metrics import dice
 from pipeline.losses import dice_ce_loss, lr_factor
 from pipeline.patches import PatchSampler
@@ -83,7 +85,9 @@ class TrainConfig(Settings):
     threads: int = 2
     bf16: bool = False
     fusion: Literal["mean", "weighted_mean"] = "mean"
-    fusion_weights: dict[str, float] = {}  # member name -> weight for weighted_mean (default 1)
+    # member name -> weight for weighted_mean; empty: each member's validation Dice per class
+    # (pipeline.fusion.dice_weights), stored in ensemble.json as one row per member
+    fusion_weights: dict[str, float] = {}
     # Refinement steps tried on the validation cases once every member is trained (kept per class
     # only where no class's Dice drops; pipeline.postprocess.choose_steps); [] skips the search.
     postprocess_candidates: list[dict[str, Any]] = []
@@ -283,6 +287,15 @@ def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any])
     return plan, {key: scores[key] for key in keys}
 
 
+def _fusion_weights(config: TrainConfig, metas: list[dict[str, Any]], order: list[str]) -> list:
+    """The configured weight per member, or (``weighted_mean`` without ``fusion_weights``) each
+    member's validation Dice per class, background first (``pipeline.fusion.dice_weights``)."""
+    if config.fusion == "weighted_mean" and not config.fusion_weights:
+        names = LabelTable.from_json(metas[0]["labels"]).names
+        return np.round(dice_weights(metas, names), 4).tolist()
+    return [float(config.fusion_weights.get(name, 1.0)) for name in order]
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON atomically (temp file beside it, then ``os.replace``)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -328,16 +341,15 @@ def train_ensemble(
     if pending:
         return {"members_pending": pending}
     previous = json.loads((out / ENSEMBLE).read_text()) if (out / ENSEMBLE).is_file() else {}
-    members = {}
-    for member in config.members:
-        meta = json.loads((out / member.name / META).read_text())
-        members[member.name] = {"arch": meta["arch"], "metrics": meta["metrics"], "seconds": meta["training"]["seconds"]}
+    metas = {member.name: json.loads((out / member.name / META).read_text()) for member in config.members}
+    members = {name: {"arch": meta["arch"], "metrics": meta["metrics"], "seconds": meta["training"]["seconds"]}
+               for name, meta in metas.items()}
     # load_ensemble returns members sorted by folder name: the weights follow that order.
     order = sorted(members)
     ensemble = {
         "name": config.name,
         "fusion": config.fusion,
-        "weights": [float(config.fusion_weights.get(name, 1.0)) for name in order],
+        "weights": _fusion_weights(config, [metas[name] for name in order], order),
         "weights_order": order,
         "members": members,
         "train_seconds": round(sum(m["seconds"] for m in members.values()), 1),

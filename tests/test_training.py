@@ -131,6 +131,20 @@ def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp
     assert math.isclose(written["train_seconds"], sum(m["seconds"] for m in written["members"].values()), abs_tol=0.2)
 
 
+def test_weighted_fusion_without_weights_takes_each_members_validation_dice_per_class(tiny_data, tmp_path):
+    from pipeline.fusion import dice_weights
+
+    config = tiny_config(
+        tmp_path / "dw", steps=4,
+        members=[MemberConfig(name=n, arch="deconvnet3d", arch_kwargs=TINY_NET, seed=i) for i, n in enumerate("ab")],
+        fusion="weighted_mean",
+    )
+    written = train_ensemble(config, tiny_data)
+    metas = [json.loads((tmp_path / "dw" / n / "model.json").read_text()) for n in "ab"]
+    expected = dice_weights(metas, tiny_data.labels.names)
+    assert np.allclose(written["weights"], expected, atol=1e-4) and np.asarray(written["weights"]).shape == (2, 5)
+
+
 def test_time_budget_stops_early_with_a_validated_checkpoint(tiny_data, tmp_path):
     config = tiny_config(tmp_path / "budget", steps=10_000, time_budget_s=1.0)
     meta = train_member(config, config.members[0], tiny_data, tmp_path / "budget" / "m")
