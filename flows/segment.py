@@ -129,7 +129,7 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
                     "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
                     "config": {"inference": inference, "version": versions["config"]}}
         summary = write_bundle(bundle, image, result.labels, result.table, uncertainty=result.uncertainty,
-                               manifest=manifest)
+                               manifest=manifest, shape=result.shape)
     seconds = time.perf_counter() - start
     return dashboard.case_row(item.case_id, "segmented", seconds, summary.path, summary.stats,
                               result.structure_uncertainty)

@@ -5,7 +5,9 @@ spec, run the Gaussian sliding window (``pipeline.inference``) and take the soft
 probabilities meet on the first member's working grid, are fused (``pipeline.fusion``), give the
 uncertainty, are refined by the stored plan (``pipeline.postprocess``) and come back to the input
 grid slab by slab: labels by label-consistent trilinear scores, uncertainty trilinearly. No map
-with C channels is ever held at the input's resolution.
+with C channels is ever held at the input's resolution. An ensemble whose ``ensemble.json`` names a
+``shape_guard`` (``pipeline.shape_guard``) has its final labels scored for plausibility (QA only:
+the labels are not changed).
 
 Normalisation runs after resampling (on ~30x fewer voxels for CT): CT and z-score schemes are
 affine per voxel, so they commute with linear resampling except at the clip limits.
@@ -13,6 +15,7 @@ affine per voxel, so they commute with linear resampling except at the clip limi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -20,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ from torch import nn
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
+from pipeline.export.shape_qa import ShapeAssessment
 from pipeline.fusion import Rule, dice_weights, fuse, structure_uncertainty, voxel_uncertainty
 from pipeline.guards import check_memory
 from pipeline.inference import prepare_predictor, restore_labels, restore_map, sliding_window
@@ -36,6 +40,9 @@ from pipeline.normalize import foreground_mask, normalize
 from pipeline.postprocess import Prior, apply_plan
 from pipeline.resample import resample_to_spacing
 from pipeline.volume import Volume
+
+if TYPE_CHECKING:
+    from pipeline.shape_guard import ShapeGuard
 
 log = logging.getLogger(__name__)
 Member = tuple[nn.Module, dict[str, Any]]
@@ -96,6 +103,7 @@ class SegmentationResult:
         timings: seconds per stage.
         table: the members' label table.
         summary: per label value, ``{"mean_probability": fused probability inside the structure}``.
+        shape: the shape guard's plausibility of ``labels``, when the ensemble names a guard.
     """
 
     labels: Volume
@@ -104,6 +112,7 @@ class SegmentationResult:
     timings: dict[str, float]
     table: LabelTable
     summary: dict[int, dict[str, float]] = field(default_factory=dict)
+    shape: ShapeAssessment | None = None
 
 
 @contextmanager
@@ -123,6 +132,41 @@ def ensemble_settings(members: Sequence[Member]) -> dict[str, Any]:
     if len(members) == 1 and members[0][1].get("postprocess"):
         return {"postprocess": members[0][1]["postprocess"]}
     return {}
+
+
+@functools.lru_cache(maxsize=4)
+def _load_guard(folder: Path) -> ShapeGuard:
+    from pipeline.shape_guard import load_shape_guard  # only ensembles with a guard pay for the import
+
+    return load_shape_guard(folder)
+
+
+def ensemble_shape_guard(
+    members: Sequence[Member], settings: Mapping[str, Any], table: LabelTable
+) -> tuple[ShapeGuard, str] | None:
+    """The ``ShapeGuard`` that ``settings["shape_guard"]`` names (relative to the ensemble folder) and its
+    name, or ``None`` when none is named. Loaded once per process and folder.
+
+    Raises:
+        ConfigError: the path is relative but the members share no folder, or the table's values
+            are outside the guard's classes.
+        InputError: the folder holds no shape guard.
+    """
+    name = settings.get("shape_guard")
+    if not name:
+        return None
+    folders = {Path(meta["checkpoint_dir"]).parent for _, meta in members if "checkpoint_dir" in meta}
+    path = Path(name)
+    if not path.is_absolute():
+        if len(folders) != 1:
+            raise ConfigError(f"shape_guard {name!r} is relative but the members share no ensemble folder; "
+                              "give an absolute path")
+        path = folders.pop() / path
+    guard = _load_guard(path.resolve())
+    if max(table.values, default=0) >= guard.config.n_classes:
+        raise ConfigError(f"{path}: shape guard knows labels 1..{guard.config.n_classes - 1}, the model has "
+                          f"{list(table.values)}; name a guard trained on the model's label table")
+    return guard, path.resolve().name
 
 
 def foreground_box(volume: Volume, margin_mm: float, min_size: Sequence[int] = (1, 1, 1)) -> tuple[slice, slice, slice]:
@@ -224,6 +268,10 @@ def segment_case(
             from beside the members' checkpoints (``ensemble_settings``).
         priors: shape-prior callables named by ``prior`` steps of the plan.
 
+    Returns:
+        The result; ``shape`` holds the plausibility of the labels when the ensemble names a
+        ``shape_guard`` (scored on the input grid with the input's spacing).
+
     Raises:
         ConfigError: when the members disagree on labels or the fusion rule needs missing weights.
         ResourceError: when the predicted peak memory exceeds ``config.memory_budget_mib``.
@@ -261,6 +309,11 @@ def segment_case(
         labels = restore_labels(refined, confidence, grid, image, config.slab)
         restored_uncertainty = restore_map(uncertainty, grid, image, config.slab)
         np.clip(restored_uncertainty, 0.0, 1.0, out=restored_uncertainty)
+    shape = None
+    guard = ensemble_shape_guard(members, settings, table)
+    if guard is not None:
+        with _timed(timings, "shape_guard"):
+            shape = ShapeAssessment(guard[0].assess(labels, image.spacing), guard[0].plausibility, guard[1])
     log.info("segmented %s with %d member(s): %s", image.metadata.get("source", "volume"), len(members),
              {k: round(v, 2) for k, v in timings.items()})
     return SegmentationResult(
@@ -270,4 +323,5 @@ def segment_case(
         timings=timings,
         table=table,
         summary=summary,
+        shape=shape,
     )

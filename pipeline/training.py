@@ -91,6 +91,9 @@ class TrainConfig(Settings):
     # Refinement steps tried on the validation cases once every member is trained (kept per class
     # only where no class's Dice drops; pipeline.postprocess.choose_steps); [] skips the search.
     postprocess_candidates: list[dict[str, Any]] = []
+    # the shape guard (pipeline.shape_guard) that scores this model's labels for the review bundle's QA,
+    # a folder relative to ``out``; stored in ensemble.json as "shape_guard"
+    shape_guard: str | None = None
     members: list[MemberConfig] = [MemberConfig(name="deconvnet3d")]
 
 
@@ -354,6 +357,8 @@ def train_ensemble(
         "members": members,
         "train_seconds": round(sum(m["seconds"] for m in members.values()), 1),
     }
+    if config.shape_guard:
+        ensemble["shape_guard"] = config.shape_guard
     if config.postprocess_candidates:
         same = "postprocess" in previous and all(
             previous.get(key) == ensemble[key] for key in ("fusion", "weights", "weights_order")

@@ -90,7 +90,7 @@ def segment(
                     "config": {"inference": settings.model_dump(mode="json")},
                     "structure_uncertainty": {str(k): v for k, v in result.structure_uncertainty.items()}}
         bundle = write_bundle(out / name, image, result.labels, result.table, uncertainty=result.uncertainty,
-                              manifest=manifest)
+                              manifest=manifest, shape=result.shape)
         seconds = time.perf_counter() - start
         summaries.append({"case_id": name, "bundle": str(bundle.path), "seconds": round(seconds, 2),
                           "structures": len(bundle.stats), "flags": len(bundle.flags)})

@@ -8,6 +8,7 @@
       labels.seg.nrrd                                   3D Slicer
       overlays/{axial,coronal,sagittal,uncertainty}.png
       stats.json, stats.csv, report.html, manifest.json
+      qa.json                                           bundle-level QA (shape plausibility), when scored
 
 Everything is written into a temporary sibling folder, which replaces ``out_dir`` by a rename
 only when every file is complete; on any failure the temporary folder is removed and an
@@ -40,6 +41,8 @@ from pipeline.export.overlays import write_overlays
 from pipeline.export.report import write_report
 from pipeline.export.rtstruct import write_rtstruct
 from pipeline.export.seg_nrrd import write_seg_nrrd
+from pipeline.export.shape_qa import FLAG as SHAPE_FLAG
+from pipeline.export.shape_qa import ShapeAssessment, flag_structures, shape_entry, write_qa
 from pipeline.export.stats import StatsConfig, compute_stats, write_stats
 from pipeline.labels import LabelTable
 from pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
@@ -56,9 +59,11 @@ class BundleSummary:
     Attributes:
         path: the bundle folder.
         stats: per-structure dicts, as in ``stats.json``.
-        flags: ``{"name", "value", "flag"}`` for every QA flag raised.
+        flags: ``{"name", "value", "flag"}`` for every QA flag raised (a bundle-level one has
+            ``name`` ``"shape"`` and the score as ``value``).
         timings: stage -> seconds.
         manifest: the manifest as written.
+        qa: bundle-level QA entries, as in ``qa.json`` (``{}`` when none was scored).
     """
 
     path: Path
@@ -66,6 +71,7 @@ class BundleSummary:
     flags: list[dict[str, Any]]
     timings: dict[str, float] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
+    qa: dict[str, Any] = field(default_factory=dict)
 
 
 @contextmanager
@@ -150,6 +156,7 @@ def write_bundle(
     dicom_series: bool = False,
     title: str | None = None,
     deidentify: bool = False,
+    shape: ShapeAssessment | None = None,
 ) -> BundleSummary:
     """Write the review bundle of one case.
 
@@ -167,6 +174,9 @@ def write_bundle(
         deidentify: write SEG/RTSTRUCT and the ``dicom/`` copy without the patient's identity
             (``pipeline.sanitize.deidentify_dataset``, PatientID = the bundle's name) and a manifest
             whose inputs carry hashes but no paths; the manifest records ``"deidentified": true``.
+        shape: the shape guard's plausibility of ``labels`` (``SegmentationResult.shape``): written
+            to ``qa.json`` and the report; when flagged, the structures it blames get
+            ``implausible_shape`` (``pipeline.export.shape_qa``).
 
     Returns:
         The summary, with the per-structure stats and flags.
@@ -208,6 +218,10 @@ def write_bundle(
                 _mark_deidentified([tmp / "seg.dcm", tmp / "rtstruct.dcm"])
         with _stage(timings, "stats"):
             stats = compute_stats(image, labels, table, uncertainty, stats_config)
+            qa = {"shape": shape_entry(shape, table)} if shape is not None else {}
+            if shape is not None:
+                flag_structures(stats, shape)
+                write_qa(tmp / "qa.json", qa)
             write_stats(tmp, stats)
         with _stage(timings, "overlays"):
             overlays = write_overlays(tmp / "overlays", image, labels, table, uncertainty)
@@ -216,7 +230,8 @@ def write_bundle(
         if isinstance(model, dict) and model:
             notes.append(f"model: {model.get('name') or model.get('dir', '?')} {model.get('version', '')}".strip())
         with _stage(timings, "report"):
-            write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes)
+            write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes,
+                         shape=qa.get("shape"))
         caller = dict(manifest or {})
         all_timings = {**caller.pop("timings_s", {}), **{f"export.{k}": v for k, v in timings.items()}}
         record = build_manifest(_input_files(image, labels), timings=all_timings, extra=extra)
@@ -226,6 +241,8 @@ def write_bundle(
             record["deidentified"] = True
         write_manifest(tmp / "manifest.json", record)
     flags = [{"name": row["name"], "value": row["value"], "flag": flag} for row in stats for flag in row["flags"]]
+    if qa.get("shape", {}).get("flagged") and not qa["shape"]["blamed"]:
+        flags.append({"name": "shape", "value": qa["shape"]["score"], "flag": SHAPE_FLAG})
     for flag in flags:
         logger.info("%s: %s flagged %s", out_dir.name, flag["name"], flag["flag"])
-    return BundleSummary(out_dir, stats, flags, timings, record)
+    return BundleSummary(out_dir, stats, flags, timings, record, qa)

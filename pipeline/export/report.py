@@ -1,7 +1,8 @@
 """``report.html``: one self-contained page (images inline as data URIs) for the clinician.
 
 It shows the per-structure table (volume in mL, intensity, uncertainty, border contact, QA flags),
-the overlay mosaics and the provenance lines of the manifest. It needs no network and no files
+the shape plausibility when the model has a shape guard, the overlay mosaics and the provenance
+lines of the manifest. It needs no network and no files
 beside it, so it survives being mailed or attached to a ticket.
 """
 
@@ -40,8 +41,9 @@ def render_report(
     *,
     title: str = "deconvseg review",
     notes: list[str] | None = None,
+    shape: dict[str, Any] | None = None,
 ) -> str:
-    """The HTML text of the report."""
+    """The HTML text of the report; ``shape`` is the ``qa.json`` entry of ``pipeline.export.shape_qa``."""
     rows = []
     for row in stats:
         colour = "#%02x%02x%02x" % tuple(row["color"])
@@ -54,6 +56,9 @@ def render_report(
             f"<td>{_cell(row['mean_uncertainty'])}</td><td>{border}</td><td class='flag'>{html.escape(flags)}</td></tr>"
         )
     flagged = [f"{row['name']}: {', '.join(row['flags'])}" for row in stats if row["flags"]]
+    if shape and shape["flagged"]:
+        blame = f" (blamed: {', '.join(shape['blamed'])})" if shape["blamed"] else " (no single structure blamed)"
+        flagged.insert(0, f"shape: implausible_shape, score {shape['score']:.2f} < {shape['threshold']:.2f}{blame}")
     figures = "".join(
         f"<figure><img alt='{html.escape(name)}' src='{_data_uri(path)}'>"
         f"<figcaption>{html.escape(name)}</figcaption></figure>"
@@ -64,13 +69,29 @@ def render_report(
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<h2>QA flags</h2><ul id='flags'>{flags_html}</ul>"
+        f"<h2>QA flags</h2><ul id='flags'>{flags_html}</ul>{_shape_html(shape)}"
         "<h2>Structures</h2><table id='stats'><tr><th>value</th><th>structure</th><th>volume (mL)</th><th>voxels</th>"
         f"<th>mean intensity</th><th>mean uncertainty</th><th>cut by field of view</th><th>QA flags</th></tr>"
         f"{''.join(rows)}</table>"
         f"<h2>Overlays</h2><div id='overlays'>{figures}</div>"
         f"<h2>Provenance</h2><ul id='notes'>{notes_html}</ul></body></html>"
     )
+
+
+def _shape_html(shape: dict[str, Any] | None) -> str:
+    """The shape plausibility paragraph (score, threshold, terms), or nothing without a shape guard."""
+    if not shape:
+        return ""
+    terms = shape["terms"]
+    threshold = "none" if shape["threshold"] is None else f"{shape['threshold']:.2f}"
+    cls = " class='flag'" if shape["flagged"] else ""
+    details = (f"reconstruction Dice {', '.join(f'{k} {v:.2f}' for k, v in terms['dice'].items())}; "
+               f"stray {sum(terms['stray_ml'].values()):.1f} mL, enclosed background {terms['enclosed_background_ml']:.1f} mL, "
+               f"exposed wall {terms['exposed_wall_ml']:.1f} mL, concavity {terms['concavity_ml']:.1f} mL, "
+               f"largest disagreement {max(terms['disagreement_ml'].values(), default=0.0):.1f} mL")
+    return (f"<h2>Shape plausibility</h2><p id='shape'{cls}>score {shape['score']:.2f} (flagged below {threshold}, "
+            f"guard {html.escape(shape['guard'])}): {'implausible' if shape['flagged'] else 'plausible'}</p>"
+            f"<p>{html.escape(details)}</p>")
 
 
 def write_report(path: str | Path, stats: list[dict[str, Any]], overlays: dict[str, Path], **kwargs: Any) -> Path:
