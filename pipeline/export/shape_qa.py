@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.export.files import atomic_file
 from pipeline.labels import LabelTable
-from pipeline.shape_guard_score import Plausibility, PlausibilityConfig
+
+if TYPE_CHECKING:  # the score's module imports scikit-image: models without a guard skip it
+    from pipeline.shape_guard_score import Plausibility, PlausibilityConfig
 
 FLAG = "implausible_shape"
 MIN_BLAME_ML = 1.0  # a structure is blamed for a wrong volume of at least this (mL)
