@@ -95,3 +95,30 @@ def test_segment_case_scores_with_the_named_guard_only():
     with pytest.raises(ConfigError, match="shape guard knows labels 1..3"):
         segment_case(image, [_member(LabelTable((Label(5, "tumour", (255, 0, 0)),)))], config,
                      ensemble={"shape_guard": str(GUARD)})
+
+
+def test_acdc_config_and_ensemble_json_name_the_shipped_guard():
+    from pipeline.config import load_config
+    from pipeline.training import TrainConfig
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "acdc.yaml", TrainConfig)
+    ensemble = json.loads((root / "models" / "weights" / "acdc" / "ensemble.json").read_text())
+    assert ensemble["shape_guard"] == config.shape_guard
+    assert (root / config.out / config.shape_guard).resolve() == GUARD
+
+
+def test_train_ensemble_writes_the_shape_guard_it_is_given(tmp_path):
+    from pipeline.training import MemberConfig, train_ensemble
+    from pipeline.training_data import load_training_data
+    from tests.test_training import TINY_NET, tiny_config
+
+    torch.set_num_threads(1)
+    members = [MemberConfig(name=n, arch_kwargs=TINY_NET, seed=i, steps=2) for i, n in enumerate("ab")]
+    config = tiny_config(tmp_path / "ens", steps=2, members=members, shape_guard="../guard")
+    data = load_training_data(config.data)
+    written = train_ensemble(config, data)
+    assert written["shape_guard"] == "../guard"
+    assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["shape_guard"] == "../guard"
+    without = train_ensemble(tiny_config(tmp_path / "ens", steps=2, members=members), data)  # members kept
+    assert "shape_guard" not in without
