@@ -14,7 +14,7 @@ from pipeline.datasets import read_acdc
 from pipeline.errors import ConfigError
 from pipeline.export.bundle import write_bundle
 from pipeline.export.shape_qa import ShapeAssessment
-from pipeline.label_corruption import add_island, swap_classes
+from pipeline.label_corruption import add_hole, add_island, swap_classes
 from pipeline.labels import ACDC, Label, LabelTable
 from pipeline.segment import InferenceConfig, segment_case
 from pipeline.shape_guard import load_shape_guard
@@ -58,6 +58,17 @@ def test_reference_labels_pass_and_an_island_is_flagged_on_its_structure(tmp_pat
     flagged = {row["name"] for row in stats if "implausible_shape" in row["flags"]}
     assert flagged == {name}
     assert "implausible_shape" in report and f"blamed: {name}" in report
+
+
+def test_a_small_hole_flags_the_map_but_blames_no_structure(tmp_path, acdc_case):
+    case, guard = acdc_case
+    holed = add_hole(case.label.array, np.random.default_rng(1))
+    shape = ShapeAssessment(guard.assess(holed, case.label.spacing), guard.plausibility, GUARD.name)
+    summary = write_bundle(tmp_path / "hole", case.image, case.label.with_array(holed, kind="label"), ACDC, shape=shape)
+    qa = json.loads((tmp_path / "hole" / "qa.json").read_text())["shape"]
+    assert qa["flagged"] and qa["blamed"] == [] and qa == summary.qa["shape"]
+    assert summary.flags == [{"name": "shape", "value": qa["score"], "flag": "implausible_shape"}]
+    assert "no single structure blamed" in (tmp_path / "hole" / "report.html").read_text()
 
 
 def test_swapped_classes_blame_both_structures(tmp_path, acdc_case):

@@ -5,8 +5,9 @@ The score (``pipeline.shape_guard_score``) judges the whole map. When it flags t
 
 - one the autoencoder rejects whole (reconstruction Dice below ``replace_below``: swapped classes);
 - one whose wrong volume ``e_c = V_s,c + V_d,c`` (stray components plus its confident-disagreement
-  blob, the two terms that belong to one structure) is at least ``MIN_BLAME_ML`` and at least half
-  the largest ``e_c`` (an island or a chunk of one structure, not a boundary sliver).
+  blob, the two terms that belong to one structure) is at least ``v0 / 2`` and at least half the
+  largest ``e_c``: an island or a missing chunk of that structure. Good ACDC predictions have
+  blobs of 1-2 mL (patient085_frame02: 1.7 mL), ``v0 / 2`` is 5 mL.
 
 Holes and dents seen only in the enclosed-background, exposed-wall or concavity terms belong to
 no single structure: then the map alone is flagged.
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # the score's module imports scikit-image: models without a g
     from pipeline.shape_guard_score import Plausibility, PlausibilityConfig
 
 FLAG = "implausible_shape"
-MIN_BLAME_ML = 1.0  # a structure is blamed for a wrong volume of at least this (mL)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def blamed(shape: ShapeAssessment) -> list[int]:
     if not p.flagged:
         return []
     wrong = {v: p.stray_ml[v] + p.disagreement_ml[v] for v in p.dice}
-    floor = max(MIN_BLAME_ML, 0.5 * max(wrong.values(), default=0.0))
+    floor = 0.5 * max(shape.config.volume_scale_ml, max(wrong.values(), default=0.0))
     return sorted(v for v in p.dice if p.dice[v] < shape.config.replace_below or wrong[v] >= floor)
 
 
