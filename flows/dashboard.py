@@ -20,17 +20,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.export.shape_qa import FLAG as SHAPE_FLAG
+
 
 def _volumes(stats: list[dict[str, Any]]) -> dict[str, float]:
     return {s["name"]: round(float(s["volume_ml"]), 3) for s in stats if s.get("volume_ml") is not None}
 
 
-def _flags(stats: list[dict[str, Any]]) -> list[str]:
-    return [f"{s['name']}: {flag}" for s in stats for flag in (s.get("flags") or [])]
+def _flags(stats: list[dict[str, Any]], qa: dict[str, Any] | None) -> list[str]:
+    """Per-structure flags, plus the shape guard's when it flags the map without blaming a structure."""
+    flags = [f"{s['name']}: {flag}" for s in stats for flag in (s.get("flags") or [])]
+    shape = (qa or {}).get("shape") or {}
+    if shape.get("flagged") and not shape.get("blamed"):
+        flags.append(f"map: {SHAPE_FLAG} (score {shape['score']:.2f})")
+    return flags
 
 
 def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stats: list[dict[str, Any]],
-             structure_uncertainty: dict[Any, float] | None = None) -> dict[str, Any]:
+             structure_uncertainty: dict[Any, float] | None = None, qa: dict[str, Any] | None = None) -> dict[str, Any]:
     """The dashboard row of a finished case.
 
     Args:
@@ -41,12 +48,13 @@ def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stat
         stats: per-structure dicts as in ``stats.json`` (``name``, ``volume_ml``,
             ``mean_uncertainty``, ``flags``): the QA flags are theirs.
         structure_uncertainty: per-structure score of the ensemble, used when ``stats`` has none.
+        qa: the bundle's ``qa.json`` entries (the shape guard's), when it has them.
     """
     scores = [float(s["mean_uncertainty"]) for s in stats if s.get("mean_uncertainty") is not None]
     if not scores and structure_uncertainty:
         scores = [float(v) for v in structure_uncertainty.values()]
     return {"case": case_id, "status": status, "seconds": round(seconds, 2), "volumes_ml": _volumes(stats),
-            "uncertainty": round(max(scores), 4) if scores else None, "flags": _flags(stats),
+            "uncertainty": round(max(scores), 4) if scores else None, "flags": _flags(stats, qa),
             "bundle": str(bundle), "reason": ""}
 
 
@@ -57,9 +65,10 @@ def failed_row(case_id: str, reason: str) -> dict[str, Any]:
 
 
 def row_from_bundle(case_id: str, bundle: Path, status: str = "cached") -> dict[str, Any]:
-    """The row of a case whose bundle is already on disk (read back from its ``stats.json``)."""
+    """The row of a case whose bundle is already on disk (read back from ``stats.json`` and ``qa.json``)."""
     stats = json.loads((bundle / "stats.json").read_text())
-    return case_row(case_id, status, 0.0, bundle, stats)
+    qa = json.loads((bundle / "qa.json").read_text()) if (bundle / "qa.json").is_file() else None
+    return case_row(case_id, status, 0.0, bundle, stats, qa=qa)
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

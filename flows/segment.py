@@ -132,7 +132,7 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
                                manifest=manifest, shape=result.shape)
     seconds = time.perf_counter() - start
     return dashboard.case_row(item.case_id, "segmented", seconds, summary.path, summary.stats,
-                              result.structure_uncertainty)
+                              result.structure_uncertainty, qa=summary.qa)
 
 
 @flow(name="segment-batch", validate_parameters=True)

@@ -49,6 +49,17 @@ def test_cached_row_is_read_back_from_the_bundle(tmp_path):
     assert row["status"] == "cached" and row["volumes_ml"]["liver"] == 1234.568 and row["seconds"] == 0.0
 
 
+def test_a_map_the_shape_guard_flags_without_blaming_a_structure_is_flagged_as_a_whole(tmp_path):
+    flagged = {"shape": {"score": 0.17, "flagged": True, "blamed": []}}
+    assert case_row("x", "segmented", 1.0, tmp_path, STATS, qa=flagged)["flags"] == [
+        "spleen: missing", "map: implausible_shape (score 0.17)"]
+    blamed = {"shape": {"score": 0.1, "flagged": True, "blamed": ["liver"]}}
+    assert case_row("x", "segmented", 1.0, tmp_path, STATS, qa=blamed)["flags"] == ["spleen: missing"]
+    (tmp_path / "stats.json").write_text(json.dumps(STATS))
+    (tmp_path / "qa.json").write_text(json.dumps(flagged))
+    assert row_from_bundle("x", tmp_path)["flags"][-1] == "map: implausible_shape (score 0.17)"
+
+
 def test_json_is_written_atomically(tmp_path):
     path = write_json_atomic(tmp_path / "batch.json", {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["batch.json"]
