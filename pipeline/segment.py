@@ -122,11 +122,17 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
+def _ensemble_folder(members: Sequence[Member]) -> Path | None:
+    """The one folder holding every member's checkpoint folder, or ``None``."""
+    folders = {Path(meta["checkpoint_dir"]).parent for _, meta in members if "checkpoint_dir" in meta}
+    return folders.pop() if len(folders) == 1 else None
+
+
 def ensemble_settings(members: Sequence[Member]) -> dict[str, Any]:
     """``ensemble.json`` beside the members' checkpoints (``{}`` if none); one member: its own plan."""
-    folders = {Path(meta["checkpoint_dir"]).parent for _, meta in members if "checkpoint_dir" in meta}
-    if len(members) > 1 and len(folders) == 1:
-        path = folders.pop() / "ensemble.json"
+    folder = _ensemble_folder(members)
+    if len(members) > 1 and folder is not None:
+        path = folder / "ensemble.json"
         if path.is_file():
             return json.loads(path.read_text())
     if len(members) == 1 and members[0][1].get("postprocess"):
@@ -155,13 +161,13 @@ def ensemble_shape_guard(
     name = settings.get("shape_guard")
     if not name:
         return None
-    folders = {Path(meta["checkpoint_dir"]).parent for _, meta in members if "checkpoint_dir" in meta}
     path = Path(name)
     if not path.is_absolute():
-        if len(folders) != 1:
+        folder = _ensemble_folder(members)
+        if folder is None:
             raise ConfigError(f"shape_guard {name!r} is relative but the members share no ensemble folder; "
                               "give an absolute path")
-        path = folders.pop() / path
+        path = folder / path
     guard = _load_guard(path.resolve())
     if max(table.values, default=0) >= guard.config.n_classes:
         raise ConfigError(f"{path}: shape guard knows labels 1..{guard.config.n_classes - 1}, the model has "
@@ -209,7 +215,6 @@ def _check_members(members: Sequence[Member]) -> LabelTable:
     return table
 
 
-
 def member_probabilities(image: Volume, members: Sequence[Member], config: InferenceConfig = InferenceConfig(),
                          timings: dict[str, float] | None = None) -> tuple[np.ndarray, Volume]:
     """Each member's softmax ``(M, C, z, y, x)`` on the first member's working grid, and that grid.
@@ -250,6 +255,7 @@ def member_probabilities(image: Volume, members: Sequence[Member], config: Infer
         probabilities.append(member)
     return np.stack(probabilities), grid  # type: ignore[return-value]
 
+
 def segment_case(
     image: Volume,
     members: Sequence[Member],
@@ -283,6 +289,7 @@ def segment_case(
     with _timed(timings, "memory_check"):
         check_memory(image, members, config.memory_budget_mib, batch_size=config.batch_size)
     settings = dict(ensemble_settings(members) if ensemble is None else ensemble)
+    guard = ensemble_shape_guard(members, settings, table)  # before inference: a bad guard fails fast
     values = np.array([0, *table.values], dtype=np.uint8)
     stack, grid = member_probabilities(image, members, config, timings)
 
@@ -310,7 +317,6 @@ def segment_case(
         restored_uncertainty = restore_map(uncertainty, grid, image, config.slab)
         np.clip(restored_uncertainty, 0.0, 1.0, out=restored_uncertainty)
     shape = None
-    guard = ensemble_shape_guard(members, settings, table)
     if guard is not None:
         with _timed(timings, "shape_guard"):
             shape = ShapeAssessment(guard[0].assess(labels, image.spacing), guard[0].plausibility, guard[1])
