@@ -31,7 +31,7 @@ def retrain() -> None:
     """Train the ensemble members in parallel processes, then the pure-switch baseline."""
     import yaml
 
-    cli = [sys.executable, "-c", "from flows.cli import app; app()", "train"]
+    cli = [sys.executable, "-c", "from deconvseg.flows.cli import app; app()", "train"]
     config = REPO / "configs" / "acdc.yaml"
     members = [m["name"] for m in yaml.safe_load(config.read_text())["members"]]
     jobs = [subprocess.Popen([*cli, str(config), "--member", m, "--quiet"], cwd=REPO) for m in members]
@@ -55,9 +55,9 @@ def main() -> None:
 
     import torch
 
-    from models.registry import load_ensemble, read_ensemble_config
-    from pipeline.evaluation import evaluate_members, read_eval_cases
-    from pipeline.segment import InferenceConfig
+    from deconvseg.models.registry import load_ensemble, read_ensemble_config
+    from deconvseg.pipeline.evaluation import evaluate_members, read_eval_cases
+    from deconvseg.pipeline.segment import InferenceConfig
 
     torch.set_num_threads(args.threads)
     cases = read_eval_cases(args.data, args.split or Path(args.data) / "splits" / "val.list")

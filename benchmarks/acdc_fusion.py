@@ -1,7 +1,7 @@
 """Fusion rules of the ACDC ensemble against its members, from one inference pass per case.
 
 Prints one JSON line per variant, scored on the input grid without refinement: each member alone,
-``mean``, ``weighted_mean`` (weights = the members' validation Dice per class, ``pipeline.fusion.
+``mean``, ``weighted_mean`` (weights = the members' validation Dice per class, ``deconvseg.pipeline.fusion.
 dice_weights``), the same weights squared and to the fourth power (sharper preference for the best
 member), ``majority`` and ``staple``; then the ensemble as stored (its rule and refinement plan,
 ``segment_case``). Keys: ``model``, ``mean_dice``, ``dice``, ``hd95``, ``cases``.
@@ -31,12 +31,12 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from models.registry import load_ensemble, read_ensemble_config
-    from pipeline.evaluation import evaluate_members, read_eval_cases, score_predictions
-    from pipeline.fusion import dice_weights, fuse
-    from pipeline.inference import restore_labels
-    from pipeline.labels import LabelTable
-    from pipeline.segment import InferenceConfig, effective_config, member_probabilities
+    from deconvseg.models.registry import load_ensemble, read_ensemble_config
+    from deconvseg.pipeline.evaluation import evaluate_members, read_eval_cases, score_predictions
+    from deconvseg.pipeline.fusion import dice_weights, fuse
+    from deconvseg.pipeline.inference import restore_labels
+    from deconvseg.pipeline.labels import LabelTable
+    from deconvseg.pipeline.segment import InferenceConfig, effective_config, member_probabilities
 
     torch.set_num_threads(args.threads)
     cases = read_eval_cases(args.data, args.split or Path(args.data) / "splits" / "val.list")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.autoencoder_report import write_comparison
-from pipeline.autoencoding import AutoencoderTrainConfig, fit_and_evaluate
-from pipeline.mnist import read_mnist
+from deconvseg.pipeline.autoencoding.report import write_comparison
+from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, fit_and_evaluate
+from deconvseg.pipeline.autoencoding.mnist import read_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("conv", "conv_upsample", "fc")

@@ -1,7 +1,7 @@
 """Batch throughput and memory: N small phantoms through ``segment_batch``, default runner vs Dask.
 
-Each runner segments the same N phantom CTs (``pipeline.phantoms``, NIfTI) into a fresh output
-folder, in its own child process (``python -m flows.serve``) against one loopback Prefect server
+Each runner segments the same N phantom CTs (``deconvseg.pipeline.phantoms``, NIfTI) into a fresh output
+folder, in its own child process (``python -m deconvseg.flows.serve``) against one loopback Prefect server
 started here (a real server, as Dask needs one). While it runs, the resident set size of the
 batch process and all its children (Dask workers included; the server is not among them) is
 sampled every 0.2 s; ``rss_mib_after_10`` is the sample when 10 bundles exist, ``rss_mib_after_50``
@@ -30,8 +30,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.inputs import DEFAULT_MODEL  # noqa: E402
-from flows.prefect_env import local_server, prefect_environment  # noqa: E402
+from deconvseg.flows.inputs import DEFAULT_MODEL  # noqa: E402
+from deconvseg.flows.prefect_env import local_server, prefect_environment  # noqa: E402
 
 
 def tree_rss_mib(pid: int) -> float:
@@ -51,8 +51,8 @@ def tree_rss_mib(pid: int) -> float:
 
 
 def write_phantoms(folder: Path, cases: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> Path:
-    from pipeline.io import write_volume
-    from pipeline.phantoms import make_phantom
+    from deconvseg.pipeline.io.volumes import write_volume
+    from deconvseg.pipeline.phantoms import make_phantom
 
     folder.mkdir(parents=True)
     for seed in range(cases):
@@ -63,8 +63,8 @@ def write_phantoms(folder: Path, cases: int, shape: tuple[int, int, int], spacin
 
 def random_model(folder: Path) -> Path:
     """A one-member random DeconvNet, used only when the bundled model is absent (speed, not accuracy)."""
-    from models.registry import build_model, save_checkpoint
-    from pipeline.phantoms import PHANTOM_LABELS
+    from deconvseg.models.registry import build_model, save_checkpoint
+    from deconvseg.pipeline.phantoms import PHANTOM_LABELS
 
     model = build_model("deconvnet3d", in_channels=1, out_channels=len(PHANTOM_LABELS) + 1, widths=[8, 16, 32, 64])
     meta = {"labels": PHANTOM_LABELS.to_json(), "spacing": [4.0, 4.0, 4.0], "patch_size": [32, 48, 48],
@@ -76,7 +76,7 @@ def measure(runner: str, request: dict, env: dict[str, str], cases: int) -> dict
     """Run one batch child process and sample its memory until it exits."""
     out = Path(request["out"])
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "flows.serve", json.dumps(request)], env=env, cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve", json.dumps(request)], env=env, cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     after_10 = after_all = None
     peak = 0.0

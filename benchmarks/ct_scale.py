@@ -6,7 +6,7 @@
 Input: the TotalSegmentator example CT (``shared/data/totalsegmentator_example/example_ct.nii.gz``,
 3 mm) resampled (linear, air outside) to 512 x 512 x 250 voxels at 0.8 x 0.8 x 1.5 mm and written as
 int16 NIfTI to a temporary folder. Networks: ``members`` randomly initialised DeconvNet3d variants
-(widths 8-16-32-64; concat / add skips) built by ``models.registry`` and saved as an ensemble with a
+(widths 8-16-32-64; concat / add skips) built by ``deconvseg.models.registry`` and saved as an ensemble with a
 3 mm working spacing (speed does not depend on the weights).
 
 Each pipeline runs in its own child process, so that peak RSS (``ru_maxrss``) is its own:
@@ -48,11 +48,11 @@ def prepare(folder: Path, members: int, patch: list[int]) -> tuple[Path, Path]:
     import numpy as np
     import torch
 
-    from models.registry import build_model, save_checkpoint
-    from pipeline.io import read_volume, write_volume
-    from pipeline.phantoms import PHANTOM_LABELS
-    from pipeline.resample import resample_to_grid
-    from pipeline.volume import Volume
+    from deconvseg.models.registry import build_model, save_checkpoint
+    from deconvseg.pipeline.io.volumes import read_volume, write_volume
+    from deconvseg.pipeline.phantoms import PHANTOM_LABELS
+    from deconvseg.pipeline.resample import resample_to_grid
+    from deconvseg.pipeline.volume import Volume
 
     source = read_volume(EXAMPLE)
     centre = source.index_to_world((np.asarray(source.size) - 1) / 2.0)[0]
@@ -76,9 +76,9 @@ def _peak_rss_mib() -> float:
 
 
 def run_ours(ct: Path, model: Path, out: Path, threads: int, overlap: float, bf16: bool) -> dict:
-    from models.registry import load_ensemble
-    from pipeline.io import read_volume, write_volume
-    from pipeline.segment import InferenceConfig, segment_case
+    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.io.volumes import read_volume, write_volume
+    from deconvseg.pipeline.segment import InferenceConfig, segment_case
 
     stages: dict[str, float] = {}
     start = time.perf_counter()
@@ -104,7 +104,7 @@ def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) ->
     from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, SaveImaged,
                                   ScaleIntensityRanged, Spacingd)
 
-    from models.registry import load_ensemble
+    from deconvseg.models.registry import load_ensemble
 
     torch.set_num_threads(threads)
     lo, hi = NORMALIZATION["clip"]
@@ -147,9 +147,9 @@ def measure_switches(threads: int, patch: list[int], repeats: int = 2) -> dict:
     """Seconds per window of one member (concat variant) under each speed switch, and bf16 agreement."""
     import torch
 
-    from models.registry import build_model
-    from pipeline.inference import prepare_predictor
-    from pipeline.phantoms import PHANTOM_LABELS
+    from deconvseg.models.registry import build_model
+    from deconvseg.pipeline.inference import prepare_predictor
+    from deconvseg.pipeline.phantoms import PHANTOM_LABELS
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -240,7 +240,7 @@ def _agreement(folder: Path) -> float | None:
     """Fraction of voxels where both pipelines wrote the same label (same grid, read back)."""
     import numpy as np
 
-    from pipeline.io import read_volume
+    from deconvseg.pipeline.io.volumes import read_volume
 
     ours = read_volume(folder / "out-ours" / "labels.nii.gz", kind="label")
     found = sorted((folder / "out-monai").glob("*seg.nii.gz"))

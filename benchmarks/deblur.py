@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from pipeline import deblur as D
-from pipeline.deblur_data import HELD_OUT, load_grey
-from pipeline.deblur_stage import DeblurConfig, make_restorer
-from pipeline.degrade import DEGRADATIONS
+from deconvseg.pipeline.deblur import filters as D
+from deconvseg.pipeline.deblur.data import HELD_OUT, load_grey
+from deconvseg.pipeline.deblur.stage import DeblurConfig, make_restorer
+from deconvseg.pipeline.deblur.degrade import DEGRADATIONS
 
 CLASSICAL = ("wiener", "svd", "rl", "unsupervised_wiener", "direct2d")
 ORDER = ("blurred", "wiener", "svd", "direct2d", "rl", "unsupervised_wiener", "dcnn")

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.export.bundle import write_bundle
-from pipeline.export.label_tables import complete_table, read_label_file, with_codes
-from pipeline.io import read_volume
-from pipeline.labels import LabelTable
+from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.export.label_tables import complete_table, read_label_file, with_codes
+from deconvseg.pipeline.io.volumes import read_volume
+from deconvseg.pipeline.labels import LabelTable
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--ct-scale", action="store_true", help="512 x 512 x 250 phantom, DICOM series generated")
     args = parser.parse_args()
     if args.ct_scale:
-        from pipeline.phantoms import PHANTOM_LABELS, make_phantom
+        from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom
 
         image, labels = make_phantom("CT", shape=(250, 512, 512), spacing=(0.8, 0.8, 1.5), seed=0)
         table, name = PHANTOM_LABELS, "export_bundle_ct_phantom_512x512x250"

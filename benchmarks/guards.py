@@ -2,7 +2,7 @@
 
 For each phantom size, a fresh child process loads the ensemble and the image, records its
 resident set size, runs ``segment_case`` and reports the peak RSS (``ru_maxrss``) above that
-baseline; the parent compares it with ``pipeline.guards.estimate_peak_memory`` less the terms
+baseline; the parent compares it with ``deconvseg.pipeline.guards.estimate_peak_memory`` less the terms
 already resident at the baseline (input image, parameters). A ratio above 1 means the guard is
 conservative (it refuses early rather than late).
 
@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 CHILD = """
 import json, resource, sys
 import psutil, torch
-from models.registry import load_ensemble
-from pipeline.phantoms import make_phantom
-from pipeline.segment import InferenceConfig, segment_case
-from pipeline.guards import estimate_peak_memory
+from deconvseg.models.registry import load_ensemble
+from deconvseg.pipeline.phantoms import make_phantom
+from deconvseg.pipeline.segment import InferenceConfig, segment_case
+from deconvseg.pipeline.guards import estimate_peak_memory
 
 model, z, xy, spacing = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 members = load_ensemble(model)

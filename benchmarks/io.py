@@ -34,8 +34,8 @@ def make_volume(source: Path, out: Path) -> None:
     """Resample ``source`` onto SIZE voxels over its own extent and write it (int16 HU)."""
     import numpy as np
 
-    from pipeline.io import read_volume, write_volume
-    from pipeline.resample import grid_at_spacing, resample_to_grid
+    from deconvseg.pipeline.io.volumes import read_volume, write_volume
+    from deconvseg.pipeline.resample import grid_at_spacing, resample_to_grid
 
     ct = read_volume(source)
     spacing = tuple(n * s / m for n, s, m in zip(ct.size, ct.spacing, SIZE, strict=True))
@@ -60,9 +60,10 @@ def main() -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from pipeline.io import read_volume, to_sitk, write_volume
-    from pipeline.normalize import fit_normalization, normalize
-    from pipeline.resample import resample_to_grid, resample_to_spacing
+    from deconvseg.pipeline.io.sitk_bridge import to_sitk
+    from deconvseg.pipeline.io.volumes import read_volume, write_volume
+    from deconvseg.pipeline.normalize import fit_normalization, normalize
+    from deconvseg.pipeline.resample import resample_to_grid, resample_to_spacing
 
     with tempfile.TemporaryDirectory(prefix="deconvseg-bench-") as tmp:
         path = Path(tmp) / "ct512.nii.gz"

@@ -1,4 +1,4 @@
-"""``pipeline.metrics`` against MONAI's HD95 + surface Dice on ACDC labels: agreement and CPU time.
+"""``deconvseg.pipeline.metrics`` against MONAI's HD95 + surface Dice on ACDC labels: agreement and CPU time.
 
 For each of the first N ACDC volumes (../shared/data/acdc), the reference label is perturbed (shifted
 in-plane, myocardium eroded) to make a prediction; both implementations score RV/MYO/LV. Prints one
@@ -22,7 +22,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
-from pipeline import metrics
+from deconvseg.pipeline import metrics
 
 ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "acdc" / "volumes"
 SPACING = (1.5, 1.5, 10.0)  # x, y, z mm: a typical ACDC grid (the HDF5 files carry no spacing)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.registry import build_model
+from deconvseg.models.registry import build_model
 
 # Small, fast ACDC members (4 classes; slices ~10 mm, in-plane ~1.5 mm; patch 16x160x160).
 ANISO_POOL = [[1, 2, 2], [1, 2, 2], [2, 2, 2]]

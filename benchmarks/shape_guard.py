@@ -5,7 +5,7 @@
 One JSON line per severity: ``{"severity", "auc": {"hole", "island", "swap", "all"},
 "reference_mean", "corrupted_mean": {...}, "flagged": {...}, "changed_ml": {...}}``, where a
 positive is a reference label map of ``val.list`` and a negative one corrupted copy per map and
-kind (``pipeline.label_corruption``: hole radius 0.4 x severity of the structure's half-extent,
+kind (``deconvseg.pipeline.autoencoding.corruption``: hole radius 0.4 x severity of the structure's half-extent,
 island volume 0.15 x severity of the structure's volume, swap = two structures exchange values);
 ``flagged`` is the share of maps below the guard's ``flag_below`` and ``changed_ml`` the median,
 min and max volume the corruption changed (ACDC nominal voxel 1.5625 x 1.5625 x 10 mm). Then one
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.datasets import ACDC_NOMINAL_SPACING, read_acdc
-from pipeline.label_corruption import KINDS, OTHER_KINDS, corrupt_labels
-from pipeline.shape_guard import load_shape_guard
-from pipeline.shape_guard_score import voxel_ml
-from pipeline.shape_guard_training import corrupted_copies, plausibility_study, refinement_study, roc_auc
+from deconvseg.pipeline.io.datasets import ACDC_NOMINAL_SPACING, read_acdc
+from deconvseg.pipeline.autoencoding.corruption import KINDS, OTHER_KINDS, corrupt_labels
+from deconvseg.pipeline.autoencoding.guard import load_shape_guard
+from deconvseg.pipeline.autoencoding.score import voxel_ml
+from deconvseg.pipeline.autoencoding.guard_training import corrupted_copies, plausibility_study, refinement_study, roc_auc
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {1: "RV", 2: "MYO", 3: "LV"}

@@ -1,6 +1,6 @@
 """Soak: N phantom cases (200 by default) through the batch flow; memory must stay flat.
 
-One ``python -m flows.serve`` batch (default thread runner) against a loopback Prefect server
+One ``python -m deconvseg.flows.serve`` batch (default thread runner) against a loopback Prefect server
 started here; the resident set size of the batch process and its children is sampled each time
 10 more bundles exist. Every 25th input is corrupt (truncated), so failure handling soaks too.
 
@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from batch import random_model, tree_rss_mib, write_phantoms  # noqa: E402
-from flows.inputs import DEFAULT_MODEL  # noqa: E402
-from flows.prefect_env import local_server, prefect_environment  # noqa: E402
+from deconvseg.flows.inputs import DEFAULT_MODEL  # noqa: E402
+from deconvseg.flows.prefect_env import local_server, prefect_environment  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
                    "config": {"threads": 2, "dashboard_key": "soak"}}
         with local_server(root / "prefect-home") as api_url:
             start = time.perf_counter()
-            process = subprocess.Popen([sys.executable, "-m", "flows.serve", json.dumps(request)], cwd=REPO,
+            process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve", json.dumps(request)], cwd=REPO,
                                        env=prefect_environment(root / "prefect-home", api_url=api_url),
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             samples: list[tuple[int, float]] = []

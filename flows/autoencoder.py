@@ -10,7 +10,7 @@ reference vs corrupted labels) and the per-class effect of its refinement on the
 split, and save it with the per-class plan (a class is enabled only where refinement helped).
 
 Each task wraps one library function. The CLI runs these flows in a child process with the
-offline Prefect environment: ``python -m flows.autoencoder '{"flow": "mnist"|"shape", ...}'``.
+offline Prefect environment: ``python -m deconvseg.flows.autoencoder '{"flow": "mnist"|"shape", ...}'``.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from pipeline.autoencoder_report import comparison_markdown, write_comparison
-from pipeline.autoencoding import AutoencoderTrainConfig, FitResult, fit_and_evaluate
-from pipeline.datasets import ACDC_NOMINAL_SPACING, read_acdc
-from pipeline.label_corruption import KINDS, corrupt_labels
-from pipeline.mnist import read_mnist
-from pipeline.shape_guard import ShapeGuard, save_shape_guard
-from pipeline.shape_guard_score import PlausibilityConfig
-from pipeline.shape_guard_training import (
+from deconvseg.pipeline.autoencoding.report import comparison_markdown, write_comparison
+from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, FitResult, fit_and_evaluate
+from deconvseg.pipeline.io.datasets import ACDC_NOMINAL_SPACING, read_acdc
+from deconvseg.pipeline.autoencoding.corruption import KINDS, corrupt_labels
+from deconvseg.pipeline.autoencoding.mnist import read_mnist
+from deconvseg.pipeline.autoencoding.guard import ShapeGuard, save_shape_guard
+from deconvseg.pipeline.autoencoding.score import PlausibilityConfig
+from deconvseg.pipeline.autoencoding.guard_training import (
     ShapeGuardTrainConfig,
     calibrate_plausibility,
     plausibility_study,

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.export.shape_qa import FLAG as SHAPE_FLAG
+from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
 
 
 def _volumes(stats: list[dict[str, Any]]) -> dict[str, float]:

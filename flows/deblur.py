@@ -2,9 +2,9 @@
 
 Tasks pass paths and the config as a plain dict, never arrays. A failing image is reported by name with
 its one-line reason while the others finish; the flow then fails with a count. Run it in-process
-(``deblur_folder``) or as ``python -m flows.deblur '{"src": ..., "dst": ..., "config": {...}}'``, which is
+(``deblur_folder``) or as ``python -m deconvseg.flows.deblur '{"src": ..., "dst": ..., "config": {...}}'``, which is
 how ``deconvseg deblur FOLDER OUT`` runs it (in a child with the offline environment of
-``flows.prefect_env``).
+``deconvseg.flows.prefect_env``).
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any
 
 from prefect import flow, task
 
-from pipeline.deblur_stage import DeblurConfig, deblur_file
-from pipeline.errors import InputError
-from pipeline.image2d import IMAGE_SUFFIXES
+from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_file
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.deblur.image2d import IMAGE_SUFFIXES
 
 
 @task(name="deblur-image")
 def deblur_image_task(src: str, dst: str, config: dict[str, Any]) -> str:
-    """Deblur one image file (wraps ``pipeline.deblur_stage.deblur_file``)."""
+    """Deblur one image file (wraps ``deconvseg.pipeline.deblur.stage.deblur_file``)."""
     return str(deblur_file(src, dst, DeblurConfig(**config)))
 
 

@@ -1,6 +1,6 @@
 """Inputs of ``deconvseg demo``: phantom CT volumes as NIfTI files and one as a DICOM series.
 
-Phantoms are deterministic (``pipeline.phantoms.make_phantom`` with fixed seeds), so writing them
+Phantoms are deterministic (``deconvseg.pipeline.phantoms.make_phantom`` with fixed seeds), so writing them
 again gives the same bytes and a second demo run is served from the cache.
 """
 
@@ -28,9 +28,9 @@ def write_demo_inputs(folder: Path, cases: int, shape: tuple[int, int, int],
     Returns:
         ``folder``.
     """
-    from pipeline.export.dicom_series import series_from_volume, write_series
-    from pipeline.io import write_volume
-    from pipeline.phantoms import make_phantom
+    from deconvseg.pipeline.export.dicom_series import series_from_volume, write_series
+    from deconvseg.pipeline.io.volumes import write_volume
+    from deconvseg.pipeline.phantoms import make_phantom
 
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(1, cases + 1):

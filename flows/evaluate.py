@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from pipeline.evaluation import evaluate_members, read_eval_cases
+from deconvseg.pipeline.evaluation import evaluate_members, read_eval_cases
 
 
 def run_evaluation(
@@ -16,8 +16,8 @@ def run_evaluation(
     """Load a checkpoint or ensemble folder, read the labelled cases, score the fused members."""
     import torch
 
-    from models.registry import load_ensemble
-    from pipeline.segment import InferenceConfig
+    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.segment import InferenceConfig
 
     torch.set_num_threads(threads)
     members = load_ensemble(model)

@@ -14,16 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Settings
-from pipeline.datasets import read_manifest_rows
-from pipeline.errors import InputError
-from pipeline.sanitize import safe_component
+from deconvseg.models import WEIGHTS_ROOT
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.io.datasets import read_manifest_rows
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.checks import IMAGE_SUFFIXES, strip_suffix
+from deconvseg.pipeline.sanitize import safe_component
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MODEL_FILES = ("model.json", "weights.safetensors", "ensemble.json")
 CACHE_FORMAT = "1"  # bump when the bundle layout changes, so old bundles are recomputed
 _CHUNK = 1 << 20
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "phantom-ct"
+DEFAULT_MODEL = WEIGHTS_ROOT / "phantom-ct"
 
 
 class BatchConfig(Settings):
@@ -40,9 +41,9 @@ class BatchConfig(Settings):
             running case's thread is interrupted between Python steps.
         dashboard_key: prefix of the artifact keys (``<key>-cases``, ``-summary``, ``-progress``).
         memory_budget_mib: peak memory of the cases running at once on this machine, together
-            (``None``: ``pipeline.guards.DEFAULT_BUDGET_FRACTION`` of its memory). Each case gets an
+            (``None``: ``deconvseg.pipeline.guards.DEFAULT_BUDGET_FRACTION`` of its memory). Each case gets an
             even share, unless ``inference`` sets its own ``memory_budget_mib``.
-        inference: overrides of ``pipeline.segment.InferenceConfig``.
+        inference: overrides of ``deconvseg.pipeline.segment.InferenceConfig``.
     """
 
     threads: int = 1
@@ -58,7 +59,7 @@ class BatchConfig(Settings):
         """``inference`` with each case's share of the memory budget when ``cases_at_once`` run together."""
         if "memory_budget_mib" in self.inference:
             return dict(self.inference)
-        from pipeline.guards import MIB, default_budget_bytes
+        from deconvseg.pipeline.guards import MIB, default_budget_bytes
 
         total = self.memory_budget_mib or default_budget_bytes() / MIB
         return {**self.inference, "memory_budget_mib": total / max(cases_at_once, 1)}
@@ -84,22 +85,15 @@ class CaseInput:
         return cls(data["case_id"], Path(data["path"]), data.get("modality"))
 
 
-def safe_case_id(name: str) -> str:
-    """A folder name made of ``[A-Za-z0-9._-]`` (no ``..``, no separators, accents transliterated),
-    at most 100 chars, long names kept distinct by a hash (``pipeline.sanitize.safe_component``)."""
-    return safe_component(name)
-
-
-def _strip_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in VOLUME_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def case_id_of(path: Path) -> str:
+    """The bundle folder name of an input: its name without the volume suffix, made of ``[A-Za-z0-9._-]``
+    (no ``..``, no separators, accents transliterated), at most 100 chars, long names kept distinct by a
+    hash (``deconvseg.pipeline.sanitize.safe_component``)."""
+    return safe_component(strip_suffix(path.name))
 
 
 def _is_volume_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith(".")
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
 
 
 def _is_dicom_folder(path: Path) -> bool:
@@ -122,14 +116,14 @@ def discover_cases(source: Path) -> list[CaseInput]:
     if source.is_file() and source.suffix.lower() == ".csv":
         cases = _read_manifest(source)
     elif source.is_dir():
-        cases = [CaseInput(safe_case_id(_strip_suffix(p.name)), p.resolve())
+        cases = [CaseInput(case_id_of(p), p.resolve())
                  for p in sorted(source.iterdir())
                  if _is_volume_file(p) or (p.is_dir() and not p.name.startswith(".") and _is_dicom_folder(p))]
     else:
         raise InputError(source, "no such folder or manifest CSV", "pass a folder of scans or a .csv manifest")
     if not cases:
         raise InputError(source, "no NIfTI/NRRD/MHA file or DICOM series folder found",
-                         f"put scans ({', '.join(VOLUME_SUFFIXES)}) or DICOM folders there")
+                         f"put scans ({', '.join(IMAGE_SUFFIXES)}) or DICOM folders there")
     seen: dict[str, Path] = {}
     for case in cases:
         if case.case_id in seen:
@@ -140,8 +134,8 @@ def discover_cases(source: Path) -> list[CaseInput]:
 
 
 def _read_manifest(path: Path) -> list[CaseInput]:
-    """Rows ``case_id,image[,label][,modality]`` (``pipeline.datasets.read_manifest_rows``) as inputs."""
-    return [CaseInput(safe_case_id(row["case_id"]), Path(row["image"]), (row.get("modality") or "").upper() or None)
+    """Rows ``case_id,image[,label][,modality]`` (``deconvseg.pipeline.io.datasets.read_manifest_rows``) as inputs."""
+    return [CaseInput(safe_component(row["case_id"]), Path(row["image"]), (row.get("modality") or "").upper() or None)
             for row in read_manifest_rows(path)]
 
 

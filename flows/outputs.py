@@ -1,6 +1,6 @@
 """The output folder of a batch: one batch at a time, and no half-written bundle survives a crash.
 
-``pipeline.export.bundle.write_bundle`` writes ``<out>/<case>`` through the hidden siblings
+``deconvseg.pipeline.export.bundle.write_bundle`` writes ``<out>/<case>`` through the hidden siblings
 ``.<case>.tmp-*`` (the bundle being written) and ``.<case>.old-*`` (the previous bundle while it
 is swapped out). A process killed with SIGKILL leaves them behind; the next batch removes them
 for its cases before it starts, holding ``<out>/.deconvseg-batch.lock`` (an advisory ``flock``
@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pipeline.errors import ResourceError
+from deconvseg.pipeline.errors import ResourceError
 
 LOCK_NAME = ".deconvseg-batch.lock"
 

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from pipeline.errors import ResourceError
+from deconvseg.pipeline.errors import ResourceError
 
 STARTUP_TIMEOUT_S = 180
 _OFFLINE = {
@@ -62,11 +62,9 @@ def prefect_environment(
     home: str | Path | None = None, api_url: str | None = None, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """A complete environment for a child process: ``base`` (default: this process's) plus the
-    offline settings; the repository root joins ``PYTHONPATH`` so children import this checkout."""
+    offline settings."""
     env = dict(os.environ if base is None else base)
     env.update(offline_settings(home, api_url))
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 
 

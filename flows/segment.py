@@ -1,7 +1,7 @@
 """Prefect flows that segment scans: the ``segment-case`` task and the ``segment_batch`` flow.
 
 The case is the unit of work, concurrency, caching, retry and failure: one task reads the input,
-runs ``pipeline.segment.segment_case`` (every network of the ensemble, fusion, refinement) and
+runs ``deconvseg.pipeline.segment.segment_case`` (every network of the ensemble, fusion, refinement) and
 writes the review bundle. Cases run concurrently on the chosen task runner (threads or Dask).
 
 Tasks pass **paths**, never arrays (a task's inputs and result stay a few hundred bytes, so
@@ -30,12 +30,12 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from flows import dashboard
-from flows.inputs import (DEFAULT_MODEL, BatchConfig, CaseInput, cache_key, config_version, discover_cases,
+from deconvseg.flows import dashboard
+from deconvseg.flows.inputs import (DEFAULT_MODEL, BatchConfig, CaseInput, cache_key, config_version, discover_cases,
                           model_version)
-from flows.outputs import batch_lock, sweep_partial
-from flows.runners import make_task_runner
-from pipeline.errors import DeconvsegError
+from deconvseg.flows.outputs import batch_lock, sweep_partial
+from deconvseg.flows.runners import make_task_runner
+from deconvseg.pipeline.errors import DeconvsegError
 
 _NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
@@ -83,7 +83,7 @@ def _cache_key_fn(context: Any, parameters: dict[str, Any]) -> str | None:
 @functools.lru_cache(maxsize=2)
 def _members(model_dir: str, version: str) -> list:
     """The model's ensemble, loaded once per process (``version`` keys the cache)."""
-    from models.registry import load_ensemble
+    from deconvseg.models.registry import load_ensemble
 
     return load_ensemble(model_dir)
 
@@ -102,22 +102,22 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
         versions: input/model/config versions for the manifest.
         inference: ``InferenceConfig`` fields.
         threads: torch threads for this case.
-        timeout_s: the case's time limit (``case_timeout_s``). ``pipeline.guards.time_limit``
+        timeout_s: the case's time limit (``case_timeout_s``). ``deconvseg.pipeline.guards.time_limit``
             enforces it rather than Prefect's ``timeout_seconds``, whose ordinary ``TimeoutError``
             library code may catch (a DICOM slice silently skipped, a misleading reason).
 
     Returns:
-        The case's dashboard row (see ``flows.dashboard.case_row``).
+        The case's dashboard row (see ``deconvseg.flows.dashboard.case_row``).
     """
     item = CaseInput.from_json(case)
     bundle = Path(out_dir) / item.case_id
     if _bundle_is_current({"out_dir": out_dir, "case": case, "key": key}):
         return dashboard.row_from_bundle(item.case_id, bundle, status="cached")
-    from pipeline.export.bundle import write_bundle
-    from pipeline.guards import time_limit
-    from pipeline.io import read_volume
-    from pipeline.normalize import with_modality
-    from pipeline.segment import InferenceConfig, segment_case as run_segmentation
+    from deconvseg.pipeline.export.bundle import write_bundle
+    from deconvseg.pipeline.guards import time_limit
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.normalize import with_modality
+    from deconvseg.pipeline.segment import InferenceConfig, segment_case as run_segmentation
 
     start = time.perf_counter()
     limit = f"{item.path}: case {item.case_id} (case_timeout_s={timeout_s:g})" if timeout_s else item.case_id
@@ -155,7 +155,7 @@ def segment_batch(source: str, out: str, model: str | None = None, config: dict[
         ``Completed`` or ``Failed`` whose message counts the failures; its data is the summary
         that is also written to ``<out>/batch.json``.
     """
-    from pipeline.config import validate_config
+    from deconvseg.pipeline.config import validate_config
 
     settings = validate_config(config or {}, BatchConfig, source="batch config")
     runner = make_task_runner(dask_address, dask_workers, settings.max_workers)
@@ -175,7 +175,7 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
     ``cases_at_once`` cases share the memory budget (``BatchConfig.case_inference``).
 
     Returns:
-        The summary (``flows.dashboard.publish``); failed cases are rows, not an exception.
+        The summary (``deconvseg.flows.dashboard.publish``); failed cases are rows, not an exception.
     """
     settings = BatchConfig(**config)
     model_dir = str(Path(model).expanduser().resolve()) if model else str(DEFAULT_MODEL)

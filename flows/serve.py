@@ -1,7 +1,7 @@
 """Run a batch once or serve it on a cron schedule; the process the ``deconvseg batch`` CLI starts.
 
-``python -m flows.serve '<request JSON>'`` runs in a child process whose environment
-``flows.prefect_env`` prepared (offline, quiet, its own ``PREFECT_HOME``), so nothing here touches
+``python -m deconvseg.flows.serve '<request JSON>'`` runs in a child process whose environment
+``deconvseg.flows.prefect_env`` prepared (offline, quiet, its own ``PREFECT_HOME``), so nothing here touches
 ``os.environ``. One-off runs without ``PREFECT_API_URL`` use Prefect's embedded server;
 schedules need a real one::
 
@@ -20,12 +20,12 @@ import json
 import sys
 from typing import Any
 
-from pipeline.config import Settings, validate_config
-from pipeline.errors import DeconvsegError
+from deconvseg.pipeline.config import Settings, validate_config
+from deconvseg.pipeline.errors import DeconvsegError
 
 
 class BatchRequest(Settings):
-    """What the CLI asks for (see ``flows.segment.segment_batch`` for the flow parameters).
+    """What the CLI asks for (see ``deconvseg.flows.segment.segment_batch`` for the flow parameters).
 
     Attributes:
         cron: serve on this schedule instead of running once.
@@ -55,7 +55,7 @@ def run_once(request: BatchRequest) -> int:
     Returns:
         0 when every case finished, 1 when any case failed.
     """
-    from flows.segment import segment_batch
+    from deconvseg.flows.segment import segment_batch
 
     state = segment_batch(**request.parameters(), return_state=True)
     summary = state.result(raise_on_failure=False)
@@ -75,7 +75,7 @@ def run_once(request: BatchRequest) -> int:
 
 def serve(request: BatchRequest) -> None:
     """Register ``segment-batch/<name>`` with a cron schedule and run its flow runs until stopped."""
-    from flows.segment import segment_batch
+    from deconvseg.flows.segment import segment_batch
 
     segment_batch.serve(name=request.name, cron=request.cron, parameters=request.parameters(),
                         description=f"deconvseg batch of {request.source} into {request.out}")

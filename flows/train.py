@@ -14,9 +14,9 @@ from typing import Any
 
 from prefect import flow, task
 
-from pipeline.config import load_config
-from pipeline.training import Callback, MemberConfig, TrainConfig, TrainEvent, ensure_member, train_ensemble
-from pipeline.training_data import TrainingData, load_training_data
+from deconvseg.pipeline.config import load_config
+from deconvseg.pipeline.training.trainer import Callback, MemberConfig, TrainConfig, TrainEvent, ensure_member, train_ensemble
+from deconvseg.pipeline.training.data import TrainingData, load_training_data
 
 
 @contextmanager
@@ -57,13 +57,13 @@ def run_training(
 
 @task
 def prepare_data(config: TrainConfig) -> TrainingData:
-    """Prefect task: ``pipeline.training_data.load_training_data``."""
+    """Prefect task: ``deconvseg.pipeline.training.data.load_training_data``."""
     return load_training_data(config.data)
 
 
 @task
 def train_one(config: TrainConfig, member: MemberConfig, data: TrainingData) -> dict[str, Any]:
-    """Prefect task: ``pipeline.training.ensure_member`` (train or resume ``config.out/<member>``)."""
+    """Prefect task: ``deconvseg.pipeline.training.trainer.ensure_member`` (train or resume ``config.out/<member>``)."""
     return ensure_member(config, member, data)
 
 

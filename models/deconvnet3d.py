@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import ConvBlock, Norm, Size3, per_level
+from deconvseg.models.blocks import ConvBlock, Norm, Size3, per_level
 
 Skip = Literal["none", "concat", "add"]
 
@@ -134,7 +134,7 @@ def unpool(x: torch.Tensor, switches: torch.Tensor, pool: Sequence[int], size: S
     """
     channels_last = x.is_contiguous(memory_format=torch.channels_last_3d)
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-    # The "meta" device (shape probes in pipeline.guards) has no autocast; there is nothing to cast.
+    # The "meta" device (shape probes in deconvseg.pipeline.guards) has no autocast; there is nothing to cast.
     no_autocast = torch.autocast(x.device.type, enabled=False) if x.device.type != "meta" else contextlib.nullcontext()
     with no_autocast:
         out = F.max_unpool3d(x, switches, tuple(pool), tuple(pool), output_size=tuple(size))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import ConvBlock, Norm, Size3, crop_center, per_level
+from deconvseg.models.blocks import ConvBlock, Norm, Size3, crop_center, per_level
 
 
 class FCN3d(nn.Module):

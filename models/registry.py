@@ -12,7 +12,7 @@ and ``weights_sha256`` from the model):
 - ``in_channels``, ``out_channels`` (int).
 - ``labels``: ``LabelTable.to_json()`` of the classes 1..out_channels-1 (0 = background).
 - ``spacing``: ``[x, y, z]`` working spacing in mm; ``patch_size``: ``[z, y, x]`` training patch.
-- ``normalization``: the spec of ``pipeline.normalize.fit_normalization``.
+- ``normalization``: the spec of ``deconvseg.pipeline.normalize.fit_normalization``.
 - ``context_factor``: ``[z, y, x]`` ints, two-scale networks only (``forward(local, context)``).
 - ``metrics``: ``{"val_dice": {name: float}, "mean_dice": float}``.
 - ``training``: data, seconds, seed, ...; ``postprocess``: optional per-class plan.
@@ -39,10 +39,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from models.deconvnet3d import DeconvNet3d
-from models.fcn3d import FCN3d
-from models.two_scale import TwoScaleNet
-from pipeline.errors import InputError
+from deconvseg.models.deconvnet3d import DeconvNet3d
+from deconvseg.models.fcn3d import FCN3d
+from deconvseg.models.two_scale import TwoScaleNet
+from deconvseg.pipeline.errors import InputError
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"

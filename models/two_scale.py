@@ -5,7 +5,7 @@ brain lesion segmentation", MedIA 2017): a second pathway sees ``context_factor`
 ``1 / context_factor`` of the resolution, so the receptive field grows without the cost of full
 resolution. Here both pathways are ``DeconvNet3d`` trunks (switch unpooling).
 
-Input contract (``pipeline.patches.context_crop`` builds it):
+Input contract (``deconvseg.pipeline.patches.context_crop`` builds it):
     ``local``   ``(N, C, D, H, W)`` at the working resolution.
     ``context`` the same shape; it covers the full-resolution box of size ``f * (D, H, W)``
                 (``f = context_factor``, per axis) around the same centre, average-pooled by ``f``.
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import ConvBlock, Norm, Size3, crop_center, triple
-from models.deconvnet3d import DeconvNet3d, Skip
+from deconvseg.models.blocks import ConvBlock, Norm, Size3, crop_center, triple
+from deconvseg.models.deconvnet3d import DeconvNet3d, Skip
 
 
 class TwoScaleNet(nn.Module):
@@ -100,7 +100,7 @@ def upsample_center(coarse: torch.Tensor, factor: Sequence[int], size: Sequence[
     """The central ``size`` window of ``coarse`` trilinearly upsampled by ``factor``.
 
     Equal to upsampling the whole map and cropping at ``(f * size) // 2 - size // 2`` (where
-    ``pipeline.patches.context_crop`` puts the local patch), but only the
+    ``deconvseg.pipeline.patches.context_crop`` puts the local patch), but only the
     coarse voxels under the window (plus one on each side for the interpolation) are upsampled.
     """
     lo, hi, start = [], [], []

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.errors import ConfigError, InputError
+from deconvseg.pipeline.errors import ConfigError, InputError
 
 M = TypeVar("M", bound=BaseModel)
 

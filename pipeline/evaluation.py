@@ -1,8 +1,8 @@
 """Score a trained model or ensemble on any dataset the datasets module reads.
 
-Each case goes through ``pipeline.segment.segment_case`` exactly as in production (every member
+Each case goes through ``deconvseg.pipeline.segment.segment_case`` exactly as in production (every member
 on its own working grid, fusion by ``ensemble.json``'s rule, post-processing plan, restored to the
-input grid), and the labels are scored with ``pipeline.metrics`` on the input grid (per-class
+input grid), and the labels are scored with ``deconvseg.pipeline.metrics`` on the input grid (per-class
 Dice, HD95, surface Dice).
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from pipeline.datasets import Case, read_acdc, read_manifest, read_msd
-from pipeline.errors import InputError
-from pipeline.labels import LabelTable
-from pipeline.metrics import aggregate, label_metrics
-from pipeline.postprocess import apply_plan, choose_steps
-from pipeline.segment import InferenceConfig, segment_case
+from deconvseg.pipeline.io.datasets import Case, read_acdc, read_manifest, read_msd
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.metrics import aggregate, label_metrics
+from deconvseg.pipeline.postprocess import apply_plan, choose_steps
+from deconvseg.pipeline.segment import InferenceConfig, segment_case
 
 Member = tuple[nn.Module, dict[str, Any]]
 
@@ -81,7 +81,7 @@ def fit_postprocess(
     config: InferenceConfig = InferenceConfig(),
     ensemble: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Choose refinement steps on validation cases (``pipeline.postprocess.choose_steps``).
+    """Choose refinement steps on validation cases (``deconvseg.pipeline.postprocess.choose_steps``).
 
     The fused, unrefined predictions on the input grid are tried with each candidate; a step is
     kept for a class only when no class's mean Dice drops (nnU-Net's rule).
@@ -102,7 +102,7 @@ def fit_postprocess(
 
 
 def score_predictions(cases: Sequence[Case], predictions: Sequence[np.ndarray], table: LabelTable) -> dict[str, Any]:
-    """``pipeline.metrics.aggregate`` of per-case ``label_metrics``, plus ``per_case`` Dice."""
+    """``deconvseg.pipeline.metrics.aggregate`` of per-case ``label_metrics``, plus ``per_case`` Dice."""
     results, per_case = [], {}
     for case, pred in zip(cases, predictions):
         metrics = label_metrics(pred, case.label.array, table, case.image.spacing)
@@ -121,11 +121,11 @@ def evaluate_members(
     ensemble: Mapping[str, Any] | None = None,
     on_case: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Per-class metrics of ``segment_case``'s output, averaged over ``cases`` (``pipeline.metrics.aggregate``).
+    """Per-class metrics of ``segment_case``'s output, averaged over ``cases`` (``deconvseg.pipeline.metrics.aggregate``).
 
     Args:
         cases: labelled cases, on any grid (scored on the input grid).
-        members: ``models.registry.load_ensemble`` output.
+        members: ``deconvseg.models.registry.load_ensemble`` output.
         config: inference settings (overlap, bf16, ...).
         ensemble: fusion rule/weights/post-processing; default ``ensemble.json`` beside the members.
         on_case: called with each case id when it is done (progress displays).

@@ -1,7 +1,7 @@
 """Resource guards: refuse a case that would not fit in memory, stop a case that runs too long.
 
 **Memory.** ``estimate_peak_memory`` predicts, before any inference, the peak of the memory that
-``pipeline.segment.segment_case`` allocates for a case, from the input's size and the members'
+``deconvseg.pipeline.segment.segment_case`` allocates for a case, from the input's size and the members'
 working spacing, classes and patch size. With ``N_in`` input voxels, ``N_w`` voxels of the
 working grid (``round(n * s / s')`` per axis), ``S`` distinct working grids, ``C`` output
 channels and ``M`` members (float32 = 4 bytes)::
@@ -46,8 +46,8 @@ import psutil
 import torch
 from torch import nn
 
-from pipeline.errors import ResourceError
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import ResourceError
+from deconvseg.pipeline.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class MemoryEstimate:
 
 
 def working_size(image: Volume, spacing_xyz: Sequence[float]) -> int:
-    """Voxels of ``image`` resampled to ``spacing_xyz`` (same rule as ``pipeline.resample``)."""
+    """Voxels of ``image`` resampled to ``spacing_xyz`` (same rule as ``deconvseg.pipeline.resample``)."""
     return math.prod(max(1, int(round(n * s / t))) for n, s, t in zip(image.size, image.spacing, spacing_xyz))
 
 
@@ -124,7 +124,7 @@ def estimate_peak_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[
 
     Args:
         image: the input volume (only its size, spacing and dtype are used).
-        members: ``(network, model.json dict)`` pairs as returned by ``models.registry.load_ensemble``.
+        members: ``(network, model.json dict)`` pairs as returned by ``deconvseg.models.registry.load_ensemble``.
         batch_size: windows per network call (mirrored passes run one after another and do not add up).
     """
     n_in = int(np.prod(image.shape))

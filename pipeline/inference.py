@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.patches import context_crop
-from pipeline.volume import Volume
+from deconvseg.pipeline.patches import context_crop
+from deconvseg.pipeline.volume import Volume
 
 Predictor = Callable[..., torch.Tensor]
 
@@ -106,7 +106,7 @@ def sliding_window(
         mirror_axes: spatial axes (0=z, 1=y, 2=x) to mirror for test-time augmentation; the
             outputs of all ``2^k`` flip combinations are averaged.
         context_factor: ``(z, y, x)`` factor of a two-scale network's context input
-            (``pipeline.patches.context_crop``); ``None`` for single-input networks.
+            (``deconvseg.pipeline.patches.context_crop``); ``None`` for single-input networks.
 
     Returns:
         float32 tensor ``(C, z, y, x)`` on the CPU.
@@ -177,7 +177,7 @@ class _Axis:
     """Linear-interpolation table along one axis: lower/upper source index and upper weight.
 
     ``scale`` is set when the grids' outer voxel edges coincide (``coords[i] = (i + 1/2) r - 1/2``,
-    as for grids made by ``pipeline.resample.grid_at_spacing``): then ``torch``'s optimised
+    as for grids made by ``deconvseg.pipeline.resample.grid_at_spacing``): then ``torch``'s optimised
     ``interpolate`` (``align_corners=False``, ``scale_factor = 1/r``) computes the same samples.
     """
 

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from pipeline.labels import LabelTable
+from deconvseg.pipeline.labels import LabelTable
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
 

@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from pipeline.volume import Volume
+from deconvseg.pipeline.volume import Volume
 
 Scheme = Literal["ct", "mr_zscore", "nyul", "auto"]
 NYUL_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
@@ -165,7 +165,7 @@ def fingerprint(cases: Sequence) -> dict:
     """Dataset statistics computed once and stored with the model.
 
     Args:
-        cases: ``pipeline.datasets.Case`` objects (``image``, optional ``label``).
+        cases: ``deconvseg.pipeline.io.datasets.Case`` objects (``image``, optional ``label``).
 
     Returns:
         ``n_cases``, ``modality``, ``spacings`` (per case, x y z), ``median_spacing``,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.augment import AugmentParams, RandomAugment, apply_augment
-from pipeline.errors import InputError
+from deconvseg.pipeline.training.augment import AugmentParams, RandomAugment, apply_augment
+from deconvseg.pipeline.errors import InputError
 
 Triple = tuple[int, int, int]
 

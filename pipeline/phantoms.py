@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from pipeline.labels import Code, Label, LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.labels import Code, Label, LabelTable
+from deconvseg.pipeline.volume import Volume
 
 Modality = Literal["CT", "MR"]
 

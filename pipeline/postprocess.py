@@ -27,7 +27,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from pipeline.config import Settings
+from deconvseg.pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.io import from_sitk, to_sitk
-from pipeline.volume import Volume
+from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
+from deconvseg.pipeline.volume import Volume
 
 ANISOTROPY_THRESHOLD = 3.0
 _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}

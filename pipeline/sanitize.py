@@ -27,7 +27,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from pipeline.errors import InputError
+from deconvseg.pipeline.errors import InputError
 
 MAX_COMPONENT = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -48,7 +48,7 @@ REMOVED = (
     "ReferencedPatientSequence", "PatientInsurancePlanCodeSequence", "ResponsiblePerson",
 )
 METHOD = "deconvseg: PS3.15 E.1 basic subset, retain UIDs and dates"  # LO: at most 64 characters
-# Keys of ``Volume.metadata`` that identify the patient (``patient_id`` from ``pipeline.io_dicom``).
+# Keys of ``Volume.metadata`` that identify the patient (``patient_id`` from ``deconvseg.pipeline.io.dicom``).
 METADATA_KEYS = ("patient_id", "patient_name", "patient_birth_date", "patient_sex", "accession_number")
 
 
@@ -89,7 +89,7 @@ def safe_join(root: str | Path, *parts: str) -> Path:
     target = base.joinpath(*parts).resolve()
     if target != base and base not in target.parents:
         raise InputError(base.joinpath(*parts), f"path leaves the output folder {base}",
-                         "use a plain name (see pipeline.sanitize.safe_component)")
+                         "use a plain name (see deconvseg.pipeline.sanitize.safe_component)")
     return target
 
 

@@ -1,12 +1,12 @@
 """Segment one volume with an ensemble: the ``segment_case`` API the CLI and the flows call.
 
 Per member: resample the input to the member's working spacing, normalise with the member's
-spec, run the Gaussian sliding window (``pipeline.inference``) and take the softmax. The members'
-probabilities meet on the first member's working grid, are fused (``pipeline.fusion``), give the
-uncertainty, are refined by the stored plan (``pipeline.postprocess``) and come back to the input
+spec, run the Gaussian sliding window (``deconvseg.pipeline.inference``) and take the softmax. The members'
+probabilities meet on the first member's working grid, are fused (``deconvseg.pipeline.fusion``), give the
+uncertainty, are refined by the stored plan (``deconvseg.pipeline.postprocess``) and come back to the input
 grid slab by slab: labels by label-consistent trilinear scores, uncertainty trilinearly. No map
 with C channels is ever held at the input's resolution. An ensemble whose ``ensemble.json`` names a
-``shape_guard`` (``pipeline.shape_guard``) has its final labels scored for plausibility (QA only:
+``shape_guard`` (``deconvseg.pipeline.autoencoding.guard``) has its final labels scored for plausibility (QA only:
 the labels are not changed).
 
 Normalisation runs after resampling (on ~30x fewer voxels for CT): CT and z-score schemes are
@@ -29,20 +29,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import Settings
-from pipeline.errors import ConfigError
-from pipeline.export.shape_qa import ShapeAssessment
-from pipeline.fusion import Rule, dice_weights, fuse, structure_uncertainty, voxel_uncertainty
-from pipeline.guards import check_memory
-from pipeline.inference import prepare_predictor, restore_labels, restore_map, sliding_window
-from pipeline.labels import LabelTable
-from pipeline.normalize import foreground_mask, normalize
-from pipeline.postprocess import Prior, apply_plan
-from pipeline.resample import resample_to_spacing
-from pipeline.volume import Volume
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.errors import ConfigError
+from deconvseg.pipeline.export.shape_qa import ShapeAssessment
+from deconvseg.pipeline.fusion import Rule, dice_weights, fuse, structure_uncertainty, voxel_uncertainty
+from deconvseg.pipeline.guards import check_memory
+from deconvseg.pipeline.inference import prepare_predictor, restore_labels, restore_map, sliding_window
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.normalize import foreground_mask, normalize
+from deconvseg.pipeline.postprocess import Prior, apply_plan
+from deconvseg.pipeline.resample import resample_to_spacing
+from deconvseg.pipeline.volume import Volume
 
 if TYPE_CHECKING:
-    from pipeline.shape_guard import ShapeGuard
+    from deconvseg.pipeline.autoencoding.guard import ShapeGuard
 
 log = logging.getLogger(__name__)
 Member = tuple[nn.Module, dict[str, Any]]
@@ -64,14 +64,14 @@ class InferenceConfig(Settings):
         fusion: fusion rule; ``None`` takes ``ensemble.json``'s rule, else ``mean``.
         refine: apply the stored post-processing plan.
         crop_foreground: run the networks only on the bounding box of the image's foreground
-            (``pipeline.normalize.foreground_mask``, e.g. the body in CT) plus ``crop_margin_mm``;
+            (``deconvseg.pipeline.normalize.foreground_mask``, e.g. the body in CT) plus ``crop_margin_mm``;
             outside it every voxel is background (nnU-Net crops to the non-zero region the same way).
         crop_margin_mm: margin kept around the foreground box (the box is grown to at least one
             window, so the networks see real image, not padding, around the body).
         resample_order: interpolation order of the image onto the working grid (1 = linear: the
             ~30x downsampling of CT makes cubic cost seconds for no visible gain).
         slab: input-grid z-slices restored at once (memory ~ classes x slab x rows x columns floats).
-        memory_budget_mib: refuse a case whose predicted peak memory (``pipeline.guards``) exceeds
+        memory_budget_mib: refuse a case whose predicted peak memory (``deconvseg.pipeline.guards``) exceeds
             this; ``None``: 80 % of physical memory.
     """
 
@@ -142,7 +142,7 @@ def ensemble_settings(members: Sequence[Member]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _load_guard(folder: Path) -> ShapeGuard:
-    from pipeline.shape_guard import load_shape_guard  # only ensembles with a guard pay for the import
+    from deconvseg.pipeline.autoencoding.guard import load_shape_guard  # only ensembles with a guard pay for the import
 
     return load_shape_guard(folder)
 
@@ -204,7 +204,7 @@ def effective_config(config: InferenceConfig, members: Sequence[Member]) -> Infe
 
 def _check_members(members: Sequence[Member]) -> LabelTable:
     if not members:
-        raise ConfigError("segment_case: no ensemble members; pass the output of models.registry.load_ensemble")
+        raise ConfigError("segment_case: no ensemble members; pass the output of deconvseg.models.registry.load_ensemble")
     tables = {json.dumps(meta.get("labels"), sort_keys=True) for _, meta in members}
     if len(tables) != 1:
         raise ConfigError("ensemble members have different label tables; retrain them on one label table")
@@ -268,7 +268,7 @@ def segment_case(
 
     Args:
         image: the input volume (any grid; intensities as acquired).
-        members: ``models.registry.load_ensemble`` output: ``(network, model.json dict)`` pairs.
+        members: ``deconvseg.models.registry.load_ensemble`` output: ``(network, model.json dict)`` pairs.
         config: inference settings.
         ensemble: fusion rule/weights and post-processing plan (``ensemble.json``); default: read
             from beside the members' checkpoints (``ensemble_settings``).

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.labels import Code, Label, LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.labels import Code, Label, LabelTable
+from deconvseg.pipeline.volume import Volume
 
 TABLE = LabelTable(
     (

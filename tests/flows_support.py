@@ -15,8 +15,8 @@ def write_tiny_model(folder: Path, members: int = 2) -> Path:
     """An ensemble folder of ``members`` tiny DeconvNets (random weights, seeded) for phantom labels."""
     import torch
 
-    from models.registry import build_model, save_checkpoint
-    from pipeline.phantoms import PHANTOM_LABELS
+    from deconvseg.models.registry import build_model, save_checkpoint
+    from deconvseg.pipeline.phantoms import PHANTOM_LABELS
 
     meta = {"labels": PHANTOM_LABELS.to_json(), "spacing": list(TINY_SPACING), "patch_size": list(TINY_SHAPE),
             "normalization": {"scheme": "ct", "clip": [-200.0, 300.0], "mean": 40.0, "std": 100.0},
@@ -30,8 +30,8 @@ def write_tiny_model(folder: Path, members: int = 2) -> Path:
 
 def write_phantom(path: Path, seed: int) -> Path:
     """A tiny phantom CT written to ``path`` (NIfTI)."""
-    from pipeline.io import write_volume
-    from pipeline.phantoms import make_phantom
+    from deconvseg.pipeline.io.volumes import write_volume
+    from deconvseg.pipeline.phantoms import make_phantom
 
     image, _ = make_phantom("CT", shape=TINY_SHAPE, spacing=TINY_SPACING, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)

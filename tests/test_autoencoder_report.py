@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from pipeline.autoencoder_report import comparison_markdown, write_comparison
+from deconvseg.pipeline.autoencoding.report import comparison_markdown, write_comparison
 
 ROWS = [
     {"model": "conv", "code_size": 32, "params": 10, "epochs": 2, "train_s": 1.2, "test_mse": 0.0123456, "psnr": 19.08},

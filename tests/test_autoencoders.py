@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.autoencoders import ConvAutoencoder, FCAutoencoder, ShapeAutoencoder3D, build_autoencoder, count_parameters
+from deconvseg.models.autoencoders import ConvAutoencoder, FCAutoencoder, ShapeAutoencoder3D, build_autoencoder, count_parameters
 
 
 

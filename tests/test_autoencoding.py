@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.autoencoders import build_autoencoder
-from pipeline.autoencoding import AutoencoderTrainConfig, gaussian_noise, reconstruction_metrics, train_autoencoder
-from pipeline.mnist import read_mnist
+from deconvseg.models.autoencoders import build_autoencoder
+from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, gaussian_noise, reconstruction_metrics, train_autoencoder
+from deconvseg.pipeline.autoencoding.mnist import read_mnist
 from tests.conftest import shared_path
 
 

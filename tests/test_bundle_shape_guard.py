@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.datasets import read_acdc
-from pipeline.errors import ConfigError
-from pipeline.export.bundle import write_bundle
-from pipeline.export.shape_qa import ShapeAssessment
-from pipeline.label_corruption import add_hole, add_island, swap_classes
-from pipeline.labels import ACDC, Label, LabelTable
-from pipeline.segment import InferenceConfig, segment_case
-from pipeline.shape_guard import load_shape_guard
-from pipeline.volume import Volume
+from deconvseg.pipeline.io.datasets import read_acdc
+from deconvseg.pipeline.errors import ConfigError
+from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.export.shape_qa import ShapeAssessment
+from deconvseg.pipeline.autoencoding.corruption import add_hole, add_island, swap_classes
+from deconvseg.pipeline.labels import ACDC, Label, LabelTable
+from deconvseg.pipeline.segment import InferenceConfig, segment_case
+from deconvseg.pipeline.autoencoding.guard import load_shape_guard
+from deconvseg.pipeline.volume import Volume
 from tests.conftest import shared_path
 
 GUARD = Path(__file__).resolve().parents[1] / "models" / "weights" / "shape-ae-acdc"
@@ -109,8 +109,8 @@ def test_segment_case_scores_with_the_named_guard_only():
 
 
 def test_acdc_config_and_ensemble_json_name_the_shipped_guard():
-    from pipeline.config import load_config
-    from pipeline.training import TrainConfig
+    from deconvseg.pipeline.config import load_config
+    from deconvseg.pipeline.training.trainer import TrainConfig
 
     root = Path(__file__).resolve().parents[1]
     config = load_config(root / "configs" / "acdc.yaml", TrainConfig)
@@ -120,8 +120,8 @@ def test_acdc_config_and_ensemble_json_name_the_shipped_guard():
 
 
 def test_train_ensemble_writes_the_shape_guard_it_is_given(tmp_path):
-    from pipeline.training import MemberConfig, train_ensemble
-    from pipeline.training_data import load_training_data
+    from deconvseg.pipeline.training.trainer import MemberConfig, train_ensemble
+    from deconvseg.pipeline.training.data import load_training_data
     from tests.test_training import TINY_NET, tiny_config
 
     torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from deconvseg.flows.cli import app
 from tests.test_mnist import write_split
 
 runner = CliRunner()

@@ -12,10 +12,10 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from flows.cli import app
-from pipeline.io import read_volume, write_volume
-from pipeline.psf import disk_psf
-from pipeline.volume import Volume
+from deconvseg.flows.cli import app
+from deconvseg.pipeline.io.volumes import read_volume, write_volume
+from deconvseg.pipeline.deblur.psf import disk_psf
+from deconvseg.pipeline.volume import Volume
 
 runner = CliRunner()
 
@@ -102,7 +102,7 @@ def test_folder_runs_the_prefect_flow(tmp_path, rng, prefect_env):
     for i in range(2):
         Image.fromarray(np.round(blurred(sharp(rng)) * 255).astype(np.uint8)).save(src / f"img{i}.png")
     env = {**os.environ, **prefect_env}
-    done = subprocess.run([sys.executable, "-c", "from flows.cli import app; app()", "deblur", str(src), str(dst), "--psf", "disk:3"],
+    done = subprocess.run([sys.executable, "-c", "from deconvseg.flows.cli import app; app()", "deblur", str(src), str(dst), "--psf", "disk:3"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in dst.iterdir()) == ["img0.png", "img1.png"]

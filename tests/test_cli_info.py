@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from pipeline.io import write_volume
-from pipeline.phantoms import make_phantom
+from deconvseg.flows.cli import app
+from deconvseg.pipeline.io.volumes import write_volume
+from deconvseg.pipeline.phantoms import make_phantom
 from tests.conftest import shared_path
 
 DECONVSEG = Path(sys.executable).parent / "deconvseg"

@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from pipeline.io import write_volume
-from pipeline.phantoms import make_phantom
+from deconvseg.flows.cli import app
+from deconvseg.pipeline.io.volumes import write_volume
+from deconvseg.pipeline.phantoms import make_phantom
 
 TINY = """
 name: tiny

@@ -1,7 +1,7 @@
 """Crash safety of the review bundle, below the batch flow (``tests/test_reliability_flows.py`` holds the
 batch-level SIGKILL drill): a bundle is deterministic up to a documented list of volatile fields, and a
 writer killed with SIGKILL while replacing a bundle leaves either the old or the new bundle whole, never
-a mixture; what it leaves beside it is hidden and swept by ``flows.outputs.sweep_partial``.
+a mixture; what it leaves beside it is hidden and swept by ``deconvseg.flows.outputs.sweep_partial``.
 
 Volatile fields (the time of writing, not the content; everything else is byte-identical across runs):
 
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from flows.outputs import sweep_partial
+from deconvseg.flows.outputs import sweep_partial
 from flows_support import REPO, TINY_SHAPE, TINY_SPACING
-from pipeline.export.bundle import write_bundle
-from pipeline.io import read_volume, write_volume
-from pipeline.phantoms import PHANTOM_LABELS, make_phantom
+from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.io.volumes import read_volume, write_volume
+from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom
 from tests.test_io_dicom import write_series
 
 MANIFEST_VOLATILE = ("created", "timings_s")
@@ -98,9 +98,9 @@ def test_bundles_are_identical_across_runs_except_the_documented_volatile_fields
 WRITER = """
 import itertools, sys
 from pathlib import Path
-from pipeline.export.bundle import write_bundle
-from pipeline.io import read_volume
-from pipeline.phantoms import PHANTOM_LABELS
+from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.io.volumes import read_volume
+from deconvseg.pipeline.phantoms import PHANTOM_LABELS
 
 image_path, labels_path, other_path, out = sys.argv[1:5]
 image = read_volume(image_path)

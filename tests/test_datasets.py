@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.datasets import ACDC_NOMINAL_SPACING, read_acdc, read_manifest, read_msd, read_msd_labels
-from pipeline.errors import InputError
-from pipeline.io import write_volume
-from pipeline.phantoms import make_phantom
+from deconvseg.pipeline.io.datasets import ACDC_NOMINAL_SPACING, read_acdc, read_manifest, read_msd, read_msd_labels
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.volumes import write_volume
+from deconvseg.pipeline.phantoms import make_phantom
 from tests.conftest import shared_path
 
 SMALL = {"shape": (8, 16, 16), "spacing": (12.0, 12.0, 20.0)}

@@ -1,4 +1,4 @@
-"""PSFs, degradation, Wiener / k† / SVD separation and the baselines of pipeline.deblur, and the deblur stage."""
+"""PSFs, degradation, Wiener / k† / SVD separation and the baselines of deconvseg.pipeline.deblur.filters, and the deblur stage."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
-from pipeline import deblur as D
-from pipeline.deblur_stage import DeblurConfig, deblur_image, deblur_volume
-from pipeline.degrade import Degradation, xu_degradation
-from pipeline.errors import ConfigError
-from pipeline.psf import disk_psf, gaussian_psf, motion_psf, parse_psf, psf_from_array
-from pipeline.volume import Volume
+from deconvseg.pipeline.deblur import filters as D
+from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_image, deblur_volume
+from deconvseg.pipeline.deblur.degrade import Degradation, xu_degradation
+from deconvseg.pipeline.errors import ConfigError
+from deconvseg.pipeline.deblur.psf import disk_psf, gaussian_psf, motion_psf, parse_psf, psf_from_array
+from deconvseg.pipeline.volume import Volume
 
 
 def sharp_image(rng: np.random.Generator, shape: tuple[int, int] = (96, 112)) -> np.ndarray:

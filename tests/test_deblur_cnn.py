@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.deblur_cnn import DeblurCNN, deblur_cnn_image, load_deblur_cnn, save_deblur_cnn
-from pipeline import deblur as D
-from pipeline.deblur_data import HELD_OUT, TRAINING
-from pipeline.deblur_stage import DeblurConfig, deblur_image, find_dcnn_weights
-from pipeline.deblur_train import DeblurTrainConfig, build_initialised_model, train_deblur_cnn
-from pipeline.degrade import xu_degradation
-from pipeline.errors import ConfigError
-from pipeline.psf import disk_psf, gaussian_psf
+from deconvseg.models.deblur_cnn import DeblurCNN, deblur_cnn_image, load_deblur_cnn, save_deblur_cnn
+from deconvseg.pipeline.deblur import filters as D
+from deconvseg.pipeline.deblur.data import HELD_OUT, TRAINING
+from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_image, find_dcnn_weights
+from deconvseg.pipeline.deblur.train import DeblurTrainConfig, build_initialised_model, train_deblur_cnn
+from deconvseg.pipeline.deblur.degrade import xu_degradation
+from deconvseg.pipeline.errors import ConfigError
+from deconvseg.pipeline.deblur.psf import disk_psf, gaussian_psf
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "deblur"
 

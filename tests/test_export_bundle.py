@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from conftest import shared_path
 from export_cases import TABLE, dciodvfy_errors, dice, make_case, rasterise_rtstruct, sample_by_world, sitk_affine
-from flows.cli import app
-from pipeline.errors import InputError
-from pipeline.export.bundle import write_bundle
-from pipeline.io import read_volume
+from deconvseg.flows.cli import app
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.io.volumes import read_volume
 
 BUNDLE_FILES = {"labels.nii.gz", "labels.json", "seg.dcm", "rtstruct.dcm", "labels.seg.nrrd", "overlays/axial.png",
                 "overlays/coronal.png", "overlays/sagittal.png", "stats.json", "stats.csv", "report.html", "manifest.json"}
@@ -192,7 +192,7 @@ def test_labels_off_the_image_grid_are_refused_in_one_line(tmp_path):
 
 
 def test_cli_unknown_labels_get_generic_names_and_errors_are_one_line(tmp_path):
-    from pipeline.io import write_volume
+    from deconvseg.pipeline.io.volumes import write_volume
 
     image, labels = make_case("ras")
     write_volume(image, tmp_path / "image.nii.gz")
@@ -217,7 +217,7 @@ def test_cli_unknown_labels_get_generic_names_and_errors_are_one_line(tmp_path):
 
 @pytest.mark.parametrize("geometry", ["negated", "oblique"])
 def test_dicom_input_with_proper_uids_is_referenced_as_it_is(tmp_path, geometry):
-    from pipeline.export.dicom_series import series_from_volume, write_series
+    from deconvseg.pipeline.export.dicom_series import series_from_volume, write_series
 
     image, labels = make_case(geometry)
     write_series(series_from_volume(image), tmp_path / "series")

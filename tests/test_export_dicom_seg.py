@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from export_cases import GEOMETRIES, TABLE, dciodvfy_errors, make_case, sample_by_world, sitk_affine
-from pipeline.export.dicom_seg import write_dicom_seg
-from pipeline.export.dicom_series import prepare_reference
+from deconvseg.pipeline.export.dicom_seg import write_dicom_seg
+from deconvseg.pipeline.export.dicom_series import prepare_reference
 
 
 def seg_labels_by_value(seg: hd.seg.Segmentation, table) -> np.ndarray:
@@ -83,8 +83,8 @@ def test_blank_uids_of_an_anonymised_series_are_filled_deterministically():
     import pydicom
 
     from conftest import shared_path
-    from pipeline.export.dicom_series import assign_uids
-    from pipeline.export.files import file_digest
+    from deconvseg.pipeline.export.dicom_series import assign_uids
+    from deconvseg.pipeline.files import file_digest
 
     files = sorted(shared_path("totalsegmentator_example", "example_ct_dicom").iterdir())[:3]
     originals = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import shared_path
-from pipeline.errors import InputError
-from pipeline.export.label_tables import complete_table, read_label_file, snomed_code, with_codes
-from pipeline.labels import ACDC, LabelTable
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.export.label_tables import complete_table, read_label_file, snomed_code, with_codes
+from deconvseg.pipeline.labels import ACDC, LabelTable
 
 
 def test_three_file_forms(tmp_path):
@@ -40,6 +40,6 @@ def test_unknown_values_get_generic_names_and_known_names_get_codes():
 
 
 def read_label_file_from(mapping: dict[str, str]) -> LabelTable:
-    from pipeline.labels import Label, default_color
+    from deconvseg.pipeline.labels import Label, default_color
 
     return LabelTable(tuple(Label(int(v), n, default_color(int(v))) for v, n in mapping.items()))

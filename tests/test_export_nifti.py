@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from export_cases import GEOMETRIES, TABLE, make_case, sample_by_world, sitk_affine
-from pipeline.export.nifti import write_labels_json, write_labels_nifti, write_uncertainty_nifti
+from deconvseg.pipeline.export.nifti import write_labels_json, write_labels_nifti, write_uncertainty_nifti
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

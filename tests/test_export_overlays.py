@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from export_cases import make_case
-from pipeline.export.overlays import write_overlays
-from pipeline.labels import Label, LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.export.overlays import write_overlays
+from deconvseg.pipeline.labels import Label, LabelTable
+from deconvseg.pipeline.volume import Volume
 
 BLUE = LabelTable((Label(1, "marker", (0, 0, 255)),))
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from pipeline.export.manifest import build_manifest, write_manifest
-from pipeline.export.report import render_report
+from deconvseg.pipeline.export.manifest import build_manifest, write_manifest
+from deconvseg.pipeline.export.report import render_report
 
 
 def test_report_inlines_images_and_escapes_names(tmp_path):

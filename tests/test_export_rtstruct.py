@@ -8,8 +8,8 @@ import pydicom
 import pytest
 
 from export_cases import GEOMETRIES, TABLE, dciodvfy_errors, dice, make_case, rasterise_rtstruct
-from pipeline.export.dicom_series import prepare_reference
-from pipeline.export.rtstruct import slice_contours, write_rtstruct
+from deconvseg.pipeline.export.dicom_series import prepare_reference
+from deconvseg.pipeline.export.rtstruct import slice_contours, write_rtstruct
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
@@ -58,8 +58,8 @@ def test_slice_contours_keep_holes_for_even_odd_fill():
 
 
 def test_long_contour_is_simplified_to_fit_a_ds_element(tmp_path, caplog):
-    from pipeline.labels import Label, LabelTable
-    from pipeline.volume import Volume
+    from deconvseg.pipeline.labels import Label, LabelTable
+    from deconvseg.pipeline.volume import Volume
 
     rows = np.arange(500)[:, None]
     cols = np.arange(512)[None, :]

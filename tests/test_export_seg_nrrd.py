@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from export_cases import GEOMETRIES, TABLE, make_case, sample_by_world, sitk_affine
-from pipeline.export.seg_nrrd import write_seg_nrrd
+from deconvseg.pipeline.export.seg_nrrd import write_seg_nrrd
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))

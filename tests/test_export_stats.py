@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from export_cases import TABLE, make_case
-from pipeline.export.stats import StatsConfig, compute_stats, write_stats
-from pipeline.labels import Label, LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.export.stats import StatsConfig, compute_stats, write_stats
+from deconvseg.pipeline.labels import Label, LabelTable
+from deconvseg.pipeline.volume import Volume
 
 
 def test_phantom_volumes_match_analytic_within_one_percent():
-    from pipeline.phantoms import PHANTOM_LABELS, make_phantom
+    from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom
 
     image, labels = make_phantom("CT", shape=(48, 96, 96), spacing=(2.0, 2.0, 3.0), seed=0)
     rows = {row["name"]: row for row in compute_stats(image, labels, PHANTOM_LABELS)}
@@ -26,8 +26,8 @@ def test_phantom_volumes_match_analytic_within_one_percent():
 
 
 def test_adult_ranges_config_flags_the_small_phantom_liver():
-    from pipeline.config import load_config
-    from pipeline.phantoms import PHANTOM_LABELS, make_phantom
+    from deconvseg.pipeline.config import load_config
+    from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom
 
     config = load_config(Path(__file__).parents[1] / "configs" / "export-adult.yaml", StatsConfig)
     image, labels = make_phantom("CT", shape=(24, 48, 48), spacing=(2.0, 2.0, 3.0), seed=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flows.dashboard import (case_row, counts, failed_row, row_from_bundle, state_message, summary_markdown,
+from deconvseg.flows.dashboard import (case_row, counts, failed_row, row_from_bundle, state_message, summary_markdown,
                              table_rows, write_json_atomic)
 
 STATS = [{"name": "liver", "value": 1, "volume_ml": 1234.5678, "mean_uncertainty": 0.1, "flags": []},

@@ -6,8 +6,9 @@ import os
 
 import pytest
 
-from flows.inputs import CaseInput, cache_key, config_version, content_hash, discover_cases, model_version, safe_case_id
-from pipeline.errors import InputError
+from deconvseg.flows.inputs import CaseInput, cache_key, config_version, content_hash, discover_cases, model_version
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.sanitize import safe_component
 
 
 def _dicom_folder(folder, n=2):
@@ -59,7 +60,7 @@ def test_duplicate_case_ids_are_refused(tmp_path):
 
 def test_safe_case_id_never_escapes_the_output_folder():
     for name in ["../../etc", "a/b", "..", "", "Ünïcode name", "x" * 300]:
-        cleaned = safe_case_id(name)
+        cleaned = safe_component(name)
         assert cleaned and "/" not in cleaned and not cleaned.startswith(".") and len(cleaned) <= 100
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.outputs import batch_lock, sweep_partial
-from pipeline.errors import ResourceError
+from deconvseg.flows.outputs import batch_lock, sweep_partial
+from deconvseg.pipeline.errors import ResourceError
 
 
 def test_a_second_batch_into_the_same_folder_is_refused(tmp_path):

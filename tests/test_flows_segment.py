@@ -10,14 +10,14 @@ import json
 
 import pytest
 
-from flows.segment import is_transient, one_line
+from deconvseg.flows.segment import is_transient, one_line
 from flows_support import run, write_inputs, write_phantom, write_tiny_model
-from pipeline.errors import InputError
+from deconvseg.pipeline.errors import InputError
 
 DRIVER = """
 import json, sys
 from pathlib import Path
-from flows.segment import segment_batch
+from deconvseg.flows.segment import segment_batch
 
 source, out, model, changed, report = sys.argv[1:6]
 runs = []

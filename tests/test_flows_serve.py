@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from flows.prefect_env import local_server
+from deconvseg.flows.prefect_env import local_server
 from flows_support import REPO, run, write_inputs, write_tiny_model
 
-CLI = ["-c", "from flows.cli import app; app()"]
+CLI = ["-c", "from deconvseg.flows.cli import app; app()"]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.fusion import (
+from deconvseg.pipeline.fusion import (
     dice_weights,
     disagreement,
     fuse,

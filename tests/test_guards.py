@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import build_model
-from pipeline.errors import ResourceError
-from pipeline.guards import (CaseTimeout, activation_bytes, check_memory, estimate_peak_memory, time_limit,
+from deconvseg.models.registry import build_model
+from deconvseg.pipeline.errors import ResourceError
+from deconvseg.pipeline.guards import (CaseTimeout, activation_bytes, check_memory, estimate_peak_memory, time_limit,
                              working_size)
-from pipeline.resample import resample_to_spacing
-from pipeline.volume import Volume
+from deconvseg.pipeline.resample import resample_to_spacing
+from deconvseg.pipeline.volume import Volume
 
 META = {"spacing": [2.0, 2.0, 4.0], "patch_size": [8, 16, 16], "in_channels": 1, "out_channels": 3}
 

@@ -23,7 +23,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
-from flows.cli import app
+from deconvseg.flows.cli import app
 from flows_support import run, write_phantom, write_tiny_model
 from tests.test_io_dicom import write_series
 
@@ -206,13 +206,13 @@ def batch(corpus, model, tmp_path_factory, prefect_env):
     env = {**prefect_env, "PREFECT_LOGGING_LEVEL": "INFO"}
     request = {"source": str(manifest), "out": str(out), "model": str(model),
                "config": {"threads": 1, "retries": 0}, "print_json": True}
-    done = run(["-m", "flows.serve", json.dumps(request)], env)
+    done = run(["-m", "deconvseg.flows.serve", json.dumps(request)], env)
     summary = json.loads((out / "batch.json").read_text())
     return {"done": done, "out": out, "root": root, "summary": summary, "corpus": corpus, "failing": failing}
 
 
 def test_batch_records_each_failure_with_its_reason_and_finishes_the_others(batch):
-    from flows.dashboard import table_rows
+    from deconvseg.flows.dashboard import table_rows
 
     assert batch["done"].returncode == 1, batch["done"].stderr[-3000:]
     rows = {row["case"]: row for row in batch["summary"]["rows"]}

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from models.deconvnet3d import DeconvNet3d
-from pipeline.inference import (
+from deconvseg.models.deconvnet3d import DeconvNet3d
+from deconvseg.pipeline.inference import (
     gaussian_importance,
     grid_coordinates,
     prepare_predictor,
@@ -17,8 +17,8 @@ from pipeline.inference import (
     sliding_window,
     window_starts,
 )
-from pipeline.io import to_sitk
-from pipeline.volume import Volume
+from deconvseg.pipeline.io.sitk_bridge import to_sitk
+from deconvseg.pipeline.volume import Volume
 
 OBLIQUE = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 
@@ -128,7 +128,7 @@ def test_restore_takes_only_neighbouring_labels_and_is_identity_on_the_same_grid
 
 @pytest.mark.parametrize("new_spacing", [(3.0, 3.0, 3.0), (3.0, 2.0, 3.0), (0.5, 0.7, 1.3)])
 def test_restore_from_an_edge_aligned_working_grid_equals_simpleitk(rng, new_spacing):
-    from pipeline.resample import grid_at_spacing
+    from deconvseg.pipeline.resample import grid_at_spacing
 
     target = Volume(np.zeros((20, 31, 35), np.uint8), spacing=(0.8, 0.9, 1.5), origin=(3.0, 4.0, 5.0), direction=OBLIQUE)
     source = grid_at_spacing(target, new_spacing)  # the grid segment_case infers on

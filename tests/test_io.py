@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.io import read_volume, write_volume
-from pipeline.volume import LPS_TO_RAS, Volume
+from deconvseg.pipeline.io.volumes import read_volume, write_volume
+from deconvseg.pipeline.volume import LPS_TO_RAS, Volume
 from tests.conftest import shared_path
 
 OBLIQUE = Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix()

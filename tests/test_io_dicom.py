@@ -11,9 +11,9 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from pipeline.errors import InputError
-from pipeline.io import read_volume
-from pipeline.resample import resample_to_grid
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.volumes import read_volume
+from deconvseg.pipeline.resample import resample_to_grid
 from tests.conftest import shared_path
 
 METADATA_KEYS = {
@@ -147,7 +147,7 @@ def test_several_series_pick_largest_and_log_or_pick_by_uid(tmp_path, rng, caplo
     small = write_series(tmp_path, np.zeros((3, 4, 4), np.int16), prefix="a")
     large = write_series(tmp_path, np.ones((5, 4, 4), np.int16), prefix="b")
     write_rtstruct(tmp_path / "rtstruct.dcm")
-    with caplog.at_level(logging.WARNING, logger="pipeline.io_dicom"):
+    with caplog.at_level(logging.WARNING, logger="deconvseg.pipeline.io.dicom"):
         volume = read_volume(tmp_path)
     assert volume.metadata["series_instance_uid"] == large and volume.shape == (5, 4, 4)
     assert "holds 2 series; reading the largest" in caplog.text and large in caplog.text

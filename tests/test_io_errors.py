@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipeline.errors import InputError
-from pipeline.io import read_volume, write_volume
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.volumes import read_volume, write_volume
+from deconvseg.pipeline.volume import Volume
 from tests.conftest import shared_path
 from tests.test_io_dicom import write_rtstruct, write_series
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.labels import ACDC
-from pipeline.metrics import (
+from deconvseg.pipeline.labels import ACDC
+from deconvseg.pipeline.metrics import (
     aggregate,
     dice,
     hd95,

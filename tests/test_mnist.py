@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.mnist import IMAGES_MAGIC, LABELS_MAGIC, read_idx, read_mnist
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.autoencoding.mnist import IMAGES_MAGIC, LABELS_MAGIC, read_idx, read_mnist
 from tests.conftest import shared_path
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.blocks import crop_center, per_level, triple
-from models.deconvnet3d import DeconvNet3d, unpool
-from models.fcn3d import FCN3d
-from models.registry import build_model
-from models.two_scale import TwoScaleNet, upsample_center
+from deconvseg.models.blocks import crop_center, per_level, triple
+from deconvseg.models.deconvnet3d import DeconvNet3d, unpool
+from deconvseg.models.fcn3d import FCN3d
+from deconvseg.models.registry import build_model
+from deconvseg.models.two_scale import TwoScaleNet, upsample_center
 
 ODD = (7, 37, 41)
 ANISO = dict(widths=(4, 8, 12), pool_sizes=[(1, 2, 2), (2, 2, 2)], kernel_sizes=[(1, 3, 3), 3, 3])
@@ -96,7 +96,7 @@ def test_upsample_center_matches_full_upsampling_then_crop() -> None:
 def test_upsample_center_inverts_context_crop_on_a_linear_image() -> None:
     # Trilinear interpolation reproduces a linear image exactly, so upsampling the pooled context and
     # cropping must give back the local patch voxel for voxel -- only if both agree on the geometry.
-    from pipeline.patches import context_crop, crop_patch
+    from deconvseg.pipeline.patches import context_crop, crop_patch
 
     z, y, x = np.meshgrid(np.arange(30.0), np.arange(40.0), np.arange(50.0), indexing="ij")
     image = (0.5 * z + 2.0 * y - 1.5 * x).astype(np.float32)

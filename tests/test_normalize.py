@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.datasets import Case
-from pipeline.normalize import detect_modality, foreground_mask, fingerprint, fit_normalization, normalize
-from pipeline.phantoms import make_phantom
+from deconvseg.pipeline.io.datasets import Case
+from deconvseg.pipeline.normalize import detect_modality, foreground_mask, fingerprint, fit_normalization, normalize
+from deconvseg.pipeline.phantoms import make_phantom
 
 SMALL = {"shape": (24, 48, 48), "spacing": (5.0, 5.0, 8.0)}
 
@@ -97,8 +97,8 @@ def test_fingerprint_reports_spacing_intensities_and_class_frequencies():
 
 
 def test_with_modality_tags_a_ct_without_changing_voxels():
-    from pipeline.normalize import with_modality
-    from pipeline.phantoms import make_phantom
+    from deconvseg.pipeline.normalize import with_modality
+    from deconvseg.pipeline.phantoms import make_phantom
 
     image, _ = make_phantom("CT", shape=(16, 32, 32), spacing=(4.0, 4.0, 6.0), seed=3)
     untagged = image.with_array(image.array, modality=None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.augment import AugmentConfig, AugmentParams, RandomAugment, apply_augment, gamma, rotate_scale
-from pipeline.patches import PatchSampler, context_crop, crop_patch
+from deconvseg.pipeline.training.augment import AugmentConfig, AugmentParams, RandomAugment, apply_augment, gamma, rotate_scale
+from deconvseg.pipeline.patches import PatchSampler, context_crop, crop_patch
 
 
 def test_crop_patch_pads_outside_and_copies(rng):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.phantoms import PHANTOM_LABELS, make_phantom, phantom_volumes_ml
+from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom, phantom_volumes_ml
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR"])

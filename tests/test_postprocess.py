@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.postprocess import Step, apply_plan, apply_step, choose_steps, dice_per_class
+from deconvseg.pipeline.postprocess import Step, apply_plan, apply_step, choose_steps, dice_per_class
 
 ANISO = (1.0, 1.0, 4.0)  # x, y, z mm: one voxel = 4 mm^3
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.registry import (
+from deconvseg.models.registry import (
     ARCHITECTURES,
     build_model,
     load_checkpoint,
@@ -16,8 +16,8 @@ from models.registry import (
     read_ensemble_config,
     save_checkpoint,
 )
-from pipeline.errors import InputError
-from pipeline.labels import ACDC, LabelTable
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.labels import ACDC, LabelTable
 
 SMALL = {
     "deconvnet3d": dict(in_channels=1, out_channels=4, widths=(4, 8, 8), pool_sizes=[(1, 2, 2), (2, 2, 2)]),

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from flows.prefect_env import local_server, prefect_environment
+from deconvseg.flows.prefect_env import local_server, prefect_environment
 from flows_support import REPO, TINY_SHAPE, TINY_SPACING, run, write_inputs, write_tiny_model
 
 # Files whose bytes carry the run's time (creation stamps, timings); compared by name only.
@@ -48,13 +48,13 @@ def _request(source, out, model, **config):
 
 
 def _serve(env, request):
-    return run(["-m", "flows.serve", request], env)
+    return run(["-m", "deconvseg.flows.serve", request], env)
 
 
 def _malformed_corpus(folder):
     """A good phantom beside hostile inputs (generated, never committed)."""
-    from pipeline.export.dicom_series import series_from_volume, write_series
-    from pipeline.phantoms import make_phantom
+    from deconvseg.pipeline.export.dicom_series import series_from_volume, write_series
+    from deconvseg.pipeline.phantoms import make_phantom
 
     write_inputs(folder, [1])
     good = (folder / "p1.nii.gz").read_bytes()
@@ -96,9 +96,9 @@ def test_a_case_over_its_time_limit_fails_with_that_reason(server, model, tmp_pa
 
 
 def test_cases_running_at_once_share_the_memory_budget(server, model, tmp_path):
-    from models.registry import load_ensemble
-    from pipeline.guards import estimate_peak_memory
-    from pipeline.io import read_volume
+    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.guards import estimate_peak_memory
+    from deconvseg.pipeline.io.volumes import read_volume
 
     source, out = write_inputs(tmp_path / "in", [4]), tmp_path / "out"
     need = estimate_peak_memory(read_volume(source / "p4.nii.gz"), load_ensemble(model)).mib
@@ -125,7 +125,7 @@ def test_sigkill_midway_then_rerun_gives_the_clean_runs_bundles(server, model, t
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     assert _serve(server, _request(source, clean, model)).returncode == 0
     env = prefect_environment(server["PREFECT_HOME"], api_url=server["PREFECT_API_URL"])
-    process = subprocess.Popen([sys.executable, "-m", "flows.serve", _request(source, crashed, model)], env=env,
+    process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve", _request(source, crashed, model)], env=env,
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:  # kill while a bundle is being written, once at least one is complete
         deadline = time.monotonic() + 240

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.phantoms import make_phantom
-from pipeline.resample import grid_at_spacing, is_anisotropic, resample_to_grid, resample_to_spacing
-from pipeline.volume import Volume
+from deconvseg.pipeline.phantoms import make_phantom
+from deconvseg.pipeline.resample import grid_at_spacing, is_anisotropic, resample_to_grid, resample_to_spacing
+from deconvseg.pipeline.volume import Volume
 
 SMALL = {"shape": (20, 40, 40), "spacing": (5.0, 5.0, 8.0)}
 

@@ -16,10 +16,10 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from deconvseg.flows.cli import app
 from flows_support import REPO, write_tiny_model
-from pipeline.errors import InputError
-from pipeline.sanitize import deidentify_dataset, deidentify_metadata, identifying_values, safe_component, safe_join
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.sanitize import deidentify_dataset, deidentify_metadata, identifying_values, safe_component, safe_join
 from tests.test_io_dicom import write_series
 
 SECRETS = {"PatientName": "DOE^JANE", "PatientBirthDate": "19450317", "PatientID": "MRN-4711",
@@ -38,7 +38,7 @@ class _Payload:
 
 
 def test_a_pickled_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
-    from models.registry import load_checkpoint, load_ensemble
+    from deconvseg.models.registry import load_checkpoint, load_ensemble
 
     folder = write_tiny_model(tmp_path / "ensemble", members=1) / "member0"
     meta = json.loads((folder / "model.json").read_text())
@@ -115,7 +115,7 @@ def _grep(folder: Path, secrets: list[str]) -> list[str]:
 
 
 def test_deidentified_export_carries_no_patient_identity(tmp_path):
-    from pipeline.io import read_volume, write_volume
+    from deconvseg.pipeline.io.volumes import read_volume, write_volume
 
     series = _patient_series(tmp_path / "series")
     image = read_volume(series)
@@ -141,7 +141,7 @@ def test_deidentified_export_carries_no_patient_identity(tmp_path):
 
 
 def test_logs_and_dashboard_rows_carry_case_ids_not_patient_names(tmp_path, caplog):
-    from flows.dashboard import row_from_bundle
+    from deconvseg.flows.dashboard import row_from_bundle
 
     series = _patient_series(tmp_path / "patient-folder")
     model = write_tiny_model(tmp_path / "model", members=1)
@@ -173,7 +173,7 @@ def test_project_servers_listen_on_loopback_only():
 def test_local_prefect_server_socket_is_bound_to_loopback(tmp_path):
     import psutil
 
-    from flows.prefect_env import local_server
+    from deconvseg.flows.prefect_env import local_server
 
     with local_server(tmp_path / "home") as api_url:
         port = int(api_url.split(":")[2].split("/")[0])

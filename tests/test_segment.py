@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from models.registry import build_model, load_ensemble, save_checkpoint
-from pipeline.errors import ConfigError
-from pipeline.io import read_volume, write_volume
-from pipeline.labels import Label, LabelTable
-from pipeline.segment import InferenceConfig, segment_case
-from pipeline.volume import Volume
+from deconvseg.models.registry import build_model, load_ensemble, save_checkpoint
+from deconvseg.pipeline.errors import ConfigError
+from deconvseg.pipeline.io.volumes import read_volume, write_volume
+from deconvseg.pipeline.labels import Label, LabelTable
+from deconvseg.pipeline.segment import InferenceConfig, segment_case
+from deconvseg.pipeline.volume import Volume
 
 TABLE = LabelTable((Label(5, "tumour", (255, 0, 0)),))
 SPEC = {"scheme": "ct", "clip": [0.0, 100.0], "mean": 0.0, "std": 100.0}
@@ -105,7 +105,7 @@ def test_registry_ensemble_with_a_two_scale_member(ensemble_dir):
 
 
 def test_cli_writes_one_bundle_per_input(tmp_path, ensemble_dir):
-    from flows.cli import app
+    from deconvseg.flows.cli import app
 
     image, _ = _sphere()
     first, second = write_volume(image, tmp_path / "first.nii.gz"), write_volume(image, tmp_path / "second.nrrd")
@@ -129,7 +129,7 @@ def test_cli_writes_one_bundle_per_input(tmp_path, ensemble_dir):
 
 
 def test_members_trained_under_bf16_run_under_it_unless_the_caller_says_otherwise():
-    from pipeline.segment import InferenceConfig, effective_config
+    from deconvseg.pipeline.segment import InferenceConfig, effective_config
 
     bf16 = (None, {"training": {"bf16": True}})
     fp32 = (None, {"training": {"bf16": False}})

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.autoencoding import AutoencoderTrainConfig
-from pipeline.label_corruption import add_hole, add_island, corrupt_labels, dilate_structure, drop_end_slice, swap_classes
-from pipeline.shape_guard import (
+from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig
+from deconvseg.pipeline.autoencoding.corruption import add_hole, add_island, corrupt_labels, dilate_structure, drop_end_slice, swap_classes
+from deconvseg.pipeline.autoencoding.guard import (
     ShapeGridConfig,
     crop_to_grid,
     grid_to_labels,
@@ -17,7 +17,7 @@ from pipeline.shape_guard import (
     one_hot,
     save_shape_guard,
 )
-from pipeline.shape_guard_score import (
+from deconvseg.pipeline.autoencoding.score import (
     PlausibilityConfig,
     confident_disagreement,
     convex_deficiency,
@@ -27,7 +27,7 @@ from pipeline.shape_guard_score import (
     stray_voxels,
     voxel_ml,
 )
-from pipeline.shape_guard_training import (
+from deconvseg.pipeline.autoencoding.guard_training import (
     ShapeGuardTrainConfig,
     calibrate_plausibility,
     plausibility_study,

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.registry import build_model, load_checkpoint
-from pipeline.checkpointing import load_train_state, save_train_state
-from pipeline.losses import dice_ce_loss, lr_factor
-from pipeline.training import RESUME, MemberConfig, TrainConfig, train_ensemble, train_member
-from pipeline.training_data import DataConfig, PhantomData, load_training_data
+from deconvseg.models.registry import build_model, load_checkpoint
+from deconvseg.pipeline.training.checkpointing import load_train_state, save_train_state
+from deconvseg.pipeline.training.losses import dice_ce_loss, lr_factor
+from deconvseg.pipeline.training.trainer import RESUME, MemberConfig, TrainConfig, train_ensemble, train_member
+from deconvseg.pipeline.training.data import DataConfig, PhantomData, load_training_data
 
 TINY_NET = {"widths": [4, 8, 16]}
 
@@ -132,7 +132,7 @@ def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp
 
 
 def test_weighted_fusion_without_weights_takes_each_members_validation_dice_per_class(tiny_data, tmp_path):
-    from pipeline.fusion import dice_weights
+    from deconvseg.pipeline.fusion import dice_weights
 
     config = tiny_config(
         tmp_path / "dw", steps=4,
@@ -162,7 +162,7 @@ def test_a_cpu_budget_counts_this_process_cpu_seconds_not_the_wall_clock(tiny_da
 
 
 def test_a_member_without_its_final_record_is_not_finished(tmp_path):
-    from pipeline.training import is_trained
+    from deconvseg.pipeline.training.trainer import is_trained
 
     folder = tmp_path / "m"
     folder.mkdir()

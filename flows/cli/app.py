@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 
 import typer
 
-from pipeline.errors import DeconvsegError
+from deconvseg.pipeline.errors import DeconvsegError
 
 app = typer.Typer(
     name="deconvseg",

@@ -3,8 +3,8 @@ upsampling, fully connected; same code size, epochs and optimiser).
 
 ``deconvseg shape-guard``: train the ACDC shape guard (plausibility score + refinement prior).
 
-Both run their Prefect flow (``flows.autoencoder``) in a child process with the offline
-environment of ``flows.prefect_env``.
+Both run their Prefect flow (``deconvseg.flows.autoencoder``) in a child process with the offline
+environment of ``deconvseg.flows.prefect_env``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors
+from deconvseg.models import WEIGHTS_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -26,10 +27,10 @@ MODELS = ("conv", "conv_upsample", "fc")
 
 
 def _run_flow(request: dict) -> None:
-    """Run ``flows.autoencoder`` in a child process; a failure exits with its status."""
-    from flows.prefect_env import prefect_environment
+    """Run ``deconvseg.flows.autoencoder`` in a child process; a failure exits with its status."""
+    from deconvseg.flows.prefect_env import prefect_environment
 
-    command = [sys.executable, "-m", "flows.autoencoder", json.dumps(request)]
+    command = [sys.executable, "-m", "deconvseg.flows.autoencoder", json.dumps(request)]
     status = subprocess.run(command, env=prefect_environment()).returncode
     if status:
         raise typer.Exit(code=status)
@@ -49,10 +50,10 @@ def autoencoder(
     seed: int = typer.Option(0, "--seed", help="Seed of weights, shuffle and noise."),
 ) -> None:
     """Train the autoencoders on MNIST train, score them on MNIST test, write the comparison."""
-    from pipeline.autoencoding import AutoencoderTrainConfig
-    from pipeline.config import validate_config
-    from pipeline.errors import InputError
-    from pipeline.mnist import read_mnist
+    from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig
+    from deconvseg.pipeline.config import validate_config
+    from deconvseg.pipeline.errors import InputError
+    from deconvseg.pipeline.autoencoding.mnist import read_mnist
 
     chosen = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(MODELS))
@@ -71,14 +72,14 @@ def autoencoder(
 @one_line_errors
 def shape_guard(
     data: Path = typer.Option(DEFAULT_ACDC, "--data", help="ACDC folder holding volumes/ and splits/."),
-    out: Path = typer.Option(REPO / "models" / "weights" / "shape-ae-acdc", "--out", help="Checkpoint folder."),
+    out: Path = typer.Option(WEIGHTS_ROOT / "shape-ae-acdc", "--out", help="Checkpoint folder."),
     epochs: int = typer.Option(15, "--epochs", help="Training epochs."),
     bottleneck: str = typer.Option("spatial", "--bottleneck", help="dense (64-d vector) or spatial (8 x 1/8-grid map)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights, crops and corruptions."),
 ) -> None:
     """Train the shape autoencoder on ACDC train.list; measure AUC and refinement on val.list; save."""
-    from pipeline.errors import InputError
+    from deconvseg.pipeline.errors import InputError
 
     splits = {name: data / "splits" / f"{name}.list" for name in ("train", "val")}
     for path in splits.values():

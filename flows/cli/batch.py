@@ -1,7 +1,7 @@
 """``deconvseg batch`` (a folder or manifest through the Prefect batch flow) and ``deconvseg demo``.
 
 Both check their inputs here (one-line errors, no Prefect start-up), then run the flow in a child
-process (``python -m flows.serve``) whose environment is offline and quiet (``flows.prefect_env``).
+process (``python -m deconvseg.flows.serve``) whose environment is offline and quiet (``deconvseg.flows.prefect_env``).
 """
 
 from __future__ import annotations
@@ -15,21 +15,21 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors
 
 _HOME_HELP = "Prefect home (run history, results); default: $PREFECT_HOME or ~/.prefect."
 _DEMO_SHAPE, _DEMO_SPACING = (64, 128, 128), (2.0, 2.0, 3.0)  # the default model's training grid
 
 
 def _run_child(request: dict, home: Path | None, api_url: str | None, local_cluster: bool) -> int:
-    """Run ``flows.serve`` with ``request`` in an offline child process; its exit status.
+    """Run ``deconvseg.flows.serve`` with ``request`` in an offline child process; its exit status.
 
     A local Dask cluster gets a loopback ``prefect server start`` for the run when no API URL is
     given (otherwise every worker would start its own embedded server).
     """
-    from flows.prefect_env import local_server, prefect_environment
+    from deconvseg.flows.prefect_env import local_server, prefect_environment
 
-    command = [sys.executable, "-m", "flows.serve", json.dumps(request)]
+    command = [sys.executable, "-m", "deconvseg.flows.serve", json.dumps(request)]
     if local_cluster and not api_url:
         with local_server(home) as url:
             return _wait_child(command, prefect_environment(home, api_url=url))
@@ -45,14 +45,14 @@ def _wait_child(command: list[str], env: dict[str, str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         if process.poll() is None:
-            from flows.prefect_env import stop_process
+            from deconvseg.flows.prefect_env import stop_process
 
             stop_process(process, grace_s=30)
 
 
 def _check(source: Path, model: Path | None) -> None:
     """Fail fast, before Prefect starts: the inputs must exist and the model must be a checkpoint."""
-    from flows.inputs import DEFAULT_MODEL, discover_cases, model_version
+    from deconvseg.flows.inputs import DEFAULT_MODEL, discover_cases, model_version
 
     discover_cases(source)
     model_version(model or DEFAULT_MODEL)
@@ -78,9 +78,9 @@ def batch(
 
     Exit status 0 when every case finished, 1 when a case failed (see OUT/batch.json), 2 on bad input.
     """
-    from flows.inputs import BatchConfig
-    from pipeline.config import load_config
-    from pipeline.errors import ConfigError
+    from deconvseg.flows.inputs import BatchConfig
+    from deconvseg.pipeline.config import load_config
+    from deconvseg.pipeline.errors import ConfigError
 
     if dask and workers:
         raise ConfigError("--dask and --workers: give one (an existing scheduler or a local cluster)")
@@ -108,8 +108,8 @@ def demo(
 ) -> None:
     """Generate phantom CTs, segment them with the bundled model on the embedded Prefect server,
     write review bundles and dashboard artifacts, and print where to look."""
-    from flows.demo import write_demo_inputs
-    from flows.inputs import BatchConfig
+    from deconvseg.flows.demo import write_demo_inputs
+    from deconvseg.flows.inputs import BatchConfig
 
     inputs = write_demo_inputs(out / "inputs", cases, _DEMO_SHAPE, _DEMO_SPACING)
     _check(inputs, model)

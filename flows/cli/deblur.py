@@ -13,15 +13,15 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors
 
 
 def _run_folder_flow(src: Path, dst: Path, config: dict) -> int:
-    """Run ``flows.deblur`` on a folder in a child process with the offline Prefect environment."""
-    from flows.prefect_env import prefect_environment
+    """Run ``deconvseg.flows.deblur`` on a folder in a child process with the offline Prefect environment."""
+    from deconvseg.flows.prefect_env import prefect_environment
 
     request = {"src": str(src.resolve()), "dst": str(dst.resolve()), "config": config}
-    command = [sys.executable, "-m", "flows.deblur", json.dumps(request)]
+    command = [sys.executable, "-m", "deconvseg.flows.deblur", json.dumps(request)]
     return subprocess.run(command, env=prefect_environment()).returncode
 
 
@@ -37,13 +37,13 @@ def deblur(
 ) -> None:
     """Deblur with a known PSF. Images keep their size; volumes keep their geometry (slice-wise).
 
-    A folder of PNG/TIFF images runs the Prefect flow ``flows.deblur`` (one task per image).
+    A folder of PNG/TIFF images runs the Prefect flow ``deconvseg.flows.deblur`` (one task per image).
     """
     import torch
 
-    from pipeline.config import load_config, validate_config
-    from pipeline.deblur_stage import DeblurConfig, deblur_file
-    from pipeline.image2d import IMAGE_SUFFIXES
+    from deconvseg.pipeline.config import load_config, validate_config
+    from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_file
+    from deconvseg.pipeline.deblur.image2d import IMAGE_SUFFIXES
 
     overrides = {k: v for k, v in {"psf": psf, "method": method, "nsr": nsr}.items() if v is not None}
     if config:
@@ -63,9 +63,9 @@ def deblur_train(config: Path = typer.Argument(..., help="Training YAML, e.g. co
     """Train the Xu et al. deblurring CNN on scikit-image's bundled images (held-out set never seen)."""
     import logging
 
-    from models.deblur_cnn import save_deblur_cnn
-    from pipeline.config import load_config
-    from pipeline.deblur_train import DeblurTrainConfig, train_deblur_cnn
+    from deconvseg.models.deblur_cnn import save_deblur_cnn
+    from deconvseg.pipeline.config import load_config
+    from deconvseg.pipeline.deblur.train import DeblurTrainConfig, train_deblur_cnn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(config, DeblurTrainConfig)

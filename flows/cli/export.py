@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors
 
 
 @app.command("export")
@@ -30,14 +30,14 @@ def export(
     """Write labels.nii.gz, seg.dcm/rtstruct.dcm (DICOM images), labels.seg.nrrd, overlays, stats and report.html."""
     import numpy as np
 
-    from pipeline.config import load_config
-    from pipeline.errors import InputError
-    from pipeline.export.bundle import write_bundle
-    from pipeline.export.label_tables import complete_table, read_label_file, with_codes
-    from pipeline.export.stats import StatsConfig
-    from pipeline.io import read_volume
-    from pipeline.labels import LabelTable
-    from pipeline.normalize import with_modality
+    from deconvseg.pipeline.config import load_config
+    from deconvseg.pipeline.errors import InputError
+    from deconvseg.pipeline.export.bundle import write_bundle
+    from deconvseg.pipeline.export.label_tables import complete_table, read_label_file, with_codes
+    from deconvseg.pipeline.export.stats import StatsConfig
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.labels import LabelTable
+    from deconvseg.pipeline.normalize import with_modality
 
     image_volume = read_volume(image)
     try:  # intensities are reported in HU only for CT

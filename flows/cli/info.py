@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors
 
 
 @app.command()
@@ -25,9 +25,10 @@ def info(
     ``modality`` comes from the DICOM tag when there is one, else (images only) from intensity
     statistics; ``modality_source`` says which.
     """
-    from pipeline.errors import InputError
-    from pipeline.io import DEFAULT_MAX_VOXELS, read_volume
-    from pipeline.normalize import detect_modality
+    from deconvseg.pipeline.errors import InputError
+    from deconvseg.pipeline.io.checks import DEFAULT_MAX_VOXELS
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.normalize import detect_modality
 
     if kind not in ("image", "label"):
         raise InputError(path, f"unknown kind '{kind}'", "use --kind image or --kind label")

@@ -8,23 +8,9 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.app import app, one_line_errors
-
-WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights"
-_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def case_id(path: Path) -> str:
-    """The bundle folder name of an input: its file name without the volume suffix, made safe."""
-    name = path.name
-    for suffix in _SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    from pipeline.sanitize import safe_component
-
-    return safe_component(name)
-
+from deconvseg.flows.cli.app import app, one_line_errors
+from deconvseg.flows.inputs import case_id_of
+from deconvseg.models import WEIGHTS_ROOT as WEIGHTS
 
 def resolve_model(model: str) -> Path:
     """A checkpoint/ensemble folder given as a path or as a name under ``models/weights``.
@@ -32,7 +18,7 @@ def resolve_model(model: str) -> Path:
     Raises:
         InputError: when neither exists.
     """
-    from pipeline.errors import InputError
+    from deconvseg.pipeline.errors import InputError
 
     for candidate in (Path(model), WEIGHTS / model):
         if candidate.is_dir():
@@ -57,14 +43,14 @@ def segment(
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
     from rich.progress import track
 
-    from models.registry import load_ensemble
-    from pipeline.config import load_config, validate_config
-    from pipeline.errors import InputError
-    from pipeline.export.bundle import write_bundle
-    from pipeline.io import read_volume
-    from pipeline.guards import time_limit
-    from pipeline.normalize import with_modality
-    from pipeline.segment import InferenceConfig, segment_case
+    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.config import load_config, validate_config
+    from deconvseg.pipeline.errors import InputError
+    from deconvseg.pipeline.export.bundle import write_bundle
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.guards import time_limit
+    from deconvseg.pipeline.normalize import with_modality
+    from deconvseg.pipeline.segment import InferenceConfig, segment_case
 
     overrides = {k: v for k, v in {"threads": threads, "fusion": fusion}.items() if v is not None}
     settings = (load_config(config, InferenceConfig, overrides) if config
@@ -73,7 +59,7 @@ def segment(
     for path in inputs:
         if not path.exists():
             raise InputError(path, "no such file or folder", "check the path")
-        name = case_id(path)
+        name = case_id_of(path)
         if name in cases:
             raise InputError(path, f"gives the same case id {name!r} as {cases[name]}", "rename one of them")
         cases[name] = path

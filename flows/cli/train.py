@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors
 
 
 @app.command()
@@ -21,7 +21,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar; print the ensemble summary only."),
 ) -> None:
     """Train the config's members (resuming an interrupted run) into one ensemble folder."""
-    from flows.train import run_training
+    from deconvseg.flows.train import run_training
 
     overrides = {k: v for k, v in {"out": str(out) if out else None, "threads": threads}.items() if v is not None}
     summary = run_training(config, overrides, progress=not quiet, only=member or None)
@@ -38,7 +38,7 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Per-class Dice and HD95 of a model (ensemble: mean of the members' softmax) on labelled data."""
-    from flows.evaluate import run_evaluation
+    from deconvseg.flows.evaluate import run_evaluation
 
     result = run_evaluation(model, data, split, threads=threads, progress=not as_json)
     if as_json:

@@ -31,23 +31,23 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from pipeline.errors import InputError
-from pipeline.export.dicom_seg import write_dicom_seg
-from pipeline.export.dicom_series import SeriesReference, prepare_reference
-from pipeline.export.grid import align_to_image
-from pipeline.export.manifest import build_manifest, write_manifest
-from pipeline.export.nifti import write_labels_json, write_labels_nifti, write_uncertainty_nifti
-from pipeline.export.overlays import write_overlays
-from pipeline.export.report import write_report
-from pipeline.export.rtstruct import write_rtstruct
-from pipeline.export.seg_nrrd import write_seg_nrrd
-from pipeline.export.shape_qa import FLAG as SHAPE_FLAG
-from pipeline.export.shape_qa import ShapeAssessment, flag_structures, shape_entry, write_qa
-from pipeline.export.stats import StatsConfig, compute_stats, write_stats
-from pipeline.labels import LabelTable
-from pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
-from pipeline.sanitize import deidentify_dataset
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.export.dicom_seg import write_dicom_seg
+from deconvseg.pipeline.export.dicom_series import SeriesReference, prepare_reference
+from deconvseg.pipeline.export.grid import align_to_image
+from deconvseg.pipeline.export.manifest import build_manifest, write_manifest
+from deconvseg.pipeline.export.nifti import write_labels_json, write_labels_nifti, write_uncertainty_nifti
+from deconvseg.pipeline.export.overlays import write_overlays
+from deconvseg.pipeline.export.report import write_report
+from deconvseg.pipeline.export.rtstruct import write_rtstruct
+from deconvseg.pipeline.export.seg_nrrd import write_seg_nrrd
+from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
+from deconvseg.pipeline.export.shape_qa import ShapeAssessment, flag_structures, shape_entry, write_qa
+from deconvseg.pipeline.export.stats import StatsConfig, compute_stats, write_stats
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
+from deconvseg.pipeline.sanitize import deidentify_dataset
+from deconvseg.pipeline.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -172,11 +172,11 @@ def write_bundle(
             referencing it.
         title: heading of the report (default: the out_dir name).
         deidentify: write SEG/RTSTRUCT and the ``dicom/`` copy without the patient's identity
-            (``pipeline.sanitize.deidentify_dataset``, PatientID = the bundle's name) and a manifest
+            (``deconvseg.pipeline.sanitize.deidentify_dataset``, PatientID = the bundle's name) and a manifest
             whose inputs carry hashes but no paths; the manifest records ``"deidentified": true``.
         shape: the shape guard's plausibility of ``labels`` (``SegmentationResult.shape``): written
             to ``qa.json`` and the report; when flagged, the structures it blames get
-            ``implausible_shape`` (``pipeline.export.shape_qa``).
+            ``implausible_shape`` (``deconvseg.pipeline.export.shape_qa``).
 
     Returns:
         The summary, with the per-structure stats and flags.

@@ -13,11 +13,11 @@ import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes
 
-from pipeline.errors import InputError
-from pipeline.export.dicom_series import SeriesReference, deterministic_uid
-from pipeline.export.files import array_digest, atomic_file
-from pipeline.labels import Label, LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.export.dicom_series import SeriesReference, deterministic_uid
+from deconvseg.pipeline.files import array_digest, atomic_file
+from deconvseg.pipeline.labels import Label, LabelTable
+from deconvseg.pipeline.volume import Volume
 
 ANATOMY_CATEGORY = codes.SCT.AnatomicalStructure
 

@@ -25,9 +25,9 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-from pipeline.errors import InputError
-from pipeline.export.files import array_digest, file_digest
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.files import array_digest, file_digest
+from deconvseg.pipeline.volume import Volume
 
 Origin = Literal["source", "copy-with-generated-uids", "generated-from-volume"]
 _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
@@ -95,7 +95,7 @@ def prepare_reference(image: Volume, folder: Path, *, make_series: bool = True) 
     if files:
         if len(files) != image.shape[0]:
             raise InputError(files[0], f"{len(files)} DICOM files for {image.shape[0]} slices",
-                             "read the series with pipeline.io.read_volume so dicom_files follows z order")
+                             "read the series with deconvseg.pipeline.io.volumes.read_volume so dicom_files follows z order")
         datasets = _with_type2([pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         if not _needs_new_uids(datasets):
             return SeriesReference(datasets, "source")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.errors import InputError
-from pipeline.io import from_sitk, to_sitk
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
+from deconvseg.pipeline.volume import Volume
 
 
 def align_to_image(volume: Volume, image: Volume, *, atol: float = 1e-3) -> Volume:

@@ -3,7 +3,7 @@
 A label file may be this project's ``labels.json`` (a list of ``{value, name, color, code}``), or
 a plain mapping ``{"1": "spleen", ...}``, or a mapping of such mappings (TotalSegmentator's class
 map, ``{"total": {...}, "total_mr": {...}}``) from which ``key`` picks one. Values the file does
-not name get ``label_<v>`` names and the fixed palette (``pipeline.labels.generic_table``).
+not name get ``label_<v>`` names and the fixed palette (``deconvseg.pipeline.labels.generic_table``).
 Structure names that match a SNOMED CT concept of pydicom's DICOM code dictionary (``spleen``,
 ``subclavian_artery_left`` -> "Left Subclavian Artery", ``vertebrae_T12`` -> "T12 vertebra") get
 that code, so DICOM-SEG and labels.json carry it.
@@ -18,8 +18,8 @@ from dataclasses import replace
 
 from pydicom.sr.codedict import codes
 
-from pipeline.errors import InputError
-from pipeline.labels import Code, Label, LabelTable, default_color, generic_table
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.labels import Code, Label, LabelTable, default_color, generic_table
 
 
 def read_label_file(path: str | Path, key: str | None = None) -> LabelTable:

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.export.files import atomic_file, file_digest
+from deconvseg.pipeline.files import atomic_file, file_digest
 
 PACKAGES = ("deconvseg", "numpy", "SimpleITK", "pydicom", "highdicom", "pynrrd", "scikit-image", "scipy",
             "torch", "monai", "prefect")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.export.files import atomic_file
-from pipeline.io import write_volume
-from pipeline.labels import LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.files import atomic_file
+from deconvseg.pipeline.io.volumes import write_volume
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.volume import Volume
 
 
 def label_dtype(labels: Volume) -> type[np.integer]:

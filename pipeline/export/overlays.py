@@ -16,10 +16,10 @@ import SimpleITK as sitk
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from pipeline.export.files import atomic_file
-from pipeline.io import to_sitk
-from pipeline.labels import LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.files import atomic_file
+from deconvseg.pipeline.io.sitk_bridge import to_sitk
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.volume import Volume
 
 CT_WINDOW = (-160.0, 240.0)  # soft-tissue window, level 40 HU / width 400 HU
 VIEWS = ("axial", "coronal", "sagittal")

@@ -13,7 +13,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from pipeline.export.files import atomic_file
+from deconvseg.pipeline.files import atomic_file
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -43,7 +43,7 @@ def render_report(
     notes: list[str] | None = None,
     shape: dict[str, Any] | None = None,
 ) -> str:
-    """The HTML text of the report; ``shape`` is the ``qa.json`` entry of ``pipeline.export.shape_qa``."""
+    """The HTML text of the report; ``shape`` is the ``qa.json`` entry of ``deconvseg.pipeline.export.shape_qa``."""
     rows = []
     for row in stats:
         colour = "#%02x%02x%02x" % tuple(row["color"])

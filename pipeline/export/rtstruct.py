@@ -22,12 +22,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
 from skimage.measure import approximate_polygon, find_contours
 
-from pipeline.errors import InputError
-from pipeline.export.dicom_seg import present_labels
-from pipeline.export.dicom_series import SeriesReference, deterministic_uid
-from pipeline.export.files import array_digest, atomic_file
-from pipeline.labels import LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.export.dicom_seg import present_labels
+from deconvseg.pipeline.export.dicom_series import SeriesReference, deterministic_uid
+from deconvseg.pipeline.files import array_digest, atomic_file
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.volume import Volume
 
 logger = logging.getLogger(__name__)
 CONTOUR_DATA = Tag(0x3006, 0x0050)

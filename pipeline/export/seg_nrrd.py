@@ -15,9 +15,9 @@ import nrrd
 import numpy as np
 from scipy import ndimage
 
-from pipeline.export.files import atomic_file
-from pipeline.labels import LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.files import atomic_file
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.volume import Volume
 
 
 def _extent(mask_slices: tuple[slice, slice, slice] | None) -> str:

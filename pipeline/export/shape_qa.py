@@ -1,6 +1,6 @@
 """The shape guard's plausibility score as a QA entry of the review bundle (``qa.json``).
 
-The score (``pipeline.shape_guard_score``) judges the whole map. When it flags the map, the flag
+The score (``deconvseg.pipeline.autoencoding.score``) judges the whole map. When it flags the map, the flag
 ``implausible_shape`` also goes on each structure the score blames:
 
 - one the autoencoder rejects whole (reconstruction Dice below ``replace_below``: swapped classes);
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.export.files import atomic_file
-from pipeline.labels import LabelTable
+from deconvseg.pipeline.files import atomic_file
+from deconvseg.pipeline.labels import LabelTable
 
 if TYPE_CHECKING:  # the score's module imports scikit-image: models without a guard skip it
-    from pipeline.shape_guard_score import Plausibility, PlausibilityConfig
+    from deconvseg.pipeline.autoencoding.score import Plausibility, PlausibilityConfig
 
 FLAG = "implausible_shape"
 

@@ -18,10 +18,10 @@ import numpy as np
 from pydantic import Field
 from scipy import ndimage
 
-from pipeline.config import Settings
-from pipeline.export.files import atomic_file
-from pipeline.labels import LabelTable
-from pipeline.volume import Volume
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.files import atomic_file
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.volume import Volume
 
 CSV_COLUMNS = ("value", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity", "intensity_unit",
                "mean_uncertainty", "touches_border", "bbox_min_mm", "bbox_max_mm", "flags")

@@ -25,9 +25,9 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from pipeline.errors import InputError
-from pipeline.io import check_size
-from pipeline.volume import Kind, Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.checks import check_size
+from deconvseg.pipeline.volume import Kind, Volume
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ input grid, background outside the crop) gives the reconstruction Dice
 
 low when ``S`` holds shapes the autoencoder cannot reproduce (swapped classes, gross errors).
 ``score`` combines it with volumes of stray components, enclosed background, exposed walls,
-dents in the outline and blobs of confident disagreement with ``R`` (``pipeline.shape_guard_score``),
+dents in the outline and blobs of confident disagreement with ``R`` (``deconvseg.pipeline.autoencoding.score``),
 which catch holes and islands too small to move ``d``. ``refine(S, classes)`` replaces each listed structure by
 its reconstruction, whole when ``d`` of that structure is very low, else only where they
 disagree in bulk (Larrazabal et al., "Post-DAE", IEEE TMI 2020; Oktay et al., "Anatomically
@@ -33,10 +33,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
-from models.autoencoders import ShapeAutoencoder3D
-from pipeline.config import Settings
-from pipeline.errors import InputError
-from pipeline.shape_guard_score import Plausibility, PlausibilityConfig, Spacing, confident_disagreement, plausibility
+from deconvseg.models.autoencoders import ShapeAutoencoder3D
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.autoencoding.score import Plausibility, PlausibilityConfig, Spacing, confident_disagreement, plausibility
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class ShapeGuard:
         model: trained ``ShapeAutoencoder3D``.
         config: grid placement used in training.
         classes: structures that ``__call__`` replaces (the per-class plan validated on data);
-            empty = all, so that a caller such as ``pipeline.postprocess`` can decide per class.
+            empty = all, so that a caller such as ``deconvseg.pipeline.postprocess`` can decide per class.
         plausibility: how the score combines its terms, and the QA threshold.
     """
 
@@ -189,7 +189,7 @@ class ShapeGuard:
         return {c: dice(labels == c, recon == c) for c in range(1, self.config.n_classes)}
 
     def assess(self, labels: np.ndarray, spacing: Spacing) -> Plausibility:
-        """Every term of the plausibility score (``pipeline.shape_guard_score``) and the QA flag.
+        """Every term of the plausibility score (``deconvseg.pipeline.autoencoding.score``) and the QA flag.
 
         Args:
             labels: label map ``[z, y, x]``.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import InputError
+from deconvseg.pipeline.errors import InputError
 
 logger = logging.getLogger(__name__)
 

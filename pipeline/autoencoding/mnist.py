@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
+from deconvseg.pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 

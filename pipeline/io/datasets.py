@@ -20,10 +20,10 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.io import read_volume
-from pipeline.labels import LabelTable, generic_table
-from pipeline.volume import Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.volumes import read_volume
+from deconvseg.pipeline.labels import LabelTable, generic_table
+from deconvseg.pipeline.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError, InputError
+from deconvseg.pipeline.errors import ConfigError, InputError
 
 __all__ = ["gaussian_psf", "disk_psf", "motion_psf", "psf_from_array", "parse_psf"]
 

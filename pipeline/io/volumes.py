@@ -1,7 +1,7 @@
 """Read and write volumes: DICOM series folders, NIfTI, NRRD, MHA/MHD.
 
 Geometry is read once here and written once at export; everything in between keeps the
-``Volume``'s grid (see ``pipeline.volume`` for the axis convention). Every check that can be
+``Volume``'s grid (see ``deconvseg.pipeline.volume`` for the axis convention). Every check that can be
 made from the header -- size, dimensionality, channels, the voxel limit -- is made before
 the pixels are loaded, so a file claiming 10^12 voxels is refused at once. NIfTI is written
 with nibabel (about 4x faster than SimpleITK's .nii.gz writer here), everything else with
@@ -21,40 +21,14 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.errors import InputError
-from pipeline.volume import Kind, Volume
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.checks import DEFAULT_MAX_VOXELS, IMAGE_SUFFIXES, check_finite, check_size, suffix_of
+from deconvseg.pipeline.io.dicom import read_dicom_series
+from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
+from deconvseg.pipeline.volume import Kind, Volume
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_VOXELS = 1_000_000_000  # ~4 GB as float32; raise it explicitly for larger volumes
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def from_sitk(image: sitk.Image, kind: Kind = "image", **metadata: object) -> Volume:
-    """Wrap a 3D SimpleITK image as a ``Volume`` (the array is copied out of ITK)."""
-    return Volume(
-        array=sitk.GetArrayFromImage(image),
-        spacing=image.GetSpacing(),
-        origin=image.GetOrigin(),
-        direction=np.asarray(image.GetDirection()).reshape(3, 3),
-        kind=kind,
-        metadata=dict(metadata),
-    )
-
-
-def to_sitk(volume: Volume) -> sitk.Image:
-    """The SimpleITK image of a ``Volume`` with the same voxels and geometry."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array))
-    image.SetSpacing(volume.spacing)
-    image.SetOrigin(volume.origin)
-    image.SetDirection(tuple(volume.direction.ravel()))
-    return image
-
-
-def suffix_of(path: str | Path) -> str:
-    """The format suffix of a path, keeping ``.nii.gz`` whole (lower case)."""
-    name = Path(path).name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 def read_volume(
@@ -77,7 +51,7 @@ def read_volume(
 
     Returns:
         The volume; ``metadata`` holds ``source`` and ``modality`` (``None`` when the format
-        does not store it) and, for DICOM, the series' UIDs and files (``pipeline.io_dicom``).
+        does not store it) and, for DICOM, the series' UIDs and files (``deconvseg.pipeline.io.dicom``).
 
     Raises:
         InputError: missing path, unreadable/truncated/empty file, non-image DICOM, slice gaps,
@@ -87,8 +61,6 @@ def read_volume(
     if not path.exists():
         raise InputError(path, "no such file or folder", "check the path")
     if path.is_dir() or _is_dicom_file(path):
-        from pipeline.io_dicom import read_dicom_series
-
         volume = read_dicom_series(path, series_uid=series_uid, max_voxels=max_voxels, kind=kind)
     else:
         volume = _read_image_file(path, kind, channel, max_voxels)
@@ -209,26 +181,6 @@ def _gzip_length(path: Path) -> int:
     except (EOFError, OSError, gzip.BadGzipFile):
         return -1
     return total
-
-
-def check_size(path: str | Path, size: tuple[int, ...], components: int, max_voxels: int) -> None:
-    """Refuse zero-size axes and volumes above ``max_voxels`` (from header values)."""
-    if any(n == 0 for n in size):
-        raise InputError(path, f"zero-size axis in image size {list(size)}", "re-export the volume")
-    voxels = int(np.prod(size, dtype=object)) * components
-    if voxels > max_voxels:
-        raise InputError(
-            path, f"{voxels:.3g} voxels exceed the limit of {max_voxels:.3g}",
-            "crop or downsample the volume, or raise max_voxels",
-        )
-
-
-def check_finite(volume: Volume, path: str | Path) -> None:
-    """Refuse NaN or infinite voxels (they would poison every statistic downstream)."""
-    if np.issubdtype(volume.array.dtype, np.floating):
-        bad = volume.array.size - int(np.count_nonzero(np.isfinite(volume.array)))
-        if bad:
-            raise InputError(path, f"volume contains {bad} NaN/Inf voxels", "fix the export or fill them first")
 
 
 def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:

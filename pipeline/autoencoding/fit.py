@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.autoencoders import build_autoencoder, count_parameters
-from pipeline.config import Settings
+from deconvseg.models.autoencoders import build_autoencoder, count_parameters
+from deconvseg.pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,17 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from pipeline import deblur as classical
-from pipeline.config import Settings
-from pipeline.errors import ConfigError, DeconvsegError, InputError
-from pipeline.psf import parse_psf, psf_from_array
-from pipeline.volume import Volume
+from deconvseg.pipeline.deblur import filters as classical
+from deconvseg.models import WEIGHTS_ROOT as SHIPPED
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.errors import ConfigError, DeconvsegError, InputError
+from deconvseg.pipeline.deblur.psf import parse_psf, psf_from_array
+from deconvseg.pipeline.volume import Volume
 
 logger = logging.getLogger(__name__)
 
 Method = Literal["wiener", "svd", "direct2d", "rl", "skimage_wiener", "unsupervised_wiener", "dcnn"]
-WEIGHTS_ROOT = Path(__file__).resolve().parents[1] / "models" / "weights" / "deblur"
+WEIGHTS_ROOT = SHIPPED / "deblur"
 
 __all__ = ["DeblurConfig", "Method", "make_restorer", "deblur_image", "deblur_volume", "find_dcnn_weights"]
 
@@ -53,7 +54,7 @@ def find_dcnn_weights(psf: np.ndarray, root: Path = WEIGHTS_ROOT) -> Path:
     """
     import json
 
-    from pipeline.degrade import DEGRADATIONS
+    from deconvseg.pipeline.deblur.degrade import DEGRADATIONS
 
     for folder in sorted(p.parent for p in root.glob("*/model.json")):
         trained = DEGRADATIONS[json.loads((folder / "model.json").read_text())["degradation"]]().psf
@@ -77,7 +78,7 @@ def make_restorer(
         logger.info("k† %s, rank %d keeps %.5f of its energy", kdag.shape, sep.rank, sep.retained)
         return lambda image: classical.apply_separable(image, sep)
     if method == "dcnn":
-        from models.deblur_cnn import deblur_cnn_image, load_deblur_cnn
+        from deconvseg.models.deblur_cnn import deblur_cnn_image, load_deblur_cnn
 
         model, _ = load_deblur_cnn(config.weights or find_dcnn_weights(psf))
         return lambda image: deblur_cnn_image(model, image)
@@ -108,7 +109,7 @@ def deblur_volume(
 ) -> Volume:
     """Restore every axial slice ``array[z]`` of an image ``Volume``; same grid and metadata, float32 voxels.
 
-    ``psf`` is an array or its spelling (``"disk:7"``, see ``pipeline.psf.parse_psf``), in slice pixels.
+    ``psf`` is an array or its spelling (``"disk:7"``, see ``deconvseg.pipeline.deblur.psf.parse_psf``), in slice pixels.
 
     Intensities are mapped to [0, 1] by the volume's 0.5/99.5 percentiles for the restoration (``rl`` and
     ``dcnn`` assume that range) and mapped back afterwards, so the output stays in the input's units.
@@ -129,14 +130,14 @@ def deblur_volume(
 def deblur_file(src: str | Path, dst: str | Path, config: DeblurConfig = DeblurConfig()) -> Path:
     """Deblur one input (PNG/TIFF image, NIfTI/NRRD/MHA volume or DICOM folder) into ``dst``, atomically.
 
-    2D images keep their bit depth for PNG output (see ``pipeline.image2d``); volumes are restored slice by
-    slice with ``deblur_volume`` and written with ``pipeline.io.write_volume`` (``dst`` a volume suffix).
+    2D images keep their bit depth for PNG output (see ``deconvseg.pipeline.deblur.image2d``); volumes are restored slice by
+    slice with ``deblur_volume`` and written with ``deconvseg.pipeline.io.volumes.write_volume`` (``dst`` a volume suffix).
 
     Raises:
         InputError: unreadable input, or an output suffix that does not fit the input kind.
     """
-    from pipeline.image2d import IMAGE_SUFFIXES, read_image_2d, write_image_2d
-    from pipeline.io import read_volume, write_volume
+    from deconvseg.pipeline.deblur.image2d import IMAGE_SUFFIXES, read_image_2d, write_image_2d
+    from deconvseg.pipeline.io.volumes import read_volume, write_volume
 
     src, dst = Path(src), Path(dst)
     if src.suffix.lower() in IMAGE_SUFFIXES:

@@ -1,7 +1,7 @@
 """Training and validation data: read a dataset, fit the normalisation, bring it to the working grid.
 
-Two sources: ACDC (``pipeline.datasets.read_acdc`` with a train and a val split list) and
-synthetic phantoms (``pipeline.phantoms.make_phantom``, seeds ``seed .. seed + n_train - 1`` for
+Two sources: ACDC (``deconvseg.pipeline.io.datasets.read_acdc`` with a train and a val split list) and
+synthetic phantoms (``deconvseg.pipeline.phantoms.make_phantom``, seeds ``seed .. seed + n_train - 1`` for
 training and the next ``n_val`` for validation).
 
 ACDC's SSL4MIS files are min-max scaled per volume, ``x' = (x - min) / (max - min)``, and carry no
@@ -19,13 +19,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.config import Settings
-from pipeline.datasets import Case, read_acdc
-from pipeline.errors import InputError
-from pipeline.labels import ACDC, LabelTable
-from pipeline.normalize import fit_normalization, normalize
-from pipeline.phantoms import PHANTOM_LABELS, make_phantom
-from pipeline.resample import resample_to_spacing
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.io.datasets import Case, read_acdc
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.labels import ACDC, LabelTable
+from deconvseg.pipeline.normalize import fit_normalization, normalize
+from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom
+from deconvseg.pipeline.resample import resample_to_spacing
 
 
 class PhantomData(Settings):
@@ -93,7 +93,7 @@ def read_cases(config: DataConfig) -> tuple[list[Case], list[Case], LabelTable, 
     for seed in seeds:
         image, label = make_phantom(p.modality, shape=p.shape, spacing=p.spacing, seed=seed)
         cases.append(Case(f"phantom_{p.modality.lower()}_{seed:03d}", image, label))
-    desc = {"dataset": f"pipeline.phantoms {p.modality}", "train_seeds": seeds[: p.n_train], "val_seeds": seeds[p.n_train :]}
+    desc = {"dataset": f"deconvseg.pipeline.phantoms {p.modality}", "train_seeds": seeds[: p.n_train], "val_seeds": seeds[p.n_train :]}
     return cases[: p.n_train], cases[p.n_train :], PHANTOM_LABELS, desc
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from pipeline.config import Settings
+from deconvseg.pipeline.config import Settings
 
 IN_PLANE = np.ones((1, 3, 3), dtype=bool)
 Spacing = tuple[float, float, float]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import Settings
+from deconvseg.pipeline.config import Settings
 
 
 class AugmentConfig(Settings):

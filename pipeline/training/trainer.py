@@ -1,10 +1,10 @@
 """Patch-based training of one network, and of an ensemble of them, with resume and selection.
 
-One member: AdamW on Dice + CE (``pipeline.losses``), linear warm-up then poly decay, batches from
+One member: AdamW on Dice + CE (``deconvseg.pipeline.training.losses``), linear warm-up then poly decay, batches from
 ``PatchSampler`` (foreground oversampling, augmentation), optional bfloat16 autocast on CPU.
 Every ``val_every`` steps the network segments the validation cases (Gaussian sliding window on
 the working grid) and the best mean foreground Dice so far is written as a checkpoint
-(``models.registry.save_checkpoint``). Every ``checkpoint_every`` steps the full training state
+(``deconvseg.models.registry.save_checkpoint``). Every ``checkpoint_every`` steps the full training state
 (weights, optimizer, RNG states, step, elapsed seconds) goes to ``<member>/.resume`` so that an
 interrupted run continues from the saved step; it is removed when the member finishes.
 
@@ -26,20 +26,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from models.registry import ENSEMBLE, META, build_model, load_ensemble, save_checkpoint
-from pipeline.augment import AugmentConfig, RandomAugment
-from pipeline.checkpointing import has_train_state, load_train_state, save_train_state
-from pipeline.config import Settings
-from pipeline.errors import ConfigError
-from pipeline.evaluation import fit_postprocess
-from pipeline.fusion import dice_weights
-from pipeline.inference import prepare_predictor, sliding_window
-from pipeline.labels import LabelTable
-from pipeline.metrics import dice
-from pipeline.losses import dice_ce_loss, lr_factor
-from pipeline.patches import PatchSampler
-from pipeline.segment import InferenceConfig
-from pipeline.training_data import DataConfig, Prepared, TrainingData
+from deconvseg.models.registry import ENSEMBLE, META, build_model, load_ensemble, save_checkpoint
+from deconvseg.pipeline.training.augment import AugmentConfig, RandomAugment
+from deconvseg.pipeline.training.checkpointing import has_train_state, load_train_state, save_train_state
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.errors import ConfigError
+from deconvseg.pipeline.evaluation import fit_postprocess
+from deconvseg.pipeline.fusion import dice_weights
+from deconvseg.pipeline.inference import prepare_predictor, sliding_window
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.metrics import dice
+from deconvseg.pipeline.training.losses import dice_ce_loss, lr_factor
+from deconvseg.pipeline.patches import PatchSampler
+from deconvseg.pipeline.segment import InferenceConfig
+from deconvseg.pipeline.training.data import DataConfig, Prepared, TrainingData
 
 log = logging.getLogger(__name__)
 RESUME = ".resume"
@@ -86,12 +86,12 @@ class TrainConfig(Settings):
     bf16: bool = False
     fusion: Literal["mean", "weighted_mean"] = "mean"
     # member name -> weight for weighted_mean; empty: each member's validation Dice per class
-    # (pipeline.fusion.dice_weights), stored in ensemble.json as one row per member
+    # (deconvseg.pipeline.fusion.dice_weights), stored in ensemble.json as one row per member
     fusion_weights: dict[str, float] = {}
     # Refinement steps tried on the validation cases once every member is trained (kept per class
-    # only where no class's Dice drops; pipeline.postprocess.choose_steps); [] skips the search.
+    # only where no class's Dice drops; deconvseg.pipeline.postprocess.choose_steps); [] skips the search.
     postprocess_candidates: list[dict[str, Any]] = []
-    # the shape guard (pipeline.shape_guard) that scores this model's labels for the review bundle's QA,
+    # the shape guard (deconvseg.pipeline.autoencoding.guard) that scores this model's labels for the review bundle's QA,
     # a folder relative to ``out``; stored in ensemble.json as "shape_guard"
     shape_guard: str | None = None
     members: list[MemberConfig] = [MemberConfig(name="deconvnet3d")]
@@ -140,7 +140,7 @@ def validate(
     context_factor: tuple[int, int, int] | None,
     config: TrainConfig,
 ) -> list[list[float]]:
-    """Dice of every foreground class per case on the working grid (``pipeline.metrics.dice``)."""
+    """Dice of every foreground class per case on the working grid (``deconvseg.pipeline.metrics.dice``)."""
     model.eval()
     predictor = prepare_predictor(model, bf16=config.bf16)
     dices: list[list[float]] = []
@@ -292,7 +292,7 @@ def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any])
 
 def _fusion_weights(config: TrainConfig, metas: list[dict[str, Any]], order: list[str]) -> list:
     """The configured weight per member, or (``weighted_mean`` without ``fusion_weights``) each
-    member's validation Dice per class, background first (``pipeline.fusion.dice_weights``)."""
+    member's validation Dice per class, background first (``deconvseg.pipeline.fusion.dice_weights``)."""
     if config.fusion == "weighted_mean" and not config.fusion_weights:
         names = LabelTable.from_json(metas[0]["labels"]).names
         return np.round(dice_weights(metas, names), 4).tolist()

@@ -25,11 +25,11 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from models.deblur_cnn import DeblurCNN
-from pipeline.config import Settings
-from pipeline.deblur import kernel_svd, pseudo_inverse_kernel
-from pipeline.deblur_data import HELD_OUT, TRAINING, load_grey
-from pipeline.degrade import DEGRADATIONS
+from deconvseg.models.deblur_cnn import DeblurCNN
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.deblur.filters import kernel_svd, pseudo_inverse_kernel
+from deconvseg.pipeline.deblur.data import HELD_OUT, TRAINING, load_grey
+from deconvseg.pipeline.deblur.degrade import DEGRADATIONS
 
 logger = logging.getLogger(__name__)
 

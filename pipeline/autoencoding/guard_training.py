@@ -2,7 +2,7 @@
 
 Training follows Post-DAE (Larrazabal et al., IEEE TMI 2020): clean training label maps are
 placed on the fixed grid (with a small random shift/scale of the crop), corrupted on the fly
-(holes, islands, swapped classes; ``pipeline.label_corruption``), and the network learns to
+(holes, islands, swapped classes; ``deconvseg.pipeline.autoencoding.corruption``), and the network learns to
 output the clean map. Loss = cross-entropy + (1 - mean soft Dice of the structures).
 """
 
@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.autoencoders import ShapeAutoencoder3D
-from pipeline.autoencoding import AutoencoderTrainConfig, ProgressFn, TrainHistory, train_autoencoder
-from pipeline.config import Settings
-from pipeline.label_corruption import KINDS, corrupt_labels
-from pipeline.shape_guard import ShapeGridConfig, ShapeGuard, crop_to_grid, dice, largest_component_box, one_hot
-from pipeline.shape_guard_score import Plausibility, PlausibilityConfig, Spacing, combine
+from deconvseg.models.autoencoders import ShapeAutoencoder3D
+from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, ProgressFn, TrainHistory, train_autoencoder
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.autoencoding.corruption import KINDS, corrupt_labels
+from deconvseg.pipeline.autoencoding.guard import ShapeGridConfig, ShapeGuard, crop_to_grid, dice, largest_component_box, one_hot
+from deconvseg.pipeline.autoencoding.score import Plausibility, PlausibilityConfig, Spacing, combine
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def plausibility_study(
         references: expert label maps ``[z, y, x]``.
         spacing: their voxel size ``(x, y, z)`` in mm.
         seed: seed of the corruptions.
-        severity: corruption size (``pipeline.label_corruption.corrupt_labels``).
+        severity: corruption size (``deconvseg.pipeline.autoencoding.corruption.corrupt_labels``).
 
     Returns:
         ``{"reference": [...], "<kind>": [...], "auc": {"<kind>": a, "all": a}, "severity": s}``.

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy.signal import fftconvolve
 
-from pipeline.psf import disk_psf, gaussian_psf
+from deconvseg.pipeline.deblur.psf import disk_psf, gaussian_psf
 
 __all__ = ["Degradation", "xu_degradation", "gaussian_degradation", "blur_valid", "jpeg_roundtrip", "DEGRADATIONS"]
 
