@@ -55,7 +55,7 @@ def main() -> None:
 
     import torch
 
-    from deconvseg.models.registry import load_ensemble, read_ensemble_config
+    from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.evaluation import evaluate_members, read_eval_cases
     from deconvseg.pipeline.segment import InferenceConfig
 
@@ -67,28 +67,30 @@ def main() -> None:
         ENSEMBLE,
     ]
     for folder in folders:
-        members = load_ensemble(folder)
+        ensemble = load_ensemble(folder)
         single = (folder / "model.json").is_file()
         # A single member is scored without refinement; an ensemble with its ensemble.json (fusion + plan).
-        result = evaluate_members(cases, members, config, ensemble={} if single else read_ensemble_config(folder))
-        name = f"{folder.parent.name}/{folder.name}" if single else f"{folder.name} ensemble ({len(members)} members)"
-        print(json.dumps(row(name, result, [meta for _, meta in members])), flush=True)
+        if single:
+            ensemble = ensemble.with_settings(postprocess=None)
+        result = evaluate_members(cases, ensemble, config)
+        name = f"{folder.parent.name}/{folder.name}" if single else f"{folder.name} ensemble ({len(ensemble.members)} members)"
+        print(json.dumps(row(name, result, ensemble.specs)), flush=True)
 
 
-def row(name: str, result: dict, metas: list[dict]) -> dict:
-    """One JSON line from an evaluation result and the members' ``model.json``."""
-    seconds = [m["training"].get("seconds", 0.0) for m in metas]
+def row(name: str, result: dict, specs: list) -> dict:
+    """One JSON line from an evaluation result and the members' specs."""
+    seconds = [spec.training.get("seconds", 0.0) for spec in specs]
     out = {
         "model": name,
         "mean_dice": round(result["mean_dice"], 4),
         "dice": {k: round(v, 4) for k, v in result["dice"].items()},
         "hd95": {k: None if v is None else round(v, 2) for k, v in result["hd95"].items()},
         "train_s": round(sum(seconds), 1),
-        "params": sum(int(m["training"]["params"]) for m in metas),
+        "params": sum(int(spec.training["params"]) for spec in specs),
         "infer_s_per_volume": round(result["infer_s_per_volume"], 3),
         "cases": result["cases"],
     }
-    if len(metas) > 1:
+    if len(specs) > 1:
         out["train_wall_s"] = round(max(seconds), 1)
     return out
 

@@ -31,36 +31,34 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from deconvseg.models.registry import load_ensemble, read_ensemble_config
+    from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.evaluation import evaluate_members, read_eval_cases, score_predictions
     from deconvseg.pipeline.fusion import dice_weights, fuse
-    from deconvseg.pipeline.inference import restore_labels
-    from deconvseg.pipeline.labels import LabelTable
+    from deconvseg.pipeline.resample import restore_labels
     from deconvseg.pipeline.segment import InferenceConfig, effective_config, member_probabilities
 
     torch.set_num_threads(args.threads)
     cases = read_eval_cases(args.data, args.split or Path(args.data) / "splits" / "val.list")
-    members = load_ensemble(args.model)
-    table = LabelTable.from_json(members[0][1]["labels"])
+    ensemble = load_ensemble(args.model)
+    table = ensemble.table
     values = np.array([0, *table.values], dtype=np.uint8)
-    weights = dice_weights([meta for _, meta in members], table.names)
-    variants = {Path(meta["checkpoint_dir"]).name: ("member", i) for i, (_, meta) in enumerate(members)}
+    weights = dice_weights([spec.metrics for spec in ensemble.specs], table.names)
+    variants = {member.name: ("member", i) for i, member in enumerate(ensemble.members)}
     variants.update({"mean": ("mean", None), "weighted_mean": ("weighted_mean", weights),
                      "weighted_mean (Dice^2)": ("weighted_mean", weights ** 2),
                      "weighted_mean (Dice^4)": ("weighted_mean", weights ** 4),
                      "majority": ("majority", None), "staple": ("staple", None)})
-    config = effective_config(InferenceConfig(threads=args.threads), members)
+    config = effective_config(InferenceConfig(threads=args.threads), ensemble)
     predictions: dict[str, list[np.ndarray]] = {name: [] for name in variants}
     for case in cases:
-        stack, grid = member_probabilities(case.image, members, config)
+        stack, grid = member_probabilities(case.image, ensemble, config)
         for name, (rule, arg) in variants.items():
             fused = stack[arg] if rule == "member" else fuse(stack, rule, arg)
             predictions[name].append(restore_labels(values[fused.argmax(0)], fused.max(0), grid, case.image, config.slab))
     for name, labels in predictions.items():
         print(json.dumps(line(name + " (unrefined)", score_predictions(cases, labels, table))), flush=True)
-    stored = read_ensemble_config(args.model)
-    result = evaluate_members(cases, members, config, ensemble=stored)
-    print(json.dumps(line(f"ensemble as stored ({stored.get('fusion')}, refined)", result)), flush=True)
+    result = evaluate_members(cases, ensemble, config)
+    print(json.dumps(line(f"ensemble as stored ({ensemble.settings.fusion}, refined)", result)), flush=True)
 
 
 def line(name: str, result: dict) -> dict:

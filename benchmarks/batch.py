@@ -63,7 +63,8 @@ def write_phantoms(folder: Path, cases: int, shape: tuple[int, int, int], spacin
 
 def random_model(folder: Path) -> Path:
     """A one-member random DeconvNet, used only when the bundled model is absent (speed, not accuracy)."""
-    from deconvseg.models.registry import build_model, save_checkpoint
+    from deconvseg.models.registry import build_model
+    from deconvseg.pipeline.checkpoints import save_checkpoint
     from deconvseg.pipeline.phantoms import PHANTOM_LABELS
 
     model = build_model("deconvnet3d", in_channels=1, out_channels=len(PHANTOM_LABELS) + 1, widths=[8, 16, 32, 64])

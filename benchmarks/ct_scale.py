@@ -48,7 +48,8 @@ def prepare(folder: Path, members: int, patch: list[int]) -> tuple[Path, Path]:
     import numpy as np
     import torch
 
-    from deconvseg.models.registry import build_model, save_checkpoint
+    from deconvseg.models.registry import build_model
+    from deconvseg.pipeline.checkpoints import save_checkpoint
     from deconvseg.pipeline.io.volumes import read_volume, write_volume
     from deconvseg.pipeline.phantoms import PHANTOM_LABELS
     from deconvseg.pipeline.resample import resample_to_grid
@@ -76,19 +77,22 @@ def _peak_rss_mib() -> float:
 
 
 def run_ours(ct: Path, model: Path, out: Path, threads: int, overlap: float, bf16: bool) -> dict:
-    from deconvseg.models.registry import load_ensemble
+    import torch
+
+    from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.io.volumes import read_volume, write_volume
     from deconvseg.pipeline.segment import InferenceConfig, segment_case
 
+    torch.set_num_threads(threads)
     stages: dict[str, float] = {}
     start = time.perf_counter()
     image = read_volume(ct)
     stages["ingest"] = time.perf_counter() - start
     t = time.perf_counter()
-    members = load_ensemble(model)
+    ensemble = load_ensemble(model)
     stages["load_models"] = time.perf_counter() - t
     config = InferenceConfig(threads=threads, overlap=overlap, bf16=bf16)
-    result = segment_case(image, members, config)
+    result = segment_case(image, ensemble, config)
     stages.update(result.timings)
     t = time.perf_counter()
     write_volume(result.labels, out / "labels.nii.gz")
@@ -104,7 +108,7 @@ def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) ->
     from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, SaveImaged,
                                   ScaleIntensityRanged, Spacingd)
 
-    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.ensemble import load_ensemble
 
     torch.set_num_threads(threads)
     lo, hi = NORMALIZATION["clip"]
@@ -117,17 +121,18 @@ def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) ->
     data = pre({"image": str(ct)})
     stages["ingest_spacing_normalize"] = time.perf_counter() - start
     t = time.perf_counter()
-    members = load_ensemble(model)
+    ensemble = load_ensemble(model)
     stages["load_models"] = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():
         probabilities = None
-        for net, meta in members:
-            roi = tuple(reversed(meta["patch_size"]))  # MONAI arrays are (x, y, z)
-            logits = sliding_window_inference(data["image"][None], roi, 1, net, overlap=overlap, mode="gaussian")
+        for member in ensemble.members:
+            roi = tuple(reversed(member.spec.patch_size))  # MONAI arrays are (x, y, z)
+            logits = sliding_window_inference(data["image"][None], roi, 1, member.network, overlap=overlap,
+                                              mode="gaussian")
             p = torch.softmax(logits, dim=1)
             probabilities = p if probabilities is None else probabilities + p
-        data["pred"] = (probabilities / len(members))[0]
+        data["pred"] = (probabilities / len(ensemble.members))[0]
     stages["inference_fusion"] = time.perf_counter() - t
     t = time.perf_counter()
     data = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(data)

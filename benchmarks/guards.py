@@ -26,19 +26,19 @@ sys.path.insert(0, str(REPO))
 CHILD = """
 import json, resource, sys
 import psutil, torch
-from deconvseg.models.registry import load_ensemble
+from deconvseg.pipeline.ensemble import load_ensemble
 from deconvseg.pipeline.phantoms import make_phantom
 from deconvseg.pipeline.segment import InferenceConfig, segment_case
 from deconvseg.pipeline.guards import estimate_peak_memory
 
 model, z, xy, spacing = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-members = load_ensemble(model)
+ensemble = load_ensemble(model)
 image, _ = make_phantom("CT", shape=(z, xy, xy), spacing=(spacing, spacing, 2 * spacing), seed=0)
-estimate = estimate_peak_memory(image, members)
+estimate = estimate_peak_memory(image, ensemble)
 base = psutil.Process().memory_info().rss
-segment_case(image, members, InferenceConfig(threads=1, memory_budget_mib=1e9))
+segment_case(image, ensemble, InferenceConfig(threads=1, memory_budget_mib=1e9))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"parts": estimate.parts, "base": base, "peak": peak, "members": len(members)}))
+print(json.dumps({"parts": estimate.parts, "base": base, "peak": peak, "members": len(ensemble.members)}))
 """
 
 

@@ -15,12 +15,14 @@ Rows carry case ids only (never patient names or other tags).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
+from deconvseg.pipeline.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from deconvseg.pipeline.case import CaseSummary
 
 
 def _volumes(stats: list[dict[str, Any]]) -> dict[str, float]:
@@ -38,7 +40,7 @@ def _flags(stats: list[dict[str, Any]], qa: dict[str, Any] | None) -> list[str]:
 
 def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stats: list[dict[str, Any]],
              structure_uncertainty: dict[Any, float] | None = None, qa: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The dashboard row of a finished case.
+    """The dashboard row of a finished case (``summary_row`` makes it from a ``CaseSummary``).
 
     Args:
         case_id: the case's id.
@@ -56,6 +58,12 @@ def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stat
     return {"case": case_id, "status": status, "seconds": round(seconds, 2), "volumes_ml": _volumes(stats),
             "uncertainty": round(max(scores), 4) if scores else None, "flags": _flags(stats, qa),
             "bundle": str(bundle), "reason": ""}
+
+
+def summary_row(summary: CaseSummary, status: str = "segmented") -> dict[str, Any]:
+    """The dashboard row of a case the case API (``deconvseg.pipeline.case.run_case``) just finished."""
+    return case_row(summary.case_id, status, summary.seconds, summary.bundle, summary.stats,
+                    summary.structure_uncertainty, qa=summary.qa)
 
 
 def failed_row(case_id: str, reason: str) -> dict[str, Any]:
@@ -128,19 +136,6 @@ class Progress:
 
         self.done += 1
         update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total)
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temporary sibling file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str) -> dict[str, Any]:

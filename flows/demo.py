@@ -6,9 +6,6 @@ again gives the same bytes and a second demo run is served from the cache.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 DEMO_SEED = 7000
@@ -29,6 +26,7 @@ def write_demo_inputs(folder: Path, cases: int, shape: tuple[int, int, int],
         ``folder``.
     """
     from deconvseg.pipeline.export.dicom_series import series_from_volume, write_series
+    from deconvseg.pipeline.files import atomic_folder
     from deconvseg.pipeline.io.volumes import write_volume
     from deconvseg.pipeline.phantoms import make_phantom
 
@@ -37,11 +35,8 @@ def write_demo_inputs(folder: Path, cases: int, shape: tuple[int, int, int],
         image, _ = make_phantom("CT", shape=shape, spacing=spacing, seed=DEMO_SEED + index)
         if index == cases and cases > 1:
             target = folder / f"phantom-{index:02d}-dicom"
-            staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-            write_series(series_from_volume(image, series_description=f"deconvseg demo phantom {index}"), staging)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            with atomic_folder(target) as staging:
+                write_series(series_from_volume(image, series_description=f"deconvseg demo phantom {index}"), staging)
         else:
             write_volume(image, folder / f"phantom-{index:02d}.nii.gz")
     return folder

@@ -16,20 +16,20 @@ def run_evaluation(
     """Load a checkpoint or ensemble folder, read the labelled cases, score the fused members."""
     import torch
 
-    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.segment import InferenceConfig
 
     torch.set_num_threads(threads)
-    members = load_ensemble(model)
+    ensemble = load_ensemble(model)
     cases = read_eval_cases(data, split)
     config = InferenceConfig(threads=threads)
     if not progress:
-        return evaluate_members(cases, members, config)
+        return evaluate_members(cases, ensemble, config)
     from rich.progress import Progress
 
     with Progress() as bar:
         job = bar.add_task("evaluating", total=len(cases))
-        return evaluate_members(cases, members, config, on_case=lambda _: bar.advance(job))
+        return evaluate_members(cases, ensemble, config, on_case=lambda _: bar.advance(job))
 
 
 @task

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deconvseg.models import WEIGHTS_ROOT
+from deconvseg.pipeline.case import CaseInput
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.io.datasets import read_manifest_rows
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.io.checks import IMAGE_SUFFIXES, strip_suffix
 from deconvseg.pipeline.sanitize import safe_component
 
-MODEL_FILES = ("model.json", "weights.safetensors", "ensemble.json")
 CACHE_FORMAT = "1"  # bump when the bundle layout changes, so old bundles are recomputed
-_CHUNK = 1 << 20
 DEFAULT_MODEL = WEIGHTS_ROOT / "phantom-ct"
 
 
@@ -63,26 +61,6 @@ class BatchConfig(Settings):
 
         total = self.memory_budget_mib or default_budget_bytes() / MIB
         return {**self.inference, "memory_budget_mib": total / max(cases_at_once, 1)}
-
-
-@dataclass(frozen=True)
-class CaseInput:
-    """One case of a batch: its id (a safe folder name), input path and optional modality."""
-
-    case_id: str
-    path: Path
-    modality: str | None = None
-
-    def content_hash(self) -> str:
-        """sha256 of the input's bytes (a folder: of its files' relative names and bytes)."""
-        return content_hash(self.path)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"case_id": self.case_id, "path": str(self.path), "modality": self.modality}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "CaseInput":
-        return cls(data["case_id"], Path(data["path"]), data.get("modality"))
 
 
 def case_id_of(path: Path) -> str:
@@ -137,36 +115,6 @@ def _read_manifest(path: Path) -> list[CaseInput]:
     """Rows ``case_id,image[,label][,modality]`` (``deconvseg.pipeline.io.datasets.read_manifest_rows``) as inputs."""
     return [CaseInput(safe_component(row["case_id"]), Path(row["image"]), (row.get("modality") or "").upper() or None)
             for row in read_manifest_rows(path)]
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file's bytes, or of a folder's files (sorted relative names and bytes)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(_CHUNK), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def model_version(model_dir: str | Path) -> str:
-    """sha256 over the checkpoint files of a model or ensemble folder.
-
-    Raises:
-        InputError: the folder holds no ``model.json``.
-    """
-    root = Path(model_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name in MODEL_FILES) if root.is_dir() else []
-    if not any(p.name == "model.json" for p in files):
-        raise InputError(root, "no model.json found (not a checkpoint or ensemble folder)",
-                         "pass --model a folder written by 'deconvseg train'")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.relative_to(root)).encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 def config_version(settings: dict[str, Any]) -> str:

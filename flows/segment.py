@@ -31,10 +31,11 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from deconvseg.flows import dashboard
-from deconvseg.flows.inputs import (DEFAULT_MODEL, BatchConfig, CaseInput, cache_key, config_version, discover_cases,
-                          model_version)
+from deconvseg.flows.inputs import DEFAULT_MODEL, BatchConfig, cache_key, config_version, discover_cases
 from deconvseg.flows.outputs import batch_lock, sweep_partial
 from deconvseg.flows.runners import make_task_runner
+from deconvseg.pipeline.case import CaseInput
+from deconvseg.pipeline.ensemble import Ensemble, model_version
 from deconvseg.pipeline.errors import DeconvsegError
 
 _NOT_TRANSIENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
@@ -81,9 +82,9 @@ def _cache_key_fn(context: Any, parameters: dict[str, Any]) -> str | None:
 
 
 @functools.lru_cache(maxsize=2)
-def _members(model_dir: str, version: str) -> list:
-    """The model's ensemble, loaded once per process (``version`` keys the cache)."""
-    from deconvseg.models.registry import load_ensemble
+def _ensemble(model_dir: str, version: str) -> Ensemble:
+    """The model, loaded once per process (``version`` keys the cache)."""
+    from deconvseg.pipeline.ensemble import load_ensemble
 
     return load_ensemble(model_dir)
 
@@ -91,8 +92,8 @@ def _members(model_dir: str, version: str) -> list:
 @task(name="segment-case", cache_key_fn=_cache_key_fn, persist_result=True,
       retry_condition_fn=_retry_transient, task_run_name="segment-{case[case_id]}")
 def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, versions: dict[str, str],
-                 inference: dict[str, Any], threads: int, timeout_s: float | None = None) -> dict[str, Any]:
-    """Read one input, segment it with the model's ensemble and write its review bundle.
+                 config: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Segment one input into its review bundle through the case API (``deconvseg.pipeline.case.run_case``).
 
     Args:
         case: ``CaseInput.to_json()`` (case id, input path, optional modality).
@@ -100,39 +101,25 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
         model_dir: checkpoint or ensemble folder.
         key: the case's cache key (stored in the bundle's manifest).
         versions: input/model/config versions for the manifest.
-        inference: ``InferenceConfig`` fields.
+        config: ``CaseConfig`` fields. Its ``timeout_s`` is enforced by ``deconvseg.pipeline.guards.time_limit``
+            rather than Prefect's ``timeout_seconds``, whose ordinary ``TimeoutError`` library code may
+            catch (a DICOM slice silently skipped, a misleading reason).
         threads: torch threads for this case.
-        timeout_s: the case's time limit (``case_timeout_s``). ``deconvseg.pipeline.guards.time_limit``
-            enforces it rather than Prefect's ``timeout_seconds``, whose ordinary ``TimeoutError``
-            library code may catch (a DICOM slice silently skipped, a misleading reason).
 
     Returns:
         The case's dashboard row (see ``deconvseg.flows.dashboard.case_row``).
     """
     item = CaseInput.from_json(case)
-    bundle = Path(out_dir) / item.case_id
     if _bundle_is_current({"out_dir": out_dir, "case": case, "key": key}):
-        return dashboard.row_from_bundle(item.case_id, bundle, status="cached")
-    from deconvseg.pipeline.export.bundle import write_bundle
-    from deconvseg.pipeline.guards import time_limit
-    from deconvseg.pipeline.io.volumes import read_volume
-    from deconvseg.pipeline.normalize import with_modality
-    from deconvseg.pipeline.segment import InferenceConfig, segment_case as run_segmentation
+        return dashboard.row_from_bundle(item.case_id, Path(out_dir) / item.case_id, status="cached")
+    import torch
 
-    start = time.perf_counter()
-    limit = f"{item.path}: case {item.case_id} (case_timeout_s={timeout_s:g})" if timeout_s else item.case_id
-    with time_limit(timeout_s, limit):
-        image = with_modality(read_volume(item.path), item.modality)
-        members = _members(model_dir, versions["model"])
-        result = run_segmentation(image, members, InferenceConfig(**{**inference, "threads": threads}))
-        manifest = {"cache_key": key, "case_id": item.case_id, "versions": versions, "timings_s": result.timings,
-                    "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
-                    "config": {"inference": inference, "version": versions["config"]}}
-        summary = write_bundle(bundle, image, result.labels, result.table, uncertainty=result.uncertainty,
-                               manifest=manifest, shape=result.shape)
-    seconds = time.perf_counter() - start
-    return dashboard.case_row(item.case_id, "segmented", seconds, summary.path, summary.stats,
-                              result.structure_uncertainty, qa=summary.qa)
+    from deconvseg.pipeline.case import CaseConfig, run_case
+
+    torch.set_num_threads(threads)
+    summary = run_case(item, _ensemble(model_dir, versions["model"]), CaseConfig(**config), out_dir,
+                       record={"cache_key": key, "versions": versions})
+    return dashboard.summary_row(summary)
 
 
 @flow(name="segment-batch", validate_parameters=True)
@@ -195,7 +182,8 @@ def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: 
     """Submit one ``segment-case`` task per case; a row per case as each finishes."""
     case_task = segment_case.with_options(
         retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
-    inference = settings.case_inference(cases_at_once)
+    inference = {**settings.case_inference(cases_at_once), "threads": settings.threads}
+    config = {"inference": inference, "timeout_s": settings.case_timeout_s}
     rows: list[dict[str, Any]] = []
     futures = {}
     for item in cases:
@@ -207,7 +195,7 @@ def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: 
             continue
         case_versions = {**versions, "input": input_version}
         future = case_task.submit(item.to_json(), str(out_dir), model_dir, cache_key(case_versions),
-                                  case_versions, inference, settings.threads, settings.case_timeout_s)
+                                  case_versions, config, settings.threads)
         futures[future.task_run_id] = (future, item)
     for future in as_completed([future for future, _ in futures.values()]):
         future.wait()

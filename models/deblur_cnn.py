@@ -19,17 +19,12 @@ Wiener estimate rather than the whole image. ``forward`` returns the image estim
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DeblurCNN", "save_deblur_cnn", "load_deblur_cnn", "deblur_cnn_image"]
+__all__ = ["DeblurCNN", "deblur_cnn_image"]
 
 
 class DeblurCNN(nn.Module):
@@ -97,43 +92,6 @@ class DeblurCNN(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``y``: ``(N, 1, H, W)`` blurred images -> ``(N, 1, H - shrink, W - shrink)`` estimates."""
         return self.reject(self.deconvolve(y))
-
-
-def save_deblur_cnn(folder: str | Path, model: DeblurCNN, meta: dict[str, Any]) -> Path:
-    """Write ``weights.safetensors`` and ``model.json`` (``arch``, ``arch_kwargs`` and ``meta``) to ``folder``.
-
-    Each file is written to a temporary name in ``folder`` and renamed into place.
-    """
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    document = json.dumps({"arch": "deblur_cnn", "arch_kwargs": model.config, **meta}, indent=2)
-    writers = {"weights.safetensors": lambda tmp: save_file(state, tmp),
-               "model.json": lambda tmp: Path(tmp).write_text(document)}
-    for name, write in writers.items():
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        os.close(fd)
-        try:
-            write(tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, folder / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return folder
-
-
-def load_deblur_cnn(folder: str | Path) -> tuple[DeblurCNN, dict[str, Any]]:
-    """Read a folder written by ``save_deblur_cnn``; the model is in eval mode (never unpickles)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta = json.loads((folder / "model.json").read_text())
-    model = DeblurCNN(**meta["arch_kwargs"])
-    model.load_state_dict(load_file(str(folder / "weights.safetensors")))
-    return model.eval(), meta
 
 
 def deblur_cnn_image(model: DeblurCNN, image: np.ndarray, tile: int = 256) -> np.ndarray:

@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from deconvseg.pipeline.io.datasets import Case, read_acdc, read_manifest, read_msd
+from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.metrics import aggregate, label_metrics
 from deconvseg.pipeline.postprocess import apply_plan, choose_steps
 from deconvseg.pipeline.segment import InferenceConfig, segment_case
-
-Member = tuple[nn.Module, dict[str, Any]]
 
 
 def read_eval_cases(data: str | Path, split: str | Path | None = None) -> list[Case]:
@@ -57,17 +55,16 @@ def read_eval_cases(data: str | Path, split: str | Path | None = None) -> list[C
 
 def predict_cases(
     cases: Sequence[Case],
-    members: Sequence[Member],
+    ensemble: Ensemble,
     config: InferenceConfig = InferenceConfig(),
     *,
-    ensemble: Mapping[str, Any] | None = None,
     on_case: Callable[[str], None] | None = None,
 ) -> tuple[list[np.ndarray], float]:
     """``segment_case`` label maps of every case (input grid) and the mean seconds per case."""
     labels, seconds = [], 0.0
     for case in cases:
         start = time.perf_counter()
-        labels.append(segment_case(case.image, members, config, ensemble=ensemble).labels.array)
+        labels.append(segment_case(case.image, ensemble, config).labels.array)
         seconds += time.perf_counter() - start
         if on_case:
             on_case(case.case_id)
@@ -76,10 +73,9 @@ def predict_cases(
 
 def fit_postprocess(
     cases: Sequence[Case],
-    members: Sequence[Member],
+    ensemble: Ensemble,
     candidates: Sequence[Mapping[str, Any]],
     config: InferenceConfig = InferenceConfig(),
-    ensemble: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Choose refinement steps on validation cases (``deconvseg.pipeline.postprocess.choose_steps``).
 
@@ -91,12 +87,12 @@ def fit_postprocess(
         predictions (``score_predictions``; the plan applied on the input grid).
     """
     unrefined = config.model_copy(update={"refine": False})
-    predictions, seconds = predict_cases(cases, members, unrefined, ensemble=ensemble)
+    predictions, seconds = predict_cases(cases, ensemble, unrefined)
     references = [case.label.array for case in cases]
     spacings = [case.image.spacing for case in cases]
     plan = choose_steps(predictions, references, spacings, candidates)
     refined = [apply_plan(p, plan, s) for p, s in zip(predictions, spacings)]
-    scores = score_predictions(cases, refined, LabelTable.from_json(members[0][1]["labels"]))
+    scores = score_predictions(cases, refined, ensemble.table)
     scores["infer_s_per_volume"] = seconds
     return plan, scores
 
@@ -115,26 +111,24 @@ def score_predictions(cases: Sequence[Case], predictions: Sequence[np.ndarray], 
 
 def evaluate_members(
     cases: Sequence[Case],
-    members: Sequence[Member],
+    ensemble: Ensemble,
     config: InferenceConfig = InferenceConfig(),
     *,
-    ensemble: Mapping[str, Any] | None = None,
     on_case: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Per-class metrics of ``segment_case``'s output, averaged over ``cases`` (``deconvseg.pipeline.metrics.aggregate``).
 
     Args:
         cases: labelled cases, on any grid (scored on the input grid).
-        members: ``deconvseg.models.registry.load_ensemble`` output.
+        ensemble: the model (``deconvseg.pipeline.ensemble.load_ensemble``).
         config: inference settings (overlap, bf16, ...).
-        ensemble: fusion rule/weights/post-processing; default ``ensemble.json`` beside the members.
         on_case: called with each case id when it is done (progress displays).
 
     Returns:
         ``aggregate``'s dict (``mean_dice``, ``dice``, ``hd95``, ``surface_dice``, ..., ``cases``)
         plus ``infer_s_per_volume`` and ``per_case`` (``{case_id: {"dice": ..., "mean_dice": ...}}``).
     """
-    predictions, seconds = predict_cases(cases, members, config, ensemble=ensemble, on_case=on_case)
-    summary = score_predictions(cases, predictions, LabelTable.from_json(members[0][1]["labels"]))
+    predictions, seconds = predict_cases(cases, ensemble, config, on_case=on_case)
+    summary = score_predictions(cases, predictions, ensemble.table)
     summary["infer_s_per_volume"] = seconds
     return summary

@@ -21,7 +21,7 @@ exactly where every member is certain of the same class.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -84,21 +84,20 @@ def staple(labels: np.ndarray, num_classes: int, eps: float = 1e-6) -> np.ndarra
     return (post / post.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
-def dice_weights(metas: Sequence[Mapping], class_names: Sequence[str]) -> np.ndarray:
-    """``(M, C)`` weights from each member's validation Dice (``meta["metrics"]``).
+def dice_weights(metrics: Sequence[Mapping[str, Any]], class_names: Sequence[str]) -> np.ndarray:
+    """``(M, C)`` weights from each member's validation Dice (``MemberSpec.metrics``).
 
     Background (channel 0) and classes without a stored Dice take the member's ``mean_dice``;
     a member without metrics weighs 1 for every class.
 
     Args:
-        metas: the members' ``model.json`` dicts.
+        metrics: each member's validation metrics (``val_dice`` per class name, ``mean_dice``).
         class_names: names of channels ``1..C-1`` (the label table's order).
     """
     rows = []
-    for meta in metas:
-        metrics = meta.get("metrics") or {}
-        default = float(metrics.get("mean_dice", 1.0))
-        per_class = metrics.get("val_dice") or {}
+    for member in metrics:
+        default = float(member.get("mean_dice", 1.0))
+        per_class = member.get("val_dice") or {}
         rows.append([default] + [float(per_class.get(name, default)) for name in class_names])
     return np.asarray(rows, dtype=np.float32)
 

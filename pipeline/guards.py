@@ -46,6 +46,7 @@ import psutil
 import torch
 from torch import nn
 
+from deconvseg.pipeline.ensemble import Ensemble, MemberSpec
 from deconvseg.pipeline.errors import ResourceError
 from deconvseg.pipeline.volume import Volume
 
@@ -77,17 +78,16 @@ def working_size(image: Volume, spacing_xyz: Sequence[float]) -> int:
     return math.prod(max(1, int(round(n * s / t))) for n, s, t in zip(image.size, image.spacing, spacing_xyz))
 
 
-def activation_bytes(model: nn.Module, meta: dict[str, Any]) -> int:
+def activation_bytes(model: nn.Module, spec: MemberSpec) -> int:
     """Bytes of all module outputs in one forward pass of one window (cached per network and patch).
 
     Args:
         model: the network (in eval mode); called with zeros of shape ``(1, in_channels, *patch)``
-            and, for two-scale networks (``context_factor`` in ``meta``), a context input of the same shape.
-        meta: its ``model.json`` (``patch_size``, ``in_channels``, ``context_factor``).
+            and, for two-scale networks (``spec.context_factor``), a context input of the same shape.
+        spec: its spec (``patch_size``, ``in_channels``, ``context_factor``).
     """
-    patch = tuple(int(p) for p in meta["patch_size"])
     cache = _ACTIVATIONS.setdefault(model, {})
-    key = (patch, int(meta.get("in_channels", 1)), meta.get("context_factor") is not None)
+    key = (spec.patch_size, spec.in_channels, spec.context_factor is not None)
     if key not in cache:
         try:  # shapes only: a copy on the "meta" device runs the forward pass without computing anything
             cache[key] = _output_bytes(copy.deepcopy(model).to("meta"), key, "meta")
@@ -118,27 +118,27 @@ def _output_bytes(model: nn.Module, key: tuple, device: str | torch.device) -> i
     return total
 
 
-def estimate_peak_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[str, Any]]], *,
-                         batch_size: int = 1) -> MemoryEstimate:
+def estimate_peak_memory(image: Volume, ensemble: Ensemble, *, batch_size: int = 1) -> MemoryEstimate:
     """The predicted peak memory of segmenting ``image`` with ``members`` (formula in the module docstring).
 
     Args:
         image: the input volume (only its size, spacing and dtype are used).
-        members: ``(network, model.json dict)`` pairs as returned by ``deconvseg.models.registry.load_ensemble``.
+        ensemble: the model (``deconvseg.pipeline.ensemble.load_ensemble``).
         batch_size: windows per network call (mirrored passes run one after another and do not add up).
     """
     n_in = int(np.prod(image.shape))
-    grids = {tuple(float(s) for s in meta["spacing"]) for _, meta in members}
+    grids = {spec.spacing for spec in ensemble.specs}
     n_w = max(working_size(image, spacing) for spacing in grids)
-    channels = max(int(meta.get("out_channels", 2)) for _, meta in members)
-    m = len(members)
-    window = max(activation_bytes(model, meta) for model, meta in members)
+    channels = max(spec.out_channels for spec in ensemble.specs)
+    m = len(ensemble.members)
+    window = max(activation_bytes(member.network, member.spec) for member in ensemble.members)
     return MemoryEstimate({
         "input": int(image.array.nbytes),
         "working_images": 8 * n_w * len(grids),
         "probability_maps": 4 * channels * n_w * (2 * m + 1),
         "activations": window * batch_size,
-        "parameters": sum(sum(p.numel() * p.element_size() for p in model.parameters()) for model, _ in members),
+        "parameters": sum(sum(p.numel() * p.element_size() for p in member.network.parameters())
+                          for member in ensemble.members),
         "restore_and_export": 13 * n_in,
         "runtime": RUNTIME_OVERHEAD,
     })
@@ -149,13 +149,12 @@ def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
     return int(psutil.virtual_memory().total * fraction)
 
 
-def check_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[str, Any]]],
-                 budget_mib: float | None = None, **kwargs: Any) -> MemoryEstimate:
+def check_memory(image: Volume, ensemble: Ensemble, budget_mib: float | None = None, **kwargs: Any) -> MemoryEstimate:
     """Refuse a case whose predicted peak memory exceeds the budget.
 
     Args:
         image: the input volume.
-        members: the ensemble.
+        ensemble: the model.
         budget_mib: the budget in MiB; ``None``: ``DEFAULT_BUDGET_FRACTION`` of physical memory.
         **kwargs: ``batch_size`` of ``estimate_peak_memory``.
 
@@ -165,7 +164,7 @@ def check_memory(image: Volume, members: Sequence[tuple[nn.Module, dict[str, Any
     Raises:
         ResourceError: naming the input, the predicted peak and the budget.
     """
-    estimate = estimate_peak_memory(image, members, **kwargs)
+    estimate = estimate_peak_memory(image, ensemble, **kwargs)
     budget = default_budget_bytes() if budget_mib is None else int(budget_mib * MIB)
     source = image.metadata.get("source", "volume")
     if estimate.total > budget:

@@ -19,33 +19,32 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
+from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
 from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.errors import ConfigError
-from deconvseg.pipeline.export.shape_qa import ShapeAssessment
 from deconvseg.pipeline.fusion import Rule, dice_weights, fuse, structure_uncertainty, voxel_uncertainty
 from deconvseg.pipeline.guards import check_memory
-from deconvseg.pipeline.inference import prepare_predictor, restore_labels, restore_map, sliding_window
+from deconvseg.pipeline.inference import prepare_predictor, sliding_window
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.normalize import foreground_mask, normalize
 from deconvseg.pipeline.postprocess import Prior, apply_plan
-from deconvseg.pipeline.resample import resample_to_spacing
+from deconvseg.pipeline.resample import resample_to_spacing, restore_labels, restore_map
 from deconvseg.pipeline.volume import Volume
 
 if TYPE_CHECKING:
     from deconvseg.pipeline.autoencoding.guard import ShapeGuard
 
 log = logging.getLogger(__name__)
-Member = tuple[nn.Module, dict[str, Any]]
 
 
 class InferenceConfig(Settings):
@@ -122,57 +121,29 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def _ensemble_folder(members: Sequence[Member]) -> Path | None:
-    """The one folder holding every member's checkpoint folder, or ``None``."""
-    folders = {Path(meta["checkpoint_dir"]).parent for _, meta in members if "checkpoint_dir" in meta}
-    return folders.pop() if len(folders) == 1 else None
-
-
-def ensemble_settings(members: Sequence[Member]) -> dict[str, Any]:
-    """``ensemble.json`` beside the members' checkpoints (``{}`` if none); one member: its own plan."""
-    folder = _ensemble_folder(members)
-    if len(members) > 1 and folder is not None:
-        path = folder / "ensemble.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-    if len(members) == 1 and members[0][1].get("postprocess"):
-        return {"postprocess": members[0][1]["postprocess"]}
-    return {}
-
-
 @functools.lru_cache(maxsize=4)
 def _load_guard(folder: Path) -> ShapeGuard:
-    from deconvseg.pipeline.autoencoding.guard import load_shape_guard  # only ensembles with a guard pay for the import
+    from deconvseg.pipeline.autoencoding.guard import load_shape_guard  # only ensembles with a guard pay for it
 
     return load_shape_guard(folder)
 
 
-def ensemble_shape_guard(
-    members: Sequence[Member], settings: Mapping[str, Any], table: LabelTable
-) -> tuple[ShapeGuard, str] | None:
-    """The ``ShapeGuard`` that ``settings["shape_guard"]`` names (relative to the ensemble folder) and its
-    name, or ``None`` when none is named. Loaded once per process and folder.
+def ensemble_shape_guard(ensemble: Ensemble) -> tuple[ShapeGuard, str] | None:
+    """The ``ShapeGuard`` that the ensemble's settings name and its name, or ``None`` when none is named.
+    Loaded once per process and folder.
 
     Raises:
-        ConfigError: the path is relative but the members share no folder, or the table's values
-            are outside the guard's classes.
+        ConfigError: the table's values are outside the guard's classes.
         InputError: the folder holds no shape guard.
     """
-    name = settings.get("shape_guard")
-    if not name:
+    folder = ensemble.shape_guard_folder()
+    if folder is None:
         return None
-    path = Path(name)
-    if not path.is_absolute():
-        folder = _ensemble_folder(members)
-        if folder is None:
-            raise ConfigError(f"shape_guard {name!r} is relative but the members share no ensemble folder; "
-                              "give an absolute path")
-        path = folder / path
-    guard = _load_guard(path.resolve())
-    if max(table.values, default=0) >= guard.config.n_classes:
-        raise ConfigError(f"{path}: shape guard knows labels 1..{guard.config.n_classes - 1}, the model has "
-                          f"{list(table.values)}; name a guard trained on the model's label table")
-    return guard, path.resolve().name
+    guard = _load_guard(folder)
+    if max(ensemble.table.values, default=0) >= guard.config.n_classes:
+        raise ConfigError(f"{folder}: shape guard knows labels 1..{guard.config.n_classes - 1}, the model has "
+                          f"{list(ensemble.table.values)}; name a guard trained on the model's label table")
+    return guard, folder.name
 
 
 def foreground_box(volume: Volume, margin_mm: float, min_size: Sequence[int] = (1, 1, 1)) -> tuple[slice, slice, slice]:
@@ -194,28 +165,15 @@ def foreground_box(volume: Volume, margin_mm: float, min_size: Sequence[int] = (
     return tuple(box)  # type: ignore[return-value]
 
 
-def effective_config(config: InferenceConfig, members: Sequence[Member]) -> InferenceConfig:
+def effective_config(config: InferenceConfig, ensemble: Ensemble) -> InferenceConfig:
     """``config`` with the settings the members were validated with in the fields the caller left
     unset: bf16 autocast when every member trained (and was selected) under it -- 4-5x faster on
     CPUs with AVX512-BF16 (ACDC, 2026-11-26), and the arithmetic its validation Dice was measured in."""
-    validated = {"bf16": True} if all(meta.get("training", {}).get("bf16") for _, meta in members) else {}
+    validated = {"bf16": True} if ensemble.bf16 else {}
     return InferenceConfig(**{**validated, **config.model_dump(exclude_unset=True)})
 
 
-def _check_members(members: Sequence[Member]) -> LabelTable:
-    if not members:
-        raise ConfigError("segment_case: no ensemble members; pass the output of deconvseg.models.registry.load_ensemble")
-    tables = {json.dumps(meta.get("labels"), sort_keys=True) for _, meta in members}
-    if len(tables) != 1:
-        raise ConfigError("ensemble members have different label tables; retrain them on one label table")
-    table = LabelTable.from_json(members[0][1]["labels"])
-    for _, meta in members:
-        if int(meta.get("out_channels", len(table) + 1)) != len(table) + 1:
-            raise ConfigError(f"{meta.get('checkpoint_dir', 'member')}: out_channels does not match its labels")
-    return table
-
-
-def member_probabilities(image: Volume, members: Sequence[Member], config: InferenceConfig = InferenceConfig(),
+def member_probabilities(image: Volume, ensemble: Ensemble, config: InferenceConfig = InferenceConfig(),
                          timings: dict[str, float] | None = None) -> tuple[np.ndarray, Volume]:
     """Each member's softmax ``(M, C, z, y, x)`` on the first member's working grid, and that grid.
 
@@ -226,26 +184,26 @@ def member_probabilities(image: Volume, members: Sequence[Member], config: Infer
     working: dict[tuple, tuple[Volume, tuple[slice, ...]]] = {}
     probabilities = []
     grid: Volume | None = None
-    for model, meta in members:
-        spacing = tuple(float(s) for s in meta["spacing"])
-        key = (spacing, json.dumps(meta["normalization"], sort_keys=True))
+    for member in ensemble.members:
+        spec = member.spec
+        key = (spec.spacing, json.dumps(spec.normalization, sort_keys=True))
         if key not in working:
             with _timed(timings, "resample"):
-                resampled = resample_to_spacing(image, spacing, order=config.resample_order, threads=config.threads)
+                resampled = resample_to_spacing(image, spec.spacing, order=config.resample_order, threads=config.threads)
             with _timed(timings, "crop"):
                 full = tuple(slice(0, n) for n in resampled.shape)
-                box = (foreground_box(resampled, config.crop_margin_mm, meta["patch_size"])
+                box = (foreground_box(resampled, config.crop_margin_mm, spec.patch_size)
                        if config.crop_foreground else full)
             with _timed(timings, "normalize"):
-                working[key] = (normalize(resampled, meta["normalization"]), box)
+                working[key] = (normalize(resampled, spec.normalization), box)
         volume, box = working[key]
         grid = grid or volume
         with _timed(timings, "inference"):
-            predictor = prepare_predictor(model, bf16=config.bf16, channels_last=config.channels_last,
+            predictor = prepare_predictor(member.network, bf16=config.bf16, channels_last=config.channels_last,
                                           compile=config.compile, device=config.device)
-            logits = sliding_window(volume.array[box], predictor, meta["patch_size"], overlap=config.overlap,
+            logits = sliding_window(volume.array[box], predictor, spec.patch_size, overlap=config.overlap,
                                     batch_size=config.batch_size, mirror_axes=config.mirror_axes,
-                                    context_factor=meta.get("context_factor"))
+                                    context_factor=spec.context_factor)
             member = np.zeros((logits.shape[0], *volume.shape), dtype=np.float32)
             member[0] = 1.0
             member[(slice(None), *box)] = torch.softmax(logits, dim=0).numpy()
@@ -258,20 +216,18 @@ def member_probabilities(image: Volume, members: Sequence[Member], config: Infer
 
 def segment_case(
     image: Volume,
-    members: Sequence[Member],
+    ensemble: Ensemble,
     config: InferenceConfig = InferenceConfig(),
     *,
-    ensemble: Mapping[str, Any] | None = None,
     priors: Mapping[str, Prior] | None = None,
 ) -> SegmentationResult:
     """Segment ``image`` with every member, fuse, estimate uncertainty, refine, restore.
 
     Args:
         image: the input volume (any grid; intensities as acquired).
-        members: ``deconvseg.models.registry.load_ensemble`` output: ``(network, model.json dict)`` pairs.
+        ensemble: the model (``deconvseg.pipeline.ensemble.load_ensemble``); its settings give the fusion
+            rule/weights, the post-processing plan and the shape guard.
         config: inference settings.
-        ensemble: fusion rule/weights and post-processing plan (``ensemble.json``); default: read
-            from beside the members' checkpoints (``ensemble_settings``).
         priors: shape-prior callables named by ``prior`` steps of the plan.
 
     Returns:
@@ -279,25 +235,24 @@ def segment_case(
         ``shape_guard`` (scored on the input grid with the input's spacing).
 
     Raises:
-        ConfigError: when the members disagree on labels or the fusion rule needs missing weights.
+        ConfigError: when the fusion rule needs missing weights or the shape guard does not fit.
         ResourceError: when the predicted peak memory exceeds ``config.memory_budget_mib``.
     """
-    torch.set_num_threads(config.threads)
-    table = _check_members(members)
-    config = effective_config(config, members)
+    table = ensemble.table
+    settings = ensemble.settings
+    config = effective_config(config, ensemble)
     timings: dict[str, float] = {}
     with _timed(timings, "memory_check"):
-        check_memory(image, members, config.memory_budget_mib, batch_size=config.batch_size)
-    settings = dict(ensemble_settings(members) if ensemble is None else ensemble)
-    guard = ensemble_shape_guard(members, settings, table)  # before inference: a bad guard fails fast
+        check_memory(image, ensemble, config.memory_budget_mib, batch_size=config.batch_size)
+    guard = ensemble_shape_guard(ensemble)  # before inference: a bad guard fails fast
     values = np.array([0, *table.values], dtype=np.uint8)
-    stack, grid = member_probabilities(image, members, config, timings)
+    stack, grid = member_probabilities(image, ensemble, config, timings)
 
     with _timed(timings, "fusion"):
-        rule = config.fusion or settings.get("fusion", "mean")
-        weights = settings.get("weights")
+        rule = config.fusion or settings.fusion
+        weights = settings.weights
         if rule == "weighted_mean" and weights is None:
-            weights = dice_weights([meta for _, meta in members], table.names)
+            weights = dice_weights([spec.metrics for spec in ensemble.specs], table.names)
         fused = fuse(stack, rule, None if weights is None else np.asarray(weights, dtype=np.float32))
         fused_channels = fused.argmax(axis=0).astype(np.uint8)
         confidence = fused.max(axis=0)
@@ -310,7 +265,7 @@ def segment_case(
                    for c in range(1, len(values)) if (fused_channels == c).any()}
     with _timed(timings, "refine"):
         fused_labels = values[fused_channels]
-        refined = apply_plan(fused_labels, settings.get("postprocess"), grid.spacing, priors) if config.refine else fused_labels
+        refined = apply_plan(fused_labels, settings.postprocess, grid.spacing, priors) if config.refine else fused_labels
         confidence = np.where(refined == fused_labels, confidence, np.float32(1.0))
     with _timed(timings, "restore"):
         labels = restore_labels(refined, confidence, grid, image, config.slab)
@@ -320,7 +275,7 @@ def segment_case(
     if guard is not None:
         with _timed(timings, "shape_guard"):
             shape = ShapeAssessment(guard[0].assess(labels, image.spacing), guard[0].plausibility, guard[1])
-    log.info("segmented %s with %d member(s): %s", image.metadata.get("source", "volume"), len(members),
+    log.info("segmented %s with %d member(s): %s", image.metadata.get("source", "volume"), len(ensemble.members),
              {k: round(v, 2) for k, v in timings.items()})
     return SegmentationResult(
         labels=image.with_array(labels, kind="label"),

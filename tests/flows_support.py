@@ -15,7 +15,8 @@ def write_tiny_model(folder: Path, members: int = 2) -> Path:
     """An ensemble folder of ``members`` tiny DeconvNets (random weights, seeded) for phantom labels."""
     import torch
 
-    from deconvseg.models.registry import build_model, save_checkpoint
+    from deconvseg.models.registry import build_model
+    from deconvseg.pipeline.checkpoints import save_checkpoint
     from deconvseg.pipeline.phantoms import PHANTOM_LABELS
 
     meta = {"labels": PHANTOM_LABELS.to_json(), "spacing": list(TINY_SPACING), "patch_size": list(TINY_SHAPE),

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from deconvseg.pipeline.io.datasets import read_acdc
+from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.errors import ConfigError
 from deconvseg.pipeline.export.bundle import write_bundle
-from deconvseg.pipeline.export.shape_qa import ShapeAssessment
+from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
 from deconvseg.pipeline.autoencoding.corruption import add_hole, add_island, swap_classes
 from deconvseg.pipeline.labels import ACDC, Label, LabelTable
 from deconvseg.pipeline.segment import InferenceConfig, segment_case
@@ -98,14 +99,14 @@ def test_segment_case_scores_with_the_named_guard_only():
     image = Volume(np.where((y - 20) ** 2 + (x - 20) ** 2 < 81, 100, 0).astype(np.int16), spacing=(2.0, 2.0, 2.0))
     members = [_member(LabelTable((Label(1, "right_ventricle", (0, 151, 206)),)))]
     config = InferenceConfig(threads=1)
-    assert segment_case(image, members, config).shape is None
-    result = segment_case(image, members, config, ensemble={"shape_guard": str(GUARD)})
+    assert segment_case(image, Ensemble.from_networks(members), config).shape is None
+    result = segment_case(image, Ensemble.from_networks(members, {"shape_guard": str(GUARD)}), config)
     assert result.shape is not None and result.shape.guard == "shape-ae-acdc" and "shape_guard" in result.timings
     assert 0.0 <= result.shape.plausibility.score <= 1.0
     assert result.shape.plausibility.dice[1] < 1.0  # a cylinder of one class is not a heart
     with pytest.raises(ConfigError, match="shape guard knows labels 1..3"):
-        segment_case(image, [_member(LabelTable((Label(5, "tumour", (255, 0, 0)),)))], config,
-                     ensemble={"shape_guard": str(GUARD)})
+        segment_case(image, Ensemble.from_networks([_member(LabelTable((Label(5, "tumour", (255, 0, 0)),)))],
+                                                   {"shape_guard": str(GUARD)}), config)
 
 
 def test_acdc_config_and_ensemble_json_name_the_shipped_guard():

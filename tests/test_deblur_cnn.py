@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from deconvseg.models.deblur_cnn import DeblurCNN, deblur_cnn_image, load_deblur_cnn, save_deblur_cnn
+from deconvseg.models.deblur_cnn import DeblurCNN, deblur_cnn_image
+from deconvseg.pipeline.checkpoints import load_checkpoint, save_checkpoint
 from deconvseg.pipeline.deblur import filters as D
 from deconvseg.pipeline.deblur.data import HELD_OUT, TRAINING
 from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_image, find_dcnn_weights
@@ -58,8 +59,8 @@ def test_constructor_refusals():
 
 def test_checkpoint_round_trip(tmp_path, rng):
     model, _ = small_model(seed=3)
-    save_deblur_cnn(tmp_path / "ckpt", model, {"degradation": "xu"})
-    loaded, meta = load_deblur_cnn(tmp_path / "ckpt")
+    save_checkpoint(tmp_path / "ckpt", model, {"arch": "deblur_cnn", "arch_kwargs": model.config, "degradation": "xu"})
+    loaded, meta = load_checkpoint(tmp_path / "ckpt")
     assert meta["arch"] == "deblur_cnn" and meta["degradation"] == "xu" and not loaded.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key])

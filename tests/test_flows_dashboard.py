@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from deconvseg.flows.dashboard import (case_row, counts, failed_row, row_from_bundle, state_message, summary_markdown,
-                             table_rows, write_json_atomic)
+                             table_rows)
+from deconvseg.pipeline.files import write_json_atomic
 
 STATS = [{"name": "liver", "value": 1, "volume_ml": 1234.5678, "mean_uncertainty": 0.1, "flags": []},
          {"name": "spleen", "value": 2, "volume_ml": 0.0, "mean_uncertainty": 0.4, "flags": ["missing"]}]

@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-from deconvseg.flows.inputs import CaseInput, cache_key, config_version, content_hash, discover_cases, model_version
+from deconvseg.flows.inputs import cache_key, config_version, discover_cases
+from deconvseg.pipeline.case import CaseInput
+from deconvseg.pipeline.ensemble import model_version
+from deconvseg.pipeline.files import path_digest
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.sanitize import safe_component
 
@@ -67,17 +70,17 @@ def test_safe_case_id_never_escapes_the_output_folder():
 def test_content_hash_follows_bytes_not_names_or_times(tmp_path):
     a = tmp_path / "a.nii"
     a.write_bytes(b"voxels")
-    before = content_hash(a)
+    before = path_digest(a)
     os.utime(a, (1, 1))
     b = tmp_path / "b.nii"
     b.write_bytes(b"voxels")
-    assert content_hash(a) == before == content_hash(b)
+    assert path_digest(a) == before == path_digest(b)
     a.write_bytes(b"voxelz")
-    assert content_hash(a) != before
+    assert path_digest(a) != before
     series = _dicom_folder(tmp_path / "s")
-    first = content_hash(series)
+    first = path_digest(series)
     (series / "IM1.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"changed")
-    assert content_hash(series) != first
+    assert path_digest(series) != first
 
 
 def test_model_and_config_versions(tmp_path):

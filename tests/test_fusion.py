@@ -51,12 +51,12 @@ def test_weighted_mean_with_per_class_weights():
 
 
 def test_dice_weights_from_model_metrics():
-    metas = [
-        {"metrics": {"val_dice": {"liver": 0.9, "spleen": 0.5}, "mean_dice": 0.7}},
-        {"metrics": {"val_dice": {"liver": 0.6}, "mean_dice": 0.6}},
+    metrics = [
+        {"val_dice": {"liver": 0.9, "spleen": 0.5}, "mean_dice": 0.7},
+        {"val_dice": {"liver": 0.6}, "mean_dice": 0.6},
         {},
     ]
-    np.testing.assert_allclose(dice_weights(metas, ["liver", "spleen"]),
+    np.testing.assert_allclose(dice_weights(metrics, ["liver", "spleen"]),
                                [[0.7, 0.9, 0.5], [0.6, 0.6, 0.6], [1.0, 1.0, 1.0]])
 
 

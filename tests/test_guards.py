@@ -13,15 +13,21 @@ from deconvseg.models.registry import build_model
 from deconvseg.pipeline.errors import ResourceError
 from deconvseg.pipeline.guards import (CaseTimeout, activation_bytes, check_memory, estimate_peak_memory, time_limit,
                              working_size)
+from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.resample import resample_to_spacing
 from deconvseg.pipeline.volume import Volume
 
-META = {"spacing": [2.0, 2.0, 4.0], "patch_size": [8, 16, 16], "in_channels": 1, "out_channels": 3}
+META = {"spacing": [2.0, 2.0, 4.0], "patch_size": [8, 16, 16], "in_channels": 1, "out_channels": 3,
+        "labels": [{"value": 1, "name": "a"}, {"value": 2, "name": "b"}], "normalization": {"scheme": "mr_zscore"}}
 
 
 def _member(seed: int = 0):
     torch.manual_seed(seed)
     return build_model("deconvnet3d", in_channels=1, out_channels=3, widths=[4, 8]).eval(), dict(META)
+
+
+def _model(*seeds: int) -> Ensemble:
+    return Ensemble.from_networks([_member(seed) for seed in seeds])
 
 
 def _image(shape=(20, 40, 30), spacing=(1.0, 1.0, 2.0)) -> Volume:
@@ -35,26 +41,27 @@ def test_working_size_matches_the_resampler():
 
 def test_estimate_follows_the_formula_and_grows_with_members_and_size():
     image = _image()
-    one = estimate_peak_memory(image, [_member()])
+    one = estimate_peak_memory(image, _model(0))
     n_w = working_size(image, META["spacing"])
     assert one.parts["probability_maps"] == 4 * 3 * n_w * 3
     assert one.parts["working_images"] == 8 * n_w and one.parts["input"] == image.array.nbytes
     assert one.parts["activations"] > 4 * 16 * 16 * 8 * 4  # at least the first block's 4 feature maps
-    two = estimate_peak_memory(image, [_member(0), _member(1)])
+    two = estimate_peak_memory(image, _model(0, 1))
     assert two.parts["probability_maps"] == 4 * 3 * n_w * 5 and two.total > one.total
-    bigger = estimate_peak_memory(_image((40, 80, 60)), [_member()])
+    bigger = estimate_peak_memory(_image((40, 80, 60)), _model(0))
     assert bigger.parts["probability_maps"] == pytest.approx(8 * one.parts["probability_maps"], rel=0.05)
 
 
 def test_activations_are_measured_once_per_network_and_patch():
-    model, meta = _member()
-    first = activation_bytes(model, meta)
-    assert activation_bytes(model, meta) == first
-    assert activation_bytes(model, {**meta, "patch_size": [16, 32, 32]}) == pytest.approx(8 * first, rel=0.01)
+    member = _model(0).members[0]
+    first = activation_bytes(member.network, member.spec)
+    assert activation_bytes(member.network, member.spec) == first
+    larger = member.spec.model_copy(update={"patch_size": (16, 32, 32)})
+    assert activation_bytes(member.network, larger) == pytest.approx(8 * first, rel=0.01)
 
 
 def test_case_over_budget_is_refused_with_the_figure_and_the_budget():
-    image, members = _image(), [_member()]
+    image, members = _image(), _model(0)
     estimate = check_memory(image, members, budget_mib=10_000)
     with pytest.raises(ResourceError) as info:
         check_memory(image, members, budget_mib=estimate.mib / 2)

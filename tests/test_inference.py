@@ -8,16 +8,9 @@ import SimpleITK as sitk
 import torch
 
 from deconvseg.models.deconvnet3d import DeconvNet3d
-from deconvseg.pipeline.inference import (
-    gaussian_importance,
-    grid_coordinates,
-    prepare_predictor,
-    restore_labels,
-    restore_map,
-    sliding_window,
-    window_starts,
-)
+from deconvseg.pipeline.inference import gaussian_importance, prepare_predictor, sliding_window, window_starts
 from deconvseg.pipeline.io.sitk_bridge import to_sitk
+from deconvseg.pipeline.resample import grid_coordinates, restore_labels, restore_map
 from deconvseg.pipeline.volume import Volume
 
 OBLIQUE = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])

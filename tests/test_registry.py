@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deconvseg.models.registry import (
-    ARCHITECTURES,
-    build_model,
-    load_checkpoint,
-    load_ensemble,
-    read_ensemble_config,
-    save_checkpoint,
-)
+from deconvseg.models.registry import ARCHITECTURES, build_model
+from deconvseg.pipeline.checkpoints import load_checkpoint, save_checkpoint
+from deconvseg.pipeline.ensemble import load_ensemble
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.labels import ACDC, LabelTable
 
@@ -54,7 +49,7 @@ def _trained(arch: str) -> torch.nn.Module:
 
 
 def test_registry_is_an_explicit_mapping() -> None:
-    assert sorted(ARCHITECTURES) == ["deconvnet3d", "dynunet", "fcn3d", "two_scale", "unet"]
+    assert sorted(ARCHITECTURES) == ["deblur_cnn", "deconvnet3d", "dynunet", "fcn3d", "two_scale", "unet"]
 
 
 @pytest.mark.parametrize("arch", sorted(SMALL))
@@ -150,16 +145,35 @@ def test_ensemble_members_sorted_and_config(tmp_path: Path) -> None:
     for name, arch in [("b_fcn", "fcn3d"), ("a_deconv", "deconvnet3d")]:
         save_checkpoint(tmp_path / name, _trained(arch), META)
     (tmp_path / "notes").mkdir()
-    assert read_ensemble_config(tmp_path) == {}
-    (tmp_path / "ensemble.json").write_text(json.dumps({"fusion": "mean", "weights": [0.4, 0.6]}))
-    members = load_ensemble(tmp_path)
-    assert [meta["arch"] for _, meta in members] == ["deconvnet3d", "fcn3d"]
-    assert read_ensemble_config(tmp_path) == {"fusion": "mean", "weights": [0.4, 0.6]}
-    assert len(load_ensemble(tmp_path / "a_deconv")) == 1
+    assert load_ensemble(tmp_path).settings.fusion == "mean"
+    (tmp_path / "ensemble.json").write_text(json.dumps({"fusion": "weighted_mean", "weights": [0.4, 0.6]}))
+    ensemble = load_ensemble(tmp_path)
+    assert [member.spec.arch for member in ensemble.members] == ["deconvnet3d", "fcn3d"]
+    assert ensemble.settings.fusion == "weighted_mean" and ensemble.settings.weights == [0.4, 0.6]
+    assert ensemble.table == LabelTable.from_json(META["labels"]) and len(ensemble.version) == 64
+    assert len(load_ensemble(tmp_path / "a_deconv").members) == 1
     with pytest.raises(InputError, match="no model.json"):
         load_ensemble(tmp_path / "notes")
     with pytest.raises(InputError, match="no such model folder"):
         load_ensemble(tmp_path / "absent")
     (tmp_path / "ensemble.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="not a JSON object"):
-        read_ensemble_config(tmp_path)
+        load_ensemble(tmp_path)
+
+
+def test_ensemble_settings_and_specs_are_validated_once_at_load(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "a", _trained("deconvnet3d"), META)
+    (tmp_path / "ensemble.json").write_text(json.dumps({"fusion": "median"}))
+    with pytest.raises(InputError, match=r"ensemble.json: invalid fusion"):
+        load_ensemble(tmp_path)
+    (tmp_path / "ensemble.json").write_text(json.dumps({"weights": [0.5, 0.5]}))
+    with pytest.raises(InputError, match="2 fusion weights for 1 members"):
+        load_ensemble(tmp_path)
+    (tmp_path / "ensemble.json").unlink()
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    (tmp_path / "a" / "model.json").write_text(json.dumps({**meta, "spacing": [1.0, 0.0, 1.0]}))
+    with pytest.raises(InputError, match="invalid spacing"):
+        load_ensemble(tmp_path)
+    (tmp_path / "a" / "model.json").write_text(json.dumps({**meta, "out_channels": 3}))
+    with pytest.raises(InputError, match="out_channels 3 does not match 3 labels"):
+        load_ensemble(tmp_path)

@@ -91,12 +91,12 @@ def test_a_case_over_its_time_limit_fails_with_that_reason(server, model, tmp_pa
     done = _serve(server, _request(source, out, model, case_timeout_s=0.001))
     assert done.returncode == 1, done.stderr[-3000:]
     [row] = json.loads((out / "batch.json").read_text())["rows"]
-    assert row["status"] == "failed" and "case_timeout_s=0.001" in row["reason"]
+    assert row["status"] == "failed" and "timeout_s=0.001" in row["reason"]
     assert not (out / "p3").exists()
 
 
 def test_cases_running_at_once_share_the_memory_budget(server, model, tmp_path):
-    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.guards import estimate_peak_memory
     from deconvseg.pipeline.io.volumes import read_volume
 

@@ -38,7 +38,8 @@ class _Payload:
 
 
 def test_a_pickled_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
-    from deconvseg.models.registry import load_checkpoint, load_ensemble
+    from deconvseg.pipeline.checkpoints import load_checkpoint
+    from deconvseg.pipeline.ensemble import load_ensemble
 
     folder = write_tiny_model(tmp_path / "ensemble", members=1) / "member0"
     meta = json.loads((folder / "model.json").read_text())

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from deconvseg.models.registry import build_model, load_ensemble, save_checkpoint
+from deconvseg.models.registry import build_model
+from deconvseg.pipeline.checkpoints import save_checkpoint
+from deconvseg.pipeline.ensemble import Ensemble, load_ensemble
 from deconvseg.pipeline.errors import ConfigError
 from deconvseg.pipeline.io.volumes import read_volume, write_volume
 from deconvseg.pipeline.labels import Label, LabelTable
@@ -50,7 +52,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_oracle_ensemble_at_two_working_spacings_lands_on_the_input_grid():
     image, inside = _sphere()
     members = [(Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8))), (Threshold(), _meta((3.0, 3.0, 3.0), (6, 6, 6)))]
-    result = segment_case(image, members, InferenceConfig(threads=1))
+    result = segment_case(image, Ensemble.from_networks(members), InferenceConfig(threads=1))
     assert result.labels.same_grid(image) and result.labels.kind == "label"
     assert result.labels.array.dtype == np.uint8 and set(np.unique(result.labels.array)) == {0, 5}
     assert _dice(result.labels.array == 5, inside) > 0.93
@@ -64,20 +66,19 @@ def test_oracle_ensemble_at_two_working_spacings_lands_on_the_input_grid():
 
 def test_stored_plan_refines_and_refine_switch_turns_it_off():
     image, _ = _sphere(island=True)
-    members = [(Threshold(), _meta((1.0, 1.2, 1.5), (8, 8, 8)))]
     plan = {"postprocess": {"steps": [{"step": "remove_islands", "label": 5, "params": {"min_ml": 0.05}}]}}
-    kept = segment_case(image, members, InferenceConfig(threads=1, refine=False), ensemble=plan)
-    refined = segment_case(image, members, InferenceConfig(threads=1), ensemble=plan)
+    ensemble = Ensemble.from_networks([(Threshold(), _meta((1.0, 1.2, 1.5), (8, 8, 8)))], plan)
+    kept = segment_case(image, ensemble, InferenceConfig(threads=1, refine=False))
+    refined = segment_case(image, ensemble, InferenceConfig(threads=1))
     assert kept.labels.array[2:4, 2:4, 2:4].all() and not refined.labels.array[2:4, 2:4, 2:4].any()
     assert (refined.labels.array == 5).sum() > 1000
 
 
 def test_members_with_different_label_tables_are_refused():
-    image, _ = _sphere()
     other = LabelTable((Label(1, "organ", (0, 255, 0)),))
     members = [(Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8))), (Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8), other))]
     with pytest.raises(ConfigError, match="label tables"):
-        segment_case(image, members)
+        Ensemble.from_networks(members)
 
 
 @pytest.fixture
@@ -97,10 +98,10 @@ def ensemble_dir(tmp_path):
 
 def test_registry_ensemble_with_a_two_scale_member(ensemble_dir):
     image, _ = _sphere()
-    members = load_ensemble(ensemble_dir)
-    result = segment_case(image, members, InferenceConfig(threads=1, bf16=True))
+    ensemble = load_ensemble(ensemble_dir)
+    result = segment_case(image, ensemble, InferenceConfig(threads=1, bf16=True))
     assert result.labels.same_grid(image) and set(np.unique(result.labels.array)) <= {0, 5}
-    staple = segment_case(image, members, InferenceConfig(threads=1, fusion="staple"))
+    staple = segment_case(image, ensemble, InferenceConfig(threads=1, fusion="staple"))
     assert staple.labels.array.shape == image.shape
 
 
@@ -131,10 +132,13 @@ def test_cli_writes_one_bundle_per_input(tmp_path, ensemble_dir):
 def test_members_trained_under_bf16_run_under_it_unless_the_caller_says_otherwise():
     from deconvseg.pipeline.segment import InferenceConfig, effective_config
 
-    bf16 = (None, {"training": {"bf16": True}})
-    fp32 = (None, {"training": {"bf16": False}})
-    assert effective_config(InferenceConfig(threads=1), [bf16, bf16]).bf16
-    assert effective_config(InferenceConfig(threads=1), [bf16, bf16]).threads == 1
-    assert not effective_config(InferenceConfig(bf16=False), [bf16, bf16]).bf16
-    assert not effective_config(InferenceConfig(), [bf16, fp32]).bf16
-    assert not effective_config(InferenceConfig(), [(None, {})]).bf16
+    def model(*flags):
+        return Ensemble.from_networks([(Threshold(), {**_meta((2.0, 2.0, 2.0), (8, 8, 8)), "training": flag})
+                                       for flag in flags])
+
+    bf16, fp32 = {"bf16": True}, {"bf16": False}
+    assert effective_config(InferenceConfig(threads=1), model(bf16, bf16)).bf16
+    assert effective_config(InferenceConfig(threads=1), model(bf16, bf16)).threads == 1
+    assert not effective_config(InferenceConfig(bf16=False), model(bf16, bf16)).bf16
+    assert not effective_config(InferenceConfig(), model(bf16, fp32)).bf16
+    assert not effective_config(InferenceConfig(), model({})).bf16

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from deconvseg.models.registry import build_model, load_checkpoint
+from deconvseg.models.registry import build_model
+from deconvseg.pipeline.checkpoints import load_checkpoint
 from deconvseg.pipeline.training.checkpointing import load_train_state, save_train_state
 from deconvseg.pipeline.training.losses import dice_ce_loss, lr_factor
 from deconvseg.pipeline.training.trainer import RESUME, MemberConfig, TrainConfig, train_ensemble, train_member
@@ -141,7 +142,7 @@ def test_weighted_fusion_without_weights_takes_each_members_validation_dice_per_
     )
     written = train_ensemble(config, tiny_data)
     metas = [json.loads((tmp_path / "dw" / n / "model.json").read_text()) for n in "ab"]
-    expected = dice_weights(metas, tiny_data.labels.names)
+    expected = dice_weights([meta["metrics"] for meta in metas], tiny_data.labels.names)
     assert np.allclose(written["weights"], expected, atol=1e-4) and np.asarray(written["weights"]).shape == (2, 5)
 
 

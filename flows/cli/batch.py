@@ -51,11 +51,12 @@ def _wait_child(command: list[str], env: dict[str, str]) -> int:
 
 
 def _check(source: Path, model: Path | None) -> None:
-    """Fail fast, before Prefect starts: the inputs must exist and the model must be a checkpoint."""
-    from deconvseg.flows.inputs import DEFAULT_MODEL, discover_cases, model_version
+    """Fail fast, before Prefect starts: the inputs must exist and the model must load and validate."""
+    from deconvseg.flows.inputs import DEFAULT_MODEL, discover_cases
+    from deconvseg.pipeline.ensemble import load_ensemble
 
     discover_cases(source)
-    model_version(model or DEFAULT_MODEL)
+    load_ensemble(model or DEFAULT_MODEL)
 
 
 @app.command()

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -63,12 +63,15 @@ def deblur_train(config: Path = typer.Argument(..., help="Training YAML, e.g. co
     """Train the Xu et al. deblurring CNN on scikit-image's bundled images (held-out set never seen)."""
     import logging
 
-    from deconvseg.models.deblur_cnn import save_deblur_cnn
+    from deconvseg.pipeline.checkpoints import save_checkpoint
     from deconvseg.pipeline.config import load_config
     from deconvseg.pipeline.deblur.train import DeblurTrainConfig, train_deblur_cnn
 
+    def save(net: Any, info: dict[str, Any]) -> Path:
+        return save_checkpoint(cfg.out, net, {"arch": "deblur_cnn", "arch_kwargs": net.config, **info})
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(config, DeblurTrainConfig)
-    model, meta = train_deblur_cnn(cfg, checkpoint=lambda net, info: save_deblur_cnn(cfg.out, net, info))
-    folder = save_deblur_cnn(cfg.out, model, meta)
+    model, meta = train_deblur_cnn(cfg, checkpoint=save)
+    folder = save(model, meta)
     typer.echo(f"saved {folder} after {meta['training']['steps']} steps")

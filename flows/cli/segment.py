@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import typer
@@ -11,6 +10,7 @@ import typer
 from deconvseg.flows.cli.app import app, one_line_errors
 from deconvseg.flows.inputs import case_id_of
 from deconvseg.models import WEIGHTS_ROOT as WEIGHTS
+
 
 def resolve_model(model: str) -> Path:
     """A checkpoint/ensemble folder given as a path or as a name under ``models/weights``.
@@ -41,45 +41,36 @@ def segment(
                                   help="Fail a case whose reading and inference take longer (seconds)."),
 ) -> None:
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
+    import torch
     from rich.progress import track
 
-    from deconvseg.models.registry import load_ensemble
+    from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
     from deconvseg.pipeline.config import load_config, validate_config
+    from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.errors import InputError
-    from deconvseg.pipeline.export.bundle import write_bundle
-    from deconvseg.pipeline.io.volumes import read_volume
-    from deconvseg.pipeline.guards import time_limit
-    from deconvseg.pipeline.normalize import with_modality
-    from deconvseg.pipeline.segment import InferenceConfig, segment_case
+    from deconvseg.pipeline.segment import InferenceConfig
 
     overrides = {k: v for k, v in {"threads": threads, "fusion": fusion}.items() if v is not None}
     settings = (load_config(config, InferenceConfig, overrides) if config
                 else validate_config(overrides, InferenceConfig, "command line"))
-    cases = {}
+    cases: dict[str, CaseInput] = {}
     for path in inputs:
         if not path.exists():
             raise InputError(path, "no such file or folder", "check the path")
-        name = case_id_of(path)
-        if name in cases:
-            raise InputError(path, f"gives the same case id {name!r} as {cases[name]}", "rename one of them")
-        cases[name] = path
-    model_dir = resolve_model(model)
-    members = load_ensemble(model_dir)
+        case = CaseInput(case_id_of(path), path)
+        if case.case_id in cases:
+            raise InputError(path, f"gives the same case id {case.case_id!r} as {cases[case.case_id].path}",
+                             "rename one of them")
+        cases[case.case_id] = case
+    ensemble = load_ensemble(resolve_model(model))
+    torch.set_num_threads(settings.threads)
+    case_config = CaseConfig(inference=settings, timeout_s=timeout)
     summaries = []
-    for name, path in track(list(cases.items()), description="segmenting", transient=True):
-        start = time.perf_counter()
-        with time_limit(timeout, str(path)):
-            image = with_modality(read_volume(path))
-            result = segment_case(image, members, settings)
-        manifest = {"case_id": name, "timings_s": result.timings,
-                    "model": {"dir": str(model_dir), "members": [Path(m.get("checkpoint_dir", "")).name for _, m in members]},
-                    "config": {"inference": settings.model_dump(mode="json")},
-                    "structure_uncertainty": {str(k): v for k, v in result.structure_uncertainty.items()}}
-        bundle = write_bundle(out / name, image, result.labels, result.table, uncertainty=result.uncertainty,
-                              manifest=manifest, shape=result.shape)
-        seconds = time.perf_counter() - start
-        summaries.append({"case_id": name, "bundle": str(bundle.path), "seconds": round(seconds, 2),
-                          "structures": len(bundle.stats), "flags": len(bundle.flags)})
-        typer.echo(f"{name}: {len(bundle.stats)} structures, {seconds:.1f} s -> {bundle.path}", err=as_json)
+    for case in track(list(cases.values()), description="segmenting", transient=True):
+        summary = run_case(case, ensemble, case_config, out)
+        summaries.append({"case_id": case.case_id, "bundle": str(summary.bundle), "seconds": round(summary.seconds, 2),
+                          "structures": len(summary.stats), "flags": len(summary.flags)})
+        typer.echo(f"{case.case_id}: {len(summary.stats)} structures, {summary.seconds:.1f} s -> {summary.bundle}",
+                   err=as_json)
     if as_json:
         typer.echo(json.dumps({"cases": summaries}))

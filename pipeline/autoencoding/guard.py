@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from deconvseg.models.autoencoders import ShapeAutoencoder3D
+from deconvseg.pipeline.files import FILE_MODE, atomic_folder
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.autoencoding.score import Plausibility, PlausibilityConfig, Spacing, confident_disagreement, plausibility
@@ -242,9 +241,7 @@ def save_shape_guard(folder: str | Path, guard: ShapeGuard, arch_kwargs: dict, m
         meta: extra JSON-able fields (labels, metrics, training).
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         save_file({k: v.contiguous() for k, v in guard.model.state_dict().items()}, str(tmp / "weights.safetensors"))
         info = {
             "arch": "shape_autoencoder3d",
@@ -255,17 +252,11 @@ def save_shape_guard(folder: str | Path, guard: ShapeGuard, arch_kwargs: dict, m
             **meta,
         }
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
-        for path in folder.glob("*") if folder.is_dir() else ():
+        for path in folder.glob("*") if folder.is_dir() else ():  # keep the card and other files
             if path.is_file() and not (tmp / path.name).exists():
                 shutil.copy2(path, tmp / path.name)
-        tmp.chmod(0o755)  # mkdtemp creates 0700; a checkpoint is an ordinary readable folder
         for path in tmp.iterdir():
-            path.chmod(0o644)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            path.chmod(FILE_MODE)
     return folder
 
 

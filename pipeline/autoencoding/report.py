@@ -7,12 +7,13 @@ failure never leaves a half-written file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from deconvseg.pipeline.files import atomic_file, write_text_atomic
 
 COLUMNS = ("model", "code_size", "params", "epochs", "train_s", "test_mse", "psnr")
 
@@ -25,21 +26,6 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         cells = [fmt.get(c, "{}").format(row[c]) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def save_reconstruction_grid(path: Path, originals: np.ndarray, reconstructions: Mapping[str, np.ndarray]) -> Path:
@@ -60,7 +46,9 @@ def save_reconstruction_grid(path: Path, originals: np.ndarray, reconstructions:
             ax.set_yticks([])
         axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
     fig.subplots_adjust(left=0.14, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -81,7 +69,9 @@ def save_loss_curves(path: Path, histories: Mapping[str, Sequence[float]]) -> Pa
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
 
@@ -99,11 +89,12 @@ def write_comparison(
         File role -> path.
     """
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({"rows": list(rows), "loss_per_epoch": dict(histories)}, indent=2) + "\n"
     markdown = comparison_markdown(rows)
     return {
-        "json": _atomic(out / "comparison.json", lambda tmp: tmp.write_text(payload)),
-        "markdown": _atomic(out / "comparison.md", lambda tmp: tmp.write_text(markdown)),
+        "json": write_text_atomic(out / "comparison.json", payload),
+        "markdown": write_text_atomic(out / "comparison.md", markdown),
         "grid": save_reconstruction_grid(out / "reconstructions.png", originals, reconstructions),
         "loss": save_loss_curves(out / "loss_curves.png", histories),
     }

@@ -8,14 +8,13 @@ outside [0, 1] are clipped there, explicitly and with a log line that counts the
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.files import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +65,7 @@ def write_image_2d(path: str | Path, image: np.ndarray, dtype: str = "uint8") ->
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(path, f"unsupported output suffix '{suffix}'", "use .png, .tif or .tiff")
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if suffix == ".png":
             bits = np.uint16 if dtype == "uint16" else np.uint8
             outside = int(np.count_nonzero((image < 0) | (image > 1)))
@@ -80,8 +77,4 @@ def write_image_2d(path: str | Path, image: np.ndarray, dtype: str = "uint8") ->
             import tifffile
 
             tifffile.imwrite(tmp, np.asarray(image, dtype=np.float32))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -78,9 +78,10 @@ def make_restorer(
         logger.info("k† %s, rank %d keeps %.5f of its energy", kdag.shape, sep.rank, sep.retained)
         return lambda image: classical.apply_separable(image, sep)
     if method == "dcnn":
-        from deconvseg.models.deblur_cnn import deblur_cnn_image, load_deblur_cnn
+        from deconvseg.models.deblur_cnn import deblur_cnn_image
+        from deconvseg.pipeline.checkpoints import load_checkpoint
 
-        model, _ = load_deblur_cnn(config.weights or find_dcnn_weights(psf))
+        model, _ = load_checkpoint(config.weights or find_dcnn_weights(psf))
         return lambda image: deblur_cnn_image(model, image)
     restorers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "wiener": lambda image: classical.wiener(image, psf, config.nsr),

@@ -18,9 +18,6 @@ existing ``out_dir`` is left untouched.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +29,7 @@ import numpy as np
 import pydicom
 
 from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.files import atomic_folder
 from deconvseg.pipeline.export.dicom_seg import write_dicom_seg
 from deconvseg.pipeline.export.dicom_series import SeriesReference, prepare_reference
 from deconvseg.pipeline.export.grid import align_to_image
@@ -42,7 +40,8 @@ from deconvseg.pipeline.export.report import write_report
 from deconvseg.pipeline.export.rtstruct import write_rtstruct
 from deconvseg.pipeline.export.seg_nrrd import write_seg_nrrd
 from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
-from deconvseg.pipeline.export.shape_qa import ShapeAssessment, flag_structures, shape_entry, write_qa
+from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
+from deconvseg.pipeline.export.shape_qa import flag_structures, shape_entry, write_qa
 from deconvseg.pipeline.export.stats import StatsConfig, compute_stats, write_stats
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
@@ -93,31 +92,6 @@ def _label_map(labels: Volume) -> Volume:
         raise InputError(labels.metadata.get("source", "label map"), "holds negative values",
                          "label values must be 0 (background) or positive")
     return labels if array is labels.array else labels.with_array(array, kind="label")
-
-
-@contextmanager
-def _atomic_folder(out_dir: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir``; on success it replaces ``out_dir``."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes a private 0700 folder
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            try:
-                os.replace(tmp, out_dir)
-            except OSError:
-                os.replace(old / out_dir.name, out_dir)  # put the previous bundle back
-                os.rmdir(old)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _input_files(image: Volume, labels: Volume) -> dict[str, list[str]]:
@@ -193,7 +167,7 @@ def write_bundle(
         raise InputError(labels.metadata.get("source", "label map"), f"values {unknown} are not in the label table",
                          "pass a label table that names every value (e.g. --labels labels.json)")
     extra: dict[str, Any] = {}
-    with _atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir) as tmp:
         with _stage(timings, "nifti"):
             write_labels_nifti(tmp / "labels.nii.gz", labels)
             write_labels_json(tmp / "labels.json", table)

@@ -16,32 +16,16 @@ no single structure: then the map alone is flagged.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deconvseg.pipeline.files import atomic_file
 from deconvseg.pipeline.labels import LabelTable
 
-if TYPE_CHECKING:  # the score's module imports scikit-image: models without a guard skip it
-    from deconvseg.pipeline.autoencoding.score import Plausibility, PlausibilityConfig
+if TYPE_CHECKING:
+    from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
 
 FLAG = "implausible_shape"
-
-
-@dataclass(frozen=True)
-class ShapeAssessment:
-    """One map's plausibility with the settings that scored it.
-
-    Attributes:
-        plausibility: ``ShapeGuard.assess`` of the final label map.
-        config: the guard's ``PlausibilityConfig`` (weights and QA threshold).
-        guard: the guard's name (its folder), for the record.
-    """
-
-    plausibility: Plausibility
-    config: PlausibilityConfig
-    guard: str
 
 
 def blamed(shape: ShapeAssessment) -> list[int]:

@@ -14,7 +14,6 @@ import gzip
 import logging
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.files import atomic_file
 from deconvseg.pipeline.io.checks import DEFAULT_MAX_VOXELS, IMAGE_SUFFIXES, check_finite, check_size, suffix_of
 from deconvseg.pipeline.io.dicom import read_dicom_series
 from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
@@ -201,19 +201,13 @@ def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Pat
         raise InputError(path.parent, "output folder does not exist", "create it first")
     if volume.array.dtype in (np.bool_, np.float16):  # no format stores them; widen losslessly
         volume = volume.with_array(volume.array.astype(np.uint8 if volume.array.dtype == np.bool_ else np.float32))
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if suffix in (".nii", ".nii.gz"):
-            _write_nifti(volume, tmp)
+            _write_nifti(volume, str(tmp))
         elif suffix == ".mhd":
-            _write_mhd(volume, Path(tmp), path, compress)
+            _write_mhd(volume, tmp, path, compress)
         else:
-            sitk.WriteImage(to_sitk(volume), tmp, useCompression=compress)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            sitk.WriteImage(to_sitk(volume), str(tmp), useCompression=compress)
     return path
 
 

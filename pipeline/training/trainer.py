@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,11 +25,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from deconvseg.models.registry import ENSEMBLE, META, build_model, load_ensemble, save_checkpoint
+from deconvseg.models.registry import build_model
+from deconvseg.pipeline.checkpoints import ENSEMBLE, META, save_checkpoint
+from deconvseg.pipeline.ensemble import load_ensemble
 from deconvseg.pipeline.training.augment import AugmentConfig, RandomAugment
 from deconvseg.pipeline.training.checkpointing import has_train_state, load_train_state, save_train_state
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.errors import ConfigError
+from deconvseg.pipeline.files import write_json_atomic
 from deconvseg.pipeline.evaluation import fit_postprocess
 from deconvseg.pipeline.fusion import dice_weights
 from deconvseg.pipeline.inference import prepare_predictor, sliding_window
@@ -274,7 +276,7 @@ def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any
     meta["training"]["wall_seconds_this_run"] = round(time.perf_counter() - wall_started, 1)
     meta["training"]["steps_done"] = state.get("steps_done", state["step"])
     meta["training"]["history"] = state["history"]
-    _write_json(folder / META, meta)
+    write_json_atomic(folder / META, meta)
     shutil.rmtree(resume_dir, ignore_errors=True)
     return meta
 
@@ -282,10 +284,10 @@ def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any
 def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The refinement plan chosen on the validation cases with the fused members, and the fused,
     refined validation scores on the input grid (Dice and HD95 per class)."""
-    members = load_ensemble(config.out)
+    model = load_ensemble(config.out).with_settings(**{**ensemble, "postprocess": None})
     inference = InferenceConfig(threads=config.threads)
     cases = [case.original for case in data.val]
-    plan, scores = fit_postprocess(cases, members, config.postprocess_candidates, inference, ensemble={**ensemble, "postprocess": None})
+    plan, scores = fit_postprocess(cases, model, config.postprocess_candidates, inference)
     keys = ("mean_dice", "dice", "hd95", "surface_dice", "cases", "infer_s_per_volume")
     return plan, {key: scores[key] for key in keys}
 
@@ -295,15 +297,8 @@ def _fusion_weights(config: TrainConfig, metas: list[dict[str, Any]], order: lis
     member's validation Dice per class, background first (``deconvseg.pipeline.fusion.dice_weights``)."""
     if config.fusion == "weighted_mean" and not config.fusion_weights:
         names = LabelTable.from_json(metas[0]["labels"]).names
-        return np.round(dice_weights(metas, names), 4).tolist()
+        return np.round(dice_weights([meta.get("metrics") or {} for meta in metas], names), 4).tolist()
     return [float(config.fusion_weights.get(name, 1.0)) for name in order]
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temp file beside it, then ``os.replace``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def ensure_member(config: TrainConfig, member: MemberConfig, data: TrainingData, callback: Callback | None = None) -> dict[str, Any]:
@@ -367,5 +362,5 @@ def train_ensemble(
             ensemble.update(postprocess=previous["postprocess"], metrics=previous.get("metrics"))
         else:
             ensemble["postprocess"], ensemble["metrics"] = _fit_plan(config, data, ensemble)
-    _write_json(out / ENSEMBLE, ensemble)
+    write_json_atomic(out / ENSEMBLE, ensemble)
     return ensemble

@@ -1,0 +1,137 @@
+"""One case from input to review bundle: the one API that ``deconvseg segment``, the batch flow's task and
+the PACS flow call, so every bundle is made the same way and carries the same manifest.
+
+    read (any format, ``deconvseg.pipeline.io``) -> segment (``deconvseg.pipeline.segment``)
+    -> review bundle (``deconvseg.pipeline.export.bundle``, written atomically)
+
+The caller loads the ensemble once (``deconvseg.pipeline.ensemble.load_ensemble``) and sets process-wide
+settings such as torch threads; this module changes no global state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.ensemble import Ensemble
+from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.files import path_digest
+from deconvseg.pipeline.guards import time_limit
+from deconvseg.pipeline.io.volumes import read_volume
+from deconvseg.pipeline.normalize import with_modality
+from deconvseg.pipeline.segment import InferenceConfig, SegmentationResult, segment_case
+
+MANIFEST_FORMAT = 2  # bump when the manifest's keys change meaning
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One input: its case id (a safe folder name), path (file or DICOM folder) and optional modality."""
+
+    case_id: str
+    path: Path
+    modality: str | None = None
+
+    def content_hash(self) -> str:
+        """SHA-256 of the input's bytes (a folder: of its files' relative names and bytes)."""
+        return path_digest(self.path)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.case_id, "path": str(self.path), "modality": self.modality}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CaseInput:
+        return cls(data["case_id"], Path(data["path"]), data.get("modality"))
+
+
+class CaseConfig(Settings):
+    """Settings of one case.
+
+    Attributes:
+        inference: the segmentation settings.
+        timeout_s: a case whose reading and segmentation take longer fails with that reason
+            (``None``: no limit; ``deconvseg.pipeline.guards.time_limit``).
+    """
+
+    inference: InferenceConfig = InferenceConfig()
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """What a finished case reports (the dashboard row and the CLI line are made from it).
+
+    Attributes:
+        case_id: the bundle folder name.
+        bundle: the bundle folder.
+        seconds: wall time of the case (read, segment, write).
+        stats: per-structure rows of ``stats.json`` (volume in mL, flags, ...).
+        qa: ``qa.json``'s entries (e.g. the shape guard's score).
+        flags: ``{"name", "value", "flag"}`` for every QA flag raised (``BundleSummary.flags``).
+        structure_uncertainty: label value -> mean uncertainty of the structure.
+    """
+
+    case_id: str
+    bundle: Path
+    seconds: float
+    stats: list[dict[str, Any]]
+    qa: dict[str, Any]
+    flags: list[dict[str, Any]]
+    structure_uncertainty: dict[int, float]
+
+
+def case_manifest(case: CaseInput, ensemble: Ensemble, config: CaseConfig, result: SegmentationResult,
+                  record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance that ``manifest.json`` carries for a segmented case (one format for every caller).
+
+    Args:
+        case: the input.
+        ensemble: the model that segmented it.
+        config: the case's settings.
+        result: the segmentation.
+        record: the caller's additions (cache key, versions, PACS source), merged at the top level.
+    """
+    return {
+        "manifest_format": MANIFEST_FORMAT,
+        "case_id": case.case_id,
+        "model": {"dir": str(ensemble.folder), "name": ensemble.name, "version": ensemble.version,
+                  "members": [member.name for member in ensemble.members]},
+        "config": config.model_dump(mode="json"),
+        "timings_s": result.timings,
+        "structure_uncertainty": {str(value): score for value, score in result.structure_uncertainty.items()},
+        **(record or {}),
+    }
+
+
+def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: str | Path, *,
+             record: Mapping[str, Any] | None = None) -> CaseSummary:
+    """Read ``case``, segment it with ``ensemble`` and write its review bundle to ``out_dir/<case_id>/``.
+
+    Args:
+        case: the input.
+        ensemble: the loaded model.
+        config: inference settings and time limit.
+        out_dir: folder that receives the bundle (replaced atomically when it exists).
+        record: extra manifest fields (e.g. ``cache_key``, ``versions``, the PACS series).
+
+    Returns:
+        The case's summary.
+
+    Raises:
+        InputError: unreadable input. ResourceError: over the memory budget or the time limit.
+        ConfigError: the model cannot segment this input.
+    """
+    start = time.perf_counter()
+    limit = f"{case.path}: case {case.case_id} (timeout_s={config.timeout_s:g})" if config.timeout_s else case.case_id
+    with time_limit(config.timeout_s, limit):
+        image = with_modality(read_volume(case.path), case.modality)
+        result = segment_case(image, ensemble, config.inference)
+        bundle = write_bundle(Path(out_dir) / case.case_id, image, result.labels, result.table,
+                              uncertainty=result.uncertainty, shape=result.shape,
+                              manifest=case_manifest(case, ensemble, config, result, record))
+    return CaseSummary(case.case_id, bundle.path, time.perf_counter() - start, bundle.stats, bundle.qa,
+                       bundle.flags, result.structure_uncertainty)
