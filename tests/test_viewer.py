@@ -1,0 +1,112 @@
+"""The viewer's text builders and CLI refusals (fast; the browser test is in test_viewer_review.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.viewer import app_config_js, nginx_server_block, viewer_url
+from tests.viewer_support import NGINX, NginxServer
+
+STUDY, SEG = "2.25.270405000517475436062691045842548910255", "2.25.46902046397248724589589053806670495911"
+
+
+def _config(text: str) -> dict:
+    return json.loads(text.split("window.config = ", 1)[1].rstrip().rstrip(";"))
+
+
+def test_viewer_url_opens_the_study_with_our_seg_first():
+    url = viewer_url("https://review.example.org/", STUDY, SEG)
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", "review.example.org", "/viewer")
+    assert parse_qs(parts.query) == {"StudyInstanceUIDs": [STUDY], "initialSeriesInstanceUID": [SEG]}
+    assert viewer_url("http://127.0.0.1:8080", STUDY) == f"http://127.0.0.1:8080/viewer?StudyInstanceUIDs={STUDY}"
+
+
+@pytest.mark.parametrize("base, study", [("ftp://host", STUDY), ("review.example.org", STUDY),
+                                         ("https://host/?a=1", STUDY), ("https://host", "1.2.x"),
+                                         ("https://host", "1.2.3&SeriesInstanceUIDs=4")])
+def test_viewer_url_refuses_a_bad_base_or_uid(base, study):
+    with pytest.raises(InputError):
+        viewer_url(base, study)
+
+
+def test_app_config_points_only_at_our_dicomweb_root():
+    text = app_config_js("/pacs/dicom-web/")
+    config = _config(text)
+    assert "http" not in text.split("*/", 1)[1]  # no external server left
+    (source,) = config["dataSources"]
+    roots = {source["configuration"][key] for key in ("qidoRoot", "wadoRoot", "wadoUriRoot")}
+    assert roots == {"/pacs/dicom-web"}
+    assert config["defaultDataSourceName"] == source["sourceName"]
+    assert config["customizationService"]["global"]["ohif.tours"] == {"$set": []}
+    assert config["disableConfirmationPrompts"] is True
+    assert config["investigationalUseDialog"]["option"] == "configure"
+    with pytest.raises(InputError):
+        app_config_js("https://pacs.example.org/dicom-web")
+
+
+def test_nginx_block_passes_authorization_through_unless_told():
+    plain = nginx_server_block("http://127.0.0.1:8042/dicom-web", "127.0.0.1:8080", "/srv/ohif")
+    assert "proxy_pass http://127.0.0.1:8042/dicom-web/;" in plain and "Authorization" not in plain
+    assert "try_files $uri $uri/ /index.html;" in plain
+    guarded = nginx_server_block("http://127.0.0.1:8042/dicom-web", "127.0.0.1:8080", "/srv/ohif",
+                                 htpasswd="/etc/nginx/review.htpasswd")
+    assert 'auth_basic_user_file "/etc/nginx/review.htpasswd";' in guarded
+    assert 'proxy_set_header Authorization "";' in guarded  # nginx's users are not the PACS's
+    for bad in ({"orthanc_url": "127.0.0.1:8042"}, {"listen": "8080"}, {"viewer_dir": "/srv/o;hif"}):
+        args = {"orthanc_url": "http://127.0.0.1:8042/dicom-web", "listen": "127.0.0.1:8080",
+                "viewer_dir": "/srv/ohif", **bad}
+        with pytest.raises(InputError):
+            nginx_server_block(**args)
+
+
+def test_nginx_accepts_the_block(tmp_path):
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed; .ci/run installs Debian's nginx")
+    block = nginx_server_block("http://127.0.0.1:8042/dicom-web", "127.0.0.1:8080", str(tmp_path),
+                               upstream_authorization="Basic ZGVjb252c2VnOnNlY3JldA==")
+    server = NginxServer(tmp_path / "nginx", block)
+    server.write_config()
+    checked = subprocess.run([NGINX, "-t", "-p", str(server.folder), "-c", str(server.folder / "nginx.conf")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "deconvseg"), "viewer", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_install_without_npm_is_one_line(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}  # no npm on this PATH
+    done = _cli("install", "--dir", str(tmp_path / "ohif"), env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: npm: is not installed; install Node.js and npm (Debian: apt-get install nodejs npm)"
+    assert not (tmp_path / "ohif").exists()
+
+
+def test_nginx_config_needs_an_installed_viewer(tmp_path):
+    done = _cli("nginx-config", "--orthanc", "http://127.0.0.1:8042/dicom-web", "--viewer-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {tmp_path}: holds no index.html;")
+
+
+def test_nginx_config_writes_upstream_credentials_privately(tmp_path):
+    (tmp_path / "index.html").write_text("<html></html>")
+    (tmp_path / "password").write_text("s3cret\n")
+    out = tmp_path / "review.conf"
+    done = _cli("nginx-config", "--orthanc", "http://127.0.0.1:8042/dicom-web", "--viewer-dir", str(tmp_path),
+                "--listen", "127.0.0.1:9090", "--orthanc-user", "deconvseg",
+                "--orthanc-password-file", str(tmp_path / "password"), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert 'proxy_set_header Authorization "Basic ZGVjb252c2VnOnMzY3JldA==";' in out.read_text()
+    assert "listen 127.0.0.1:9090;" in out.read_text()
+    assert out.stat().st_mode & 0o077 == 0
