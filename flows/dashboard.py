@@ -61,9 +61,15 @@ def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stat
 
 
 def summary_row(summary: CaseSummary, status: str = "segmented") -> dict[str, Any]:
-    """The dashboard row of a case the case API (``deconvseg.pipeline.case.run_case``) just finished."""
-    return case_row(summary.case_id, status, summary.seconds, summary.bundle, summary.stats,
-                    summary.structure_uncertainty, qa=summary.qa)
+    """The dashboard row of a case the case API (``deconvseg.pipeline.case.run_case``) just finished.
+
+    A PACS case segmented with a viewer base carries ``link``: the study in OHIF with our SEG shown.
+    """
+    row = case_row(summary.case_id, status, summary.seconds, summary.bundle, summary.stats,
+                   summary.structure_uncertainty, qa=summary.qa)
+    if summary.viewer_url:
+        row["link"] = summary.viewer_url
+    return row
 
 
 def failed_row(case_id: str, reason: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.viewer import check_viewer_base
 from deconvseg.pipeline.files import path_digest
 from deconvseg.pipeline.guards import time_limit
 from deconvseg.pipeline.io.volumes import read_volume
@@ -73,6 +74,7 @@ class CaseSummary:
         qa: ``qa.json``'s entries (e.g. the shape guard's score).
         flags: ``{"name", "value", "flag"}`` for every QA flag raised (``BundleSummary.flags``).
         structure_uncertainty: label value -> mean uncertainty of the structure.
+        viewer_url: the study in OHIF with our SEG shown (``run_case(viewer_base=...)``), else ``None``.
     """
 
     case_id: str
@@ -82,6 +84,7 @@ class CaseSummary:
     qa: dict[str, Any]
     flags: list[dict[str, Any]]
     structure_uncertainty: dict[int, float]
+    viewer_url: str | None = None
 
 
 def case_manifest(case: CaseInput, ensemble: Ensemble, config: CaseConfig, result: SegmentationResult,
@@ -108,7 +111,7 @@ def case_manifest(case: CaseInput, ensemble: Ensemble, config: CaseConfig, resul
 
 
 def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: str | Path, *,
-             record: Mapping[str, Any] | None = None) -> CaseSummary:
+             record: Mapping[str, Any] | None = None, viewer_base: str | None = None) -> CaseSummary:
     """Read ``case``, segment it with ``ensemble`` and write its review bundle to ``out_dir/<case_id>/``.
 
     Args:
@@ -117,6 +120,8 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
         config: inference settings and time limit.
         out_dir: folder that receives the bundle (replaced atomically when it exists).
         record: extra manifest fields (e.g. ``cache_key``, ``versions``, the PACS series).
+        viewer_base: where OHIF is served beside the PACS that holds the case's study (PACS cases):
+            ``manifest.json`` and ``report.html`` then carry ``viewer_url``; folder bundles keep their file links.
 
     Returns:
         The case's summary.
@@ -125,6 +130,8 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
         InputError: unreadable input. ResourceError: over the memory budget or the time limit.
         ConfigError: the model cannot segment this input.
     """
+    if viewer_base is not None:
+        check_viewer_base(viewer_base)  # before minutes of segmentation, not after
     start = time.perf_counter()
     limit = f"{case.path}: case {case.case_id} (timeout_s={config.timeout_s:g})" if config.timeout_s else case.case_id
     with time_limit(config.timeout_s, limit):
@@ -132,6 +139,7 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
         result = segment_case(image, ensemble, config.inference)
         bundle = write_bundle(Path(out_dir) / case.case_id, image, result.labels, result.table,
                               uncertainty=result.uncertainty, shape=result.shape,
-                              manifest=case_manifest(case, ensemble, config, result, record))
+                              manifest=case_manifest(case, ensemble, config, result, record),
+                              viewer_base=viewer_base)
     return CaseSummary(case.case_id, bundle.path, time.perf_counter() - start, bundle.stats, bundle.qa,
-                       bundle.flags, result.structure_uncertainty)
+                       bundle.flags, result.structure_uncertainty, bundle.manifest.get("viewer_url"))

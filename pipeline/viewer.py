@@ -184,13 +184,22 @@ def viewer_url(base: str, study_uid: str, seg_series_uid: str | None = None) -> 
     Raises:
         InputError: ``base`` is not an http(s) URL or a UID is malformed.
     """
-    parts = urlsplit(base)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise InputError(base, "not an http(s) base URL of the viewer", "pass --viewer-url https://HOST[:PORT][/PATH]")
     params = {"StudyInstanceUIDs": _uid(study_uid)}
     if seg_series_uid is not None:
         params["initialSeriesInstanceUID"] = _uid(seg_series_uid)
-    return f"{base.rstrip('/')}/viewer?{urlencode(params)}"
+    return f"{check_viewer_base(base)}/viewer?{urlencode(params)}"
+
+
+def check_viewer_base(base: str) -> str:
+    """``base`` without its trailing ``/`` when it is an http(s) URL without query or fragment.
+
+    Raises:
+        InputError: anything else (checked before a case is segmented, not after).
+    """
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise InputError(base, "not an http(s) base URL of the viewer", "pass --viewer-url https://HOST[:PORT][/PATH]")
+    return base.rstrip("/")
 
 
 def _uid(value: str) -> str:

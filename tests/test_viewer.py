@@ -110,3 +110,48 @@ def test_nginx_config_writes_upstream_credentials_privately(tmp_path):
     assert 'proxy_set_header Authorization "Basic ZGVjb252c2VnOnMzY3JldA==";' in out.read_text()
     assert "listen 127.0.0.1:9090;" in out.read_text()
     assert out.stat().st_mode & 0o077 == 0
+
+
+def _dicom_case(folder: Path):
+    """A phantom CT written as a DICOM series, read back (so the bundle references it), and its labels."""
+    from deconvseg.pipeline.export.dicom_series import series_from_volume, write_series
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom
+
+    image, labels = make_phantom("CT", shape=(12, 24, 24), spacing=(10.0, 10.0, 16.0), seed=3)
+    write_series(series_from_volume(image, series_description="phantom"), folder)
+    read = read_volume(folder)
+    return read, read.with_array(labels.array, kind="label"), PHANTOM_LABELS
+
+
+def test_pacs_bundle_carries_the_viewer_url_of_its_seg(tmp_path):
+    import pydicom
+
+    from deconvseg.pipeline.export.bundle import write_bundle
+
+    image, labels, table = _dicom_case(tmp_path / "series")
+    summary = write_bundle(tmp_path / "out" / "case1", image, labels, table, viewer_base="https://review.example.org/")
+    seg = pydicom.dcmread(tmp_path / "out" / "case1" / "seg.dcm", stop_before_pixels=True)
+    expected = viewer_url("https://review.example.org", str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID))
+    manifest = json.loads((tmp_path / "out" / "case1" / "manifest.json").read_text())
+    assert manifest["viewer_url"] == summary.manifest["viewer_url"] == expected
+    assert str(seg.StudyInstanceUID) == str(pydicom.dcmread(image.metadata["dicom_files"][0]).StudyInstanceUID)
+    report = (tmp_path / "out" / "case1" / "report.html").read_text()
+    assert f"<p id='viewer'><a href='{expected.replace('&', '&amp;')}'>" in report
+
+    plain = write_bundle(tmp_path / "out" / "case2", image, labels, table)  # a folder bundle: file links only
+    assert "viewer_url" not in plain.manifest
+    assert "id='viewer'" not in (tmp_path / "out" / "case2" / "report.html").read_text()
+    with pytest.raises(InputError):
+        write_bundle(tmp_path / "out" / "case3", image, labels, table, viewer_base="review.example.org")
+    assert not (tmp_path / "out" / "case3").exists()
+
+
+def test_dashboard_row_links_the_viewer(tmp_path):
+    from deconvseg.flows.dashboard import summary_row
+    from deconvseg.pipeline.case import CaseSummary
+
+    url = viewer_url("https://review.example.org", STUDY, SEG)
+    row = summary_row(CaseSummary("c1", tmp_path, 1.0, [], {}, [], {}, url))
+    assert row["link"] == url
+    assert "link" not in summary_row(CaseSummary("c2", tmp_path, 1.0, [], {}, [], {}))

@@ -46,6 +46,7 @@ from deconvseg.pipeline.export.stats import StatsConfig, compute_stats, write_st
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
 from deconvseg.pipeline.sanitize import deidentify_dataset
+from deconvseg.pipeline.viewer import check_viewer_base, viewer_url
 from deconvseg.pipeline.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ def write_bundle(
     title: str | None = None,
     deidentify: bool = False,
     shape: ShapeAssessment | None = None,
+    viewer_base: str | None = None,
 ) -> BundleSummary:
     """Write the review bundle of one case.
 
@@ -151,6 +153,9 @@ def write_bundle(
         shape: the shape guard's plausibility of ``labels`` (``SegmentationResult.shape``): written
             to ``qa.json`` and the report; when flagged, the structures it blames get
             ``implausible_shape`` (``deconvseg.pipeline.export.shape_qa``).
+        viewer_base: where OHIF is served beside the PACS that holds the study: the manifest's
+            ``viewer_url`` and the report's link then open the study with this SEG shown
+            (``deconvseg.pipeline.viewer.viewer_url``). Not for de-identified bundles (never stored).
 
     Returns:
         The summary, with the per-structure stats and flags.
@@ -166,6 +171,8 @@ def write_bundle(
     if unknown:
         raise InputError(labels.metadata.get("source", "label map"), f"values {unknown} are not in the label table",
                          "pass a label table that names every value (e.g. --labels labels.json)")
+    if viewer_base is not None:
+        viewer_base = check_viewer_base(viewer_base)
     extra: dict[str, Any] = {}
     with atomic_folder(out_dir) as tmp:
         with _stage(timings, "nifti"):
@@ -190,6 +197,9 @@ def write_bundle(
                 write_rtstruct(tmp / "rtstruct.dcm", labels, table, reference)
             if deidentify:
                 _mark_deidentified([tmp / "seg.dcm", tmp / "rtstruct.dcm"])
+            elif viewer_base is not None:
+                seg = pydicom.dcmread(tmp / "seg.dcm", stop_before_pixels=True)
+                extra["viewer_url"] = viewer_url(viewer_base, str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID))
         with _stage(timings, "stats"):
             stats = compute_stats(image, labels, table, uncertainty, stats_config)
             qa = {"shape": shape_entry(shape, table)} if shape is not None else {}
@@ -205,7 +215,7 @@ def write_bundle(
             notes.append(f"model: {model.get('name') or model.get('dir', '?')} {model.get('version', '')}".strip())
         with _stage(timings, "report"):
             write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes,
-                         shape=qa.get("shape"))
+                         shape=qa.get("shape"), viewer_url=extra.get("viewer_url"))
         caller = dict(manifest or {})
         all_timings = {**caller.pop("timings_s", {}), **{f"export.{k}": v for k, v in timings.items()}}
         record = build_manifest(_input_files(image, labels), timings=all_timings, extra=extra)

@@ -42,8 +42,12 @@ def render_report(
     title: str = "deconvseg review",
     notes: list[str] | None = None,
     shape: dict[str, Any] | None = None,
+    viewer_url: str | None = None,
 ) -> str:
-    """The HTML text of the report; ``shape`` is the ``qa.json`` entry of ``deconvseg.pipeline.export.shape_qa``."""
+    """The HTML text of the report; ``shape`` is the ``qa.json`` entry of ``deconvseg.pipeline.export.shape_qa``.
+
+    ``viewer_url``: the study in OHIF with this segmentation shown (PACS cases), linked at the top.
+    """
     rows = []
     for row in stats:
         colour = "#%02x%02x%02x" % tuple(row["color"])
@@ -65,10 +69,12 @@ def render_report(
         for name, path in overlays.items()
     )
     notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes or [])
+    viewer_html = (f"<p id='viewer'><a href='{html.escape(viewer_url, quote=True)}'>Open the study in the viewer "
+                   "(OHIF) with this segmentation shown</a></p>" if viewer_url else "")
     flags_html = "".join(f"<li class='flag'>{html.escape(f)}</li>" for f in flagged) or "<li>none</li>"
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{viewer_html}"
         f"<h2>QA flags</h2><ul id='flags'>{flags_html}</ul>{_shape_html(shape)}"
         "<h2>Structures</h2><table id='stats'><tr><th>value</th><th>structure</th><th>volume (mL)</th><th>voxels</th>"
         f"<th>mean intensity</th><th>mean uncertainty</th><th>cut by field of view</th><th>QA flags</th></tr>"
