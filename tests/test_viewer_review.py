@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import requests
 
-from deconvseg.pipeline.viewer import OHIF_VERSION, app_config_js, nginx_server_block, viewer_url
+from deconvseg.pipeline.viewer import OHIF_VERSION, app_config_js, viewer_url
 from tests.conftest import shared_path
 from tests.orthanc_support import start_orthanc
 from tests.viewer_support import CHROMIUM, NGINX, Browser, NginxServer, free_port, store_acdc_case
@@ -32,6 +32,7 @@ from tests.viewer_support import CHROMIUM, NGINX, Browser, NginxServer, free_por
 log = logging.getLogger(__name__)
 SCREENSHOT_ENV = "DECONVSEG_REVIEW_SCREENSHOT"  # set to a path to keep the review's screenshot (docs/)
 OVERLAY_TIMEOUT_S = 90.0
+DECONVSEG = Path(sys.executable).parent / "deconvseg"
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +44,7 @@ def ohif_dir() -> Path:
         return folder
     if shutil.which("npm") is None:
         pytest.skip("npm is not installed (needed once to fetch @ohif/app); install Node.js and npm")
-    done = subprocess.run([str(Path(sys.executable).parent / "deconvseg"), "viewer", "install", "--dir", str(folder)],
+    done = subprocess.run([str(DECONVSEG), "viewer", "install", "--dir", str(folder)],
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0 and "npm pack failed" in done.stderr:
         pytest.skip(f"the npm registry did not give @ohif/app: {done.stderr.strip()}")
@@ -115,9 +116,15 @@ def test_viewer_url_opens_the_study_with_our_segmentation(ohif_dir, tmp_path):
     try:
         case = store_acdc_case(orthanc, h5, tmp_path / "case")
         port = free_port()
-        upstream = "Basic " + base64.b64encode(":".join(orthanc.auth).encode()).decode()
-        nginx = NginxServer(tmp_path / "nginx", nginx_server_block(
-            orthanc.dicomweb, f"127.0.0.1:{port}", str(ohif_dir), upstream_authorization=upstream))
+        user, password = orthanc.auth
+        (tmp_path / "orthanc-password").write_text(password)
+        written = subprocess.run(  # the deployment's own command writes the server block
+            [str(DECONVSEG), "viewer", "nginx-config", "--orthanc", orthanc.dicomweb, "--listen", f"127.0.0.1:{port}",
+             "--viewer-dir", str(ohif_dir), "--orthanc-user", user,
+             "--orthanc-password-file", str(tmp_path / "orthanc-password"), "--out", str(tmp_path / "review.conf")],
+            capture_output=True, text=True, timeout=120)
+        assert written.returncode == 0, written.stderr
+        nginx = NginxServer(tmp_path / "nginx", (tmp_path / "review.conf").read_text())
         base = f"http://127.0.0.1:{port}"
         nginx.start(f"{base}/")
         assert requests.get(f"{base}/dicom-web/studies/{case.study_uid}/series", timeout=10).ok  # through nginx
