@@ -89,7 +89,8 @@ def test_install_without_npm_is_one_line(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}  # no npm on this PATH
     done = _cli("install", "--dir", str(tmp_path / "ohif"), env=env)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: npm: is not installed; install Node.js and npm (Debian: apt-get install nodejs npm)"
+    assert done.stderr.strip() == ("error: npm: is not installed; "
+                                   "install Node.js and npm (Debian: apt-get install nodejs npm)")
     assert not (tmp_path / "ohif").exists()
 
 

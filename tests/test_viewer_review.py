@@ -161,6 +161,10 @@ def test_viewer_url_opens_the_study_with_our_segmentation(ohif_dir, tmp_path):
         browser.wait_for(f"{names}.every(n => document.body.innerText.includes(n))", timeout_s=30)
         assert "deconvseg segmentation" in browser.evaluate("document.body.innerText")
         assert not browser.evaluate("!!document.querySelector('[data-cy=confirm-and-hide-button]')")
+        assert not browser.evaluate("!!document.querySelector('.shepherd-element')")  # no first-visit tour
+        origins = browser.evaluate(
+            "[...new Set(performance.getEntriesByType('resource').map(e => new URL(e.name).origin))]")
+        assert set(origins) <= {base}, origins  # everything from our one origin: no external server
         browser.evaluate("(() => { const vp = cornerstone.getEnabledElements()[0].viewport;"
                          " vp.setImageIdIndex(Math.floor(vp.getImageIds().length / 2)); })()")  # a mid-ventricle slice
         time.sleep(1.5)
@@ -171,6 +175,31 @@ def test_viewer_url_opens_the_study_with_our_segmentation(ohif_dir, tmp_path):
     finally:
         if browser is not None:
             browser.stop()
+        if nginx is not None:
+            nginx.stop()
+        orthanc.stop()
+
+
+def test_nginx_passes_the_browsers_credentials_to_the_pacs(tmp_path):
+    if not Path(NGINX).exists():
+        pytest.skip("nginx is not installed; .ci/run installs Debian's nginx")
+    orthanc = start_orthanc(tmp_path / "orthanc")
+    nginx = None
+    try:
+        (tmp_path / "ohif").mkdir()
+        (tmp_path / "ohif" / "index.html").write_text("<html>viewer</html>")
+        port = free_port()
+        written = subprocess.run([str(DECONVSEG), "viewer", "nginx-config", "--orthanc", orthanc.dicomweb,
+                                  "--listen", f"127.0.0.1:{port}", "--viewer-dir", str(tmp_path / "ohif")],
+                                 capture_output=True, text=True, timeout=120)
+        assert written.returncode == 0, written.stderr
+        nginx = NginxServer(tmp_path / "nginx", written.stdout)
+        base = f"http://127.0.0.1:{port}"
+        nginx.start(f"{base}/")
+        assert requests.get(f"{base}/viewer", timeout=10).text == "<html>viewer</html>"  # the SPA's routes
+        assert requests.get(f"{base}/dicom-web/studies", timeout=10).status_code == 401
+        assert requests.get(f"{base}/dicom-web/studies", auth=orthanc.auth, timeout=10).status_code == 200
+    finally:
         if nginx is not None:
             nginx.stop()
         orthanc.stop()

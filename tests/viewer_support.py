@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import signal
 import socket
@@ -59,7 +60,10 @@ class NginxServer:
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         (self.folder / "server.conf").write_text(self.server_block)
         temp = {name: self.folder / "tmp" / name for name in ("client", "proxy", "fastcgi", "uwsgi", "scgi")}
+        # As root, nginx's workers would drop to 'nobody', who cannot read pytest's private tmp folders.
+        user = "user root;" if os.geteuid() == 0 else ""
         main = f"""
+{user}
 worker_processes 1;
 pid {self.folder}/nginx.pid;
 error_log {self.folder}/logs/error.log warn;
