@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,19 @@ def test_install_without_npm_is_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == ("error: npm: is not installed; "
                                    "install Node.js and npm (Debian: apt-get install nodejs npm)")
+    assert not (tmp_path / "ohif").exists()
+
+
+def test_install_without_the_registry_is_one_line(tmp_path):
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    env = {**os.environ, "npm_config_registry": "http://127.0.0.1:9/", "npm_config_fetch_retries": "0",
+           "npm_config_cache": str(tmp_path / "npm-cache")}  # an empty cache: nothing served from it
+    done = _cli("install", "--dir", str(tmp_path / "ohif"), env=env)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: @ohif/app@3.13.2: npm pack failed (ECONNREFUSED: ")
+    assert line.endswith("; check that the npm registry is reachable (npm config get registry) or set a mirror")
     assert not (tmp_path / "ohif").exists()
 
 

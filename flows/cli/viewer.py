@@ -24,7 +24,7 @@ app.add_typer(viewer_app, name="viewer")
 @one_line_errors
 def install(
     folder: Path = typer.Option(Path("ohif"), "--dir", help="Folder for the viewer (index.html, app-config.js, ...)."),
-    dicomweb_root: str = typer.Option("/dicom-web", "--dicomweb-root", help="DICOMweb root path on the viewer's origin."),
+    dicomweb_root: str = typer.Option("/dicom-web", "--dicomweb-root", help="DICOMweb root on the viewer's origin."),
 ) -> None:
     """Fetch the pinned OHIF build, unpack it into DIR and write its app-config.js for our DICOMweb root."""
     from deconvseg.pipeline.errors import InputError
@@ -37,12 +37,11 @@ def install(
         raise InputError("npm", "is not installed", "install Node.js and npm (Debian: apt-get install nodejs npm)")
     spec = f"{OHIF_PACKAGE}@{OHIF_VERSION}"
     with tempfile.TemporaryDirectory(prefix="deconvseg-ohif-") as tmp:
-        done = subprocess.run([npm, "pack", spec, "--silent", "--pack-destination", tmp],
+        done = subprocess.run([npm, "pack", spec, "--loglevel", "error", "--pack-destination", tmp],
                               capture_output=True, text=True, timeout=900)
         tarballs = list(Path(tmp).glob("*.tgz"))
         if done.returncode != 0 or len(tarballs) != 1:
-            reason = (done.stderr.strip().splitlines() or ["no tarball"])[-1][:200]
-            raise InputError(spec, f"npm pack failed ({reason})",
+            raise InputError(spec, f"npm pack failed ({_npm_reason(done.stderr)})",
                              "check that the npm registry is reachable (npm config get registry) or set a mirror")
         with tarfile.open(tarballs[0]) as archive, atomic_folder(folder) as staging:
             members = [m for m in archive.getmembers() if m.name.startswith("package/dist/")]
@@ -52,7 +51,8 @@ def install(
                 member.name = member.name.removeprefix("package/dist/")
             archive.extractall(staging, members=members, filter="data")
             (staging / "app-config.js").write_text(config)
-    typer.echo(f"fetched {spec} with npm pack; unpacked its dist/ into {folder}/ ({sum(m.isfile() for m in members)} files)")
+    files = sum(m.isfile() for m in members)
+    typer.echo(f"fetched {spec} with npm pack; unpacked its dist/ into {folder}/ ({files} files)")
     typer.echo(f"wrote {folder}/app-config.js: DICOMweb at {dicomweb_root} on this origin, no tour, "
                "SEG/RTSTRUCT shown without a prompt, the investigational-use notice shown once a year")
     typer.echo(f"next: deconvseg viewer nginx-config --orthanc URL --listen HOST:PORT --viewer-dir {folder}")
@@ -100,3 +100,12 @@ def nginx_config(
     if authorization:
         out.chmod(0o600)  # it holds the PACS password (base64)
     typer.echo(f"wrote {out}: OHIF from {viewer_dir.resolve()} at http://{listen}/, {dicomweb_root}/ -> {orthanc}")
+
+
+def _npm_reason(stderr: str) -> str:
+    """npm's error in one line: its code and first message (``ECONNREFUSED: request to ... failed``)."""
+    lines = [line.removeprefix("npm error").strip() for line in stderr.splitlines() if line.startswith("npm error")]
+    code = next((line.removeprefix("code ") for line in lines if line.startswith("code ")), "")
+    message = next((line for line in lines if line and not line.startswith(("code ", "syscall ", "errno ", "at "))),
+                   "no tarball")
+    return f"{code}: {message}"[:200] if code else message[:200]
