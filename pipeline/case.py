@@ -19,12 +19,12 @@ from typing import Any
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.export.bundle import write_bundle
-from deconvseg.pipeline.viewer import check_viewer_base
 from deconvseg.pipeline.files import path_digest
 from deconvseg.pipeline.guards import time_limit
 from deconvseg.pipeline.io.volumes import read_volume
 from deconvseg.pipeline.normalize import with_modality
 from deconvseg.pipeline.segment import InferenceConfig, SegmentationResult, segment_case
+from deconvseg.pipeline.viewer import check_viewer_base
 
 MANIFEST_FORMAT = 2  # bump when the manifest's keys change meaning
 

@@ -94,13 +94,14 @@ def nginx_server_block(
     dicomweb_root: str = "/dicom-web",
     upstream_authorization: str | None = None,
     htpasswd: str | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> str:
     """An nginx ``server`` block: OHIF at ``/``, ``dicomweb_root`` proxied to the PACS's DICOMweb root.
 
     Authentication: by default the browser's ``Authorization`` header is passed through to the PACS
     (Orthanc's own users; the browser asks for them). With ``htpasswd`` nginx checks the users itself,
     and with ``upstream_authorization`` it sends its own credentials to the PACS (the browser then
-    never sees them). TLS is terminated by a ``listen 443 ssl`` block around this one (docs/review.md).
+    never sees them). With ``tls`` nginx terminates TLS on ``listen`` (docs/review.md).
 
     Args:
         orthanc_url: the PACS's DICOMweb root as nginx reaches it (``http://127.0.0.1:8042/dicom-web``).
@@ -109,6 +110,7 @@ def nginx_server_block(
         dicomweb_root: the path OHIF's ``app-config.js`` uses for DICOMweb.
         upstream_authorization: ``Authorization`` header value nginx sends to the PACS, or ``None``.
         htpasswd: an htpasswd file for nginx's own basic authentication, or ``None``.
+        tls: ``(certificate, key)`` files (PEM) to serve HTTPS on ``listen``, or ``None`` for HTTP.
 
     Returns:
         The server block text (for ``/etc/nginx/conf.d/`` or an ``include`` inside ``http {}``).
@@ -123,10 +125,14 @@ def nginx_server_block(
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError(listen, "not a HOST:PORT listen address", "pass --listen 127.0.0.1:8080")
-    for value in (viewer_dir, htpasswd or "", upstream_authorization or ""):
+    for value in (viewer_dir, htpasswd or "", upstream_authorization or "", *(tls or ())):
         if any(c in value for c in '";{}\n\r'):
             raise InputError(value, "holds a character nginx would read as syntax", "use a plain path or value")
     root = _root_path(dicomweb_root)
+    listen_line = f"listen {listen};"
+    if tls:
+        listen_line = (f'listen {listen} ssl;\n    ssl_certificate "{tls[0]}";\n    ssl_certificate_key "{tls[1]}";\n'
+                       "    ssl_protocols TLSv1.2 TLSv1.3;")
     client_auth = f'    auth_basic "deconvseg review";\n    auth_basic_user_file "{htpasswd}";\n' if htpasswd else ""
     if upstream_authorization:
         upstream_auth = f'        proxy_set_header Authorization "{upstream_authorization}";\n'
@@ -134,9 +140,9 @@ def nginx_server_block(
         upstream_auth = '        proxy_set_header Authorization "";\n'
     else:  # passed through: the PACS checks the browser's own credentials
         upstream_auth = ""
-    return f"""# deconvseg review: OHIF {OHIF_VERSION} at /, {root}/ proxied to the PACS (written by deconvseg viewer nginx-config)
+    return f"""# deconvseg review: OHIF {OHIF_VERSION} at /, {root}/ proxied to the PACS (deconvseg viewer nginx-config)
 server {{
-    listen {listen};
+    {listen_line}
     root "{viewer_dir}";
     index index.html;
     client_max_body_size 500m;

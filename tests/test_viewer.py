@@ -14,7 +14,7 @@ import pytest
 
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.viewer import app_config_js, nginx_server_block, viewer_url
-from tests.viewer_support import NGINX, NginxServer
+from tests.viewer_support import NGINX, NginxServer, free_port
 
 STUDY, SEG = "2.25.270405000517475436062691045842548910255", "2.25.46902046397248724589589053806670495911"
 
@@ -79,6 +79,35 @@ def test_nginx_accepts_the_block(tmp_path):
     checked = subprocess.run([NGINX, "-t", "-p", str(server.folder), "-c", str(server.folder / "nginx.conf")],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_nginx_serves_the_viewer_over_tls(tmp_path):
+    if not Path(NGINX).exists() or shutil.which("openssl") is None:
+        pytest.skip("nginx and openssl are needed; .ci/run installs Debian's nginx")
+    import requests
+
+    cert, key = tmp_path / "review.crt", tmp_path / "review.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    (tmp_path / "ohif").mkdir()
+    (tmp_path / "ohif" / "index.html").write_text("<html>viewer</html>")
+    port = free_port()
+    done = _cli("nginx-config", "--orthanc", "http://127.0.0.1:9/dicom-web", "--viewer-dir", str(tmp_path / "ohif"),
+                "--listen", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key))
+    assert done.returncode == 0, done.stderr
+    server = NginxServer(tmp_path / "nginx", done.stdout)
+    try:
+        server.start(f"https://127.0.0.1:{port}/", verify=str(cert))
+        answer = requests.get(f"https://127.0.0.1:{port}/viewer?StudyInstanceUIDs={STUDY}", verify=str(cert),
+                              timeout=10)
+        assert answer.text == "<html>viewer</html>"
+        assert answer.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    finally:
+        server.stop()
+    missing_key = _cli("nginx-config", "--orthanc", "http://127.0.0.1:9/dicom-web", "--viewer-dir",
+                       str(tmp_path / "ohif"), "--tls-cert", str(cert))
+    assert missing_key.returncode == 2 and "TLS needs both files" in missing_key.stderr
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

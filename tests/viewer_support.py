@@ -84,8 +84,8 @@ http {{
         (self.folder / "nginx.conf").write_text(main)
         return self.folder / "nginx.conf"
 
-    def start(self, url: str, timeout_s: float = 20.0) -> None:
-        """Start nginx in the foreground and wait until ``url`` answers."""
+    def start(self, url: str, timeout_s: float = 20.0, verify: bool | str = True) -> None:
+        """Start nginx in the foreground and wait until ``url`` answers (``verify``: TLS as in requests)."""
         self.write_config()
         log = (self.folder / "logs" / "stderr.log").open("ab")
         self.process = subprocess.Popen(
@@ -97,7 +97,7 @@ http {{
                 raise RuntimeError(f"nginx exited with {self.process.returncode}: "
                                    f"{(self.folder / 'logs' / 'stderr.log').read_text()[-2000:]}")
             try:
-                if requests.get(url, timeout=1).ok:
+                if requests.get(url, timeout=1, verify=verify).ok:
                     return
             except requests.ConnectionError:
                 pass

@@ -69,6 +69,8 @@ def nginx_config(
     orthanc_user: str = typer.Option(None, "--orthanc-user", help="nginx logs in to the PACS as this user."),
     orthanc_password_file: Path = typer.Option(None, "--orthanc-password-file", help="File with that user's password."),
     htpasswd: Path = typer.Option(None, "--htpasswd", help="nginx checks viewers against this htpasswd file."),
+    tls_cert: Path = typer.Option(None, "--tls-cert", help="PEM certificate: HTTPS on --listen (with --tls-key)."),
+    tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
 ) -> None:
     """Write an nginx server block: OHIF at /, the DICOMweb root proxied to the PACS.
 
@@ -89,9 +91,16 @@ def nginx_config(
         authorization = "Basic " + base64.b64encode(f"{orthanc_user}:{password}".encode()).decode()
     if htpasswd is not None and not htpasswd.is_file():
         raise InputError(htpasswd, "does not exist", "create it with 'htpasswd -c FILE USER' (apache2-utils)")
+    tls = None
+    if tls_cert is not None or tls_key is not None:
+        for given in (tls_cert, tls_key):
+            if given is None or not given.is_file():
+                raise InputError(given or "--tls-cert/--tls-key", "TLS needs both files",
+                                 "pass --tls-cert CERT.pem --tls-key KEY.pem (the hospital's certificate)")
+        tls = (str(tls_cert.resolve()), str(tls_key.resolve()))
     text = nginx_server_block(orthanc, listen, str(viewer_dir.resolve()), dicomweb_root=dicomweb_root,
                               upstream_authorization=authorization,
-                              htpasswd=str(htpasswd.resolve()) if htpasswd else None)
+                              htpasswd=str(htpasswd.resolve()) if htpasswd else None, tls=tls)
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -99,7 +108,8 @@ def nginx_config(
         tmp.write_text(text)
     if authorization:
         out.chmod(0o600)  # it holds the PACS password (base64)
-    typer.echo(f"wrote {out}: OHIF from {viewer_dir.resolve()} at http://{listen}/, {dicomweb_root}/ -> {orthanc}")
+    scheme = "https" if tls else "http"
+    typer.echo(f"wrote {out}: OHIF from {viewer_dir.resolve()} at {scheme}://{listen}/, {dicomweb_root}/ -> {orthanc}")
 
 
 def _npm_reason(stderr: str) -> str:
