@@ -114,8 +114,10 @@ def test_viewer_url_opens_the_study_with_our_segmentation(ohif_dir, tmp_path):
     orthanc = start_orthanc(tmp_path / "orthanc")
     nginx = browser = None
     try:
-        case = store_acdc_case(orthanc, h5, tmp_path / "case")
         port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        case = store_acdc_case(orthanc, h5, tmp_path / "case", viewer_base=base)  # the bundle's viewer_url
+        assert case.viewer_url == viewer_url(base, case.study_uid, case.seg_series_uid)
         user, password = orthanc.auth
         (tmp_path / "orthanc-password").write_text(password)
         written = subprocess.run(  # the deployment's own command writes the server block
@@ -125,15 +127,13 @@ def test_viewer_url_opens_the_study_with_our_segmentation(ohif_dir, tmp_path):
             capture_output=True, text=True, timeout=120)
         assert written.returncode == 0, written.stderr
         nginx = NginxServer(tmp_path / "nginx", (tmp_path / "review.conf").read_text())
-        base = f"http://127.0.0.1:{port}"
         nginx.start(f"{base}/")
         assert requests.get(f"{base}/dicom-web/studies/{case.study_uid}/series", timeout=10).ok  # through nginx
 
         browser = Browser()
         browser.start()
-        url = viewer_url(base, case.study_uid, case.seg_series_uid)
         started = time.monotonic()
-        browser.call("Page.navigate", url=url)
+        browser.call("Page.navigate", url=case.viewer_url)
         # The overlay on screen: a segmentation representation in the viewport, then coloured pixels.
         deadline = started + OVERLAY_TIMEOUT_S
         while True:
@@ -145,7 +145,7 @@ def test_viewer_url_opens_the_study_with_our_segmentation(ohif_dir, tmp_path):
         to_overlay = time.monotonic() - started
         assert view.get("reps"), "OHIF did not lay a segmentation over the viewport"
         assert len(pixels) >= 300, f"only {len(pixels)} coloured pixels in the viewport after {to_overlay:.0f} s"
-        k = int(round((view["ipp"][2] - 0.0) / 8.0))  # our series: origin 0, 8 mm between slices
+        k = int(round(view["ipp"][2] / case.slice_mm))  # our series: origin 0, slices along z
         heart = case.label_map[k] > 0
         inside = _inside_heart(pixels, view, heart)
         elsewhere = _inside_heart(pixels, view, np.roll(heart, heart.shape[1] // 4, axis=1))  # the check can fail

@@ -196,38 +196,39 @@ class Browser:
 
 @dataclass(frozen=True)
 class StoredCase:
-    """An ACDC MR study and our DICOM-SEG of it, stored in the PACS."""
+    """An ACDC MR study and our review bundle of it, its SEG and RTSTRUCT stored in the PACS."""
 
     study_uid: str
-    image_series_uid: str
     seg_series_uid: str
+    viewer_url: str  # from the bundle's manifest.json
     label_map: Any  # numpy (z, y, x) of the values the SEG encodes
+    slice_mm: float
     segment_names: tuple[str, ...]
 
 
-def store_acdc_case(server: Any, h5_path: Path, folder: Path) -> StoredCase:
-    """Make an MR series from an ACDC volume and our SEG of its labels; upload both with ``POST /instances``.
+def store_acdc_case(server: Any, h5_path: Path, folder: Path, viewer_base: str) -> StoredCase:
+    """Make an MR series from an ACDC volume, read it back, write our bundle of its labels with
+    ``viewer_base`` (as a PACS case gets it), and upload the series, SEG and RTSTRUCT with ``POST /instances``.
 
-    The SEG is written by our exporter (``write_dicom_seg``) from the volume's reference labels, so
-    the viewer test does not depend on a model's quality.
+    The labels are the volume's reference labels, so the viewer test does not depend on a model's quality.
     """
     import h5py
     import numpy as np
     import pydicom
 
-    from deconvseg.pipeline.export.dicom_seg import write_dicom_seg
-    from deconvseg.pipeline.export.dicom_series import SeriesReference
+    from deconvseg.pipeline.export.bundle import write_bundle
+    from deconvseg.pipeline.io.volumes import read_volume
     from deconvseg.pipeline.labels import ACDC
-    from deconvseg.pipeline.volume import Volume
     from tests.orthanc_support import write_mr_series
 
     image_files = write_mr_series(h5_path, folder / "mr")
-    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in image_files]
+    image = read_volume(folder / "mr")
     with h5py.File(h5_path) as handle:
         labels = np.asarray(handle["label"], dtype=np.uint8)
-    label_volume = Volume(labels, spacing=(1.5, 1.5, 8.0), kind="label", metadata={"source": str(h5_path)})
-    seg = write_dicom_seg(folder / "seg.dcm", label_volume, ACDC, SeriesReference(datasets, "source"))
-    server.upload([*image_files, seg])
-    return StoredCase(str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID),
-                      str(pydicom.dcmread(seg, stop_before_pixels=True).SeriesInstanceUID), labels,
-                      tuple(label.name for label in ACDC))
+    bundle = write_bundle(folder / "out" / "acdc-case", image, image.with_array(labels, kind="label"), ACDC,
+                          viewer_base=viewer_base)
+    server.upload([*image_files, bundle.path / "rtstruct.dcm", bundle.path / "seg.dcm"])
+    seg = pydicom.dcmread(bundle.path / "seg.dcm", stop_before_pixels=True)
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    return StoredCase(str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID), manifest["viewer_url"], labels,
+                      float(image.spacing[2]), tuple(label.name for label in ACDC))
