@@ -138,3 +138,15 @@ def test_a_resume_state_written_under_one_precision_resumes_under_another(tiny_d
     meta = train_member(again, again.members[0], tiny_data, folder, callback=lambda e: None if e.validated else steps.append(e.step))
     assert steps == [5, 6, 7, 8] and meta["training"]["precision"] == second
     assert not (folder / RESUME).exists()
+
+
+def test_the_predictor_runs_on_the_named_device_and_hands_back_cpu_float32():
+    from deconvseg.models.registry import build_model
+    from deconvseg.pipeline.inference import prepare_predictor
+
+    net = build_model("deconvnet3d", in_channels=1, out_channels=3, widths=[4, 8])
+    x = torch.randn(1, 1, 8, 16, 16)
+    out = prepare_predictor(net, bf16=True, channels_last=True, device="auto")(x)
+    assert out.device.type == "cpu" and out.dtype == torch.float32 and out.shape == (1, 3, 8, 16, 16)
+    with pytest.raises(InputError, match="use one of: auto, cpu"):
+        prepare_predictor(net, device=f"cuda:{torch.cuda.device_count() + 1}")
