@@ -30,8 +30,8 @@ from prefect import flow, task
 
 from deconvseg.flows.runners import make_task_runner
 from deconvseg.pipeline.config import Settings, load_config, validate_config
-from deconvseg.pipeline.devices import resolve_device
-from deconvseg.pipeline.errors import DeconvsegError
+from deconvseg.pipeline.devices import check_device_name, resolve_device
+from deconvseg.pipeline.errors import ConfigError, DeconvsegError
 from deconvseg.pipeline.training.data import DataConfig, TrainingData, load_training_data
 from deconvseg.pipeline.training.trainer import Callback, TrainConfig, TrainEvent, ensure_member, train_ensemble
 
@@ -60,10 +60,11 @@ def progress_callback(config: TrainConfig) -> Iterator[Callback]:
         yield update
 
 
-def load_train_config(config_path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The validated config, its device checked on this machine (one line naming the devices that exist)."""
+def load_train_config(config_path: str | Path, overrides: dict[str, Any] | None = None, local: bool = True) -> TrainConfig:
+    """The validated config, its device checked on this machine (one line naming the devices that
+    exist) when it trains here (``local``), else its device name's form only (a remote cluster's)."""
     config = load_config(config_path, TrainConfig, overrides)
-    resolve_device(config.device, "device")
+    (resolve_device if local else check_device_name)(config.device, "device")
     return config
 
 
@@ -108,8 +109,13 @@ def worker_device(device: str) -> str:
 def train_one(config: TrainConfig, member_name: str, on_dask: bool = False) -> dict[str, Any]:
     """Prefect task: train or resume ``config.out/<member>`` (``deconvseg.pipeline.training.trainer.ensure_member``)
     with the config's torch threads, on this worker's device."""
+    import multiprocessing
+
     import torch
 
+    if config.loader.num_workers and multiprocessing.current_process().daemon:
+        raise ConfigError("loader.num_workers > 0 needs Dask workers that may start processes; start them with "
+                          "DASK_DISTRIBUTED__WORKER__DAEMON=False (deconvseg train --workers does) or set loader.num_workers: 0")
     torch.set_num_threads(config.threads)
     if on_dask:
         config = config.model_copy(update={"device": worker_device(config.device)})
@@ -148,14 +154,18 @@ def train_flow(config_path: str, overrides: dict[str, Any] | None = None, dask_a
     """
     import torch
 
-    config = load_train_config(config_path, overrides)
+    config = load_train_config(config_path, overrides, local=not dask_address)
     torch.set_num_threads(config.threads)
-    gpu = resolve_device(config.device, "device").type == "cuda"
+    # A remote cluster's devices are not visible here: only an explicit cuda name asks for GPUs there.
+    gpu = (check_device_name(config.device).startswith("cuda") if dask_address
+           else resolve_device(config.device, "device").type == "cuda")
     on_dask = bool(dask_address or dask_workers)
     runner = make_task_runner(dask_address, dask_workers, max_workers=1, worker_resources={"GPU": 1} if gpu else None)
     train_members.with_options(task_runner=runner)(config, on_dask, gpu)
-    # Every member is finished now: this only gathers them (and fits the refinement plan).
-    return train_ensemble(config, load_training_data(config.data))
+    # Every member is finished now: this only gathers them (and fits the refinement plan, here, on
+    # this machine's best device: a remote cluster's device name may not exist here).
+    here = config.model_copy(update={"device": "auto"}) if dask_address else config
+    return train_ensemble(here, load_training_data(config.data))
 
 
 class TrainRequest(Settings):

@@ -36,6 +36,19 @@ def available_devices() -> list[str]:
     return devices
 
 
+def check_device_name(name: str | torch.device, source: str = "device") -> str:
+    """``name`` normalised (``"cuda:1"``), checked for its form only: for a device on another machine
+    (a remote Dask worker), whose devices this one cannot see.
+
+    Raises:
+        InputError: for a name that is not ``auto | cpu | cuda[:N] | mps``.
+    """
+    text = str(name).strip().lower()
+    if not _DEVICE.match(text):
+        raise InputError(source, f"{name!r} is not a device name", "use one of: auto, cpu, cuda, cuda:N, mps")
+    return text
+
+
 def resolve_device(name: str | torch.device, source: str = "device") -> torch.device:
     """The torch device for ``name`` (``auto | cpu | cuda[:N] | mps``).
 
@@ -47,9 +60,9 @@ def resolve_device(name: str | torch.device, source: str = "device") -> torch.de
         InputError: for a malformed name, or a device this machine does not have; the message
             lists the devices that exist.
     """
-    text = str(name).strip().lower()
     devices = available_devices()
     fix = f"use one of: auto, {', '.join(devices)}"
+    text = str(name).strip().lower()
     if not _DEVICE.match(text):
         raise InputError(source, f"{name!r} is not a device name", fix)
     if text == "auto":

@@ -150,3 +150,11 @@ def test_the_predictor_runs_on_the_named_device_and_hands_back_cpu_float32():
     assert out.device.type == "cpu" and out.dtype == torch.float32 and out.shape == (1, 3, 8, 16, 16)
     with pytest.raises(InputError, match="use one of: auto, cpu"):
         prepare_predictor(net, device=f"cuda:{torch.cuda.device_count() + 1}")
+
+
+def test_a_remote_clusters_device_is_checked_for_its_form_only():
+    from deconvseg.pipeline.devices import check_device_name
+
+    assert check_device_name("CUDA:3") == "cuda:3"
+    with pytest.raises(InputError, match="'tpu' is not a device name"):
+        check_device_name("tpu")

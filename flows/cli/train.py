@@ -42,7 +42,7 @@ def train(
             raise typer.BadParameter("--member trains in this process; leave it out with --workers/--dask")
         from deconvseg.flows.runners import run_flow_child
 
-        load_train_config(config, overrides)  # bad keys or devices fail here, before Prefect starts
+        load_train_config(config, overrides, local=not dask)  # bad keys or devices fail here, before Prefect starts
         request = {"config_path": str(config.resolve()), "overrides": overrides, "dask_address": dask,
                    "dask_workers": workers}
         code = run_flow_child("deconvseg.flows.train", request, prefect_home, api_url, local_cluster=bool(workers))
