@@ -158,3 +158,31 @@ def test_a_remote_clusters_device_is_checked_for_its_form_only():
     assert check_device_name("CUDA:3") == "cuda:3"
     with pytest.raises(InputError, match="'tpu' is not a device name"):
         check_device_name("tpu")
+
+
+def test_the_deblur_trainer_takes_the_device_and_precision_and_hands_back_cpu_copies():
+    from deconvseg.pipeline.deblur.train import DeblurTrainConfig, train_deblur_cnn
+
+    cfg = DeblurTrainConfig(degradation="gaussian", rank=4, hidden=4, batch=2, patch=8, copies=1, max_crop=96,
+                            max_steps=3, checkpoint_steps=2, device="cpu", precision="fp16")
+    saved = []
+    model, meta = train_deblur_cnn(cfg, checkpoint=lambda net, info: saved.append(next(net.parameters()).device.type))
+    assert saved == ["cpu"] and next(model.parameters()).device.type == "cpu"
+    assert meta["training"]["device"] == "cpu" and meta["training"]["precision"] == "fp16"
+    assert np.isfinite(meta["training"]["final_loss"])
+    with pytest.raises(InputError, match="use one of"):
+        train_deblur_cnn(cfg.model_copy(update={"device": "cuda:9"}))
+
+
+def test_the_autoencoder_trainer_takes_the_device_and_precision():
+    from deconvseg.models.autoencoders import build_autoencoder
+    from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, reconstruct, train_autoencoder
+
+    images = torch.from_numpy(np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32))
+    model = build_autoencoder("conv", 8)
+    config = AutoencoderTrainConfig(epochs=2, batch_size=16, device="cpu", precision="bf16")
+    history = train_autoencoder(model, images, config)
+    assert len(history.epoch_loss) == 3 and all(np.isfinite(history.epoch_loss))
+    assert reconstruct(model, images[:4]).device.type == "cpu"
+    with pytest.raises(InputError, match="use one of"):
+        train_autoencoder(model, images, config.model_copy(update={"device": f"cuda:{torch.cuda.device_count() + 1}"}))
