@@ -97,7 +97,7 @@ def worker_device(device: str) -> str:
     import torch
 
     resolved = resolve_device(device, "device")
-    if resolved.type != "cuda" or device.startswith("cuda:") or torch.cuda.device_count() < 2:
+    if resolved.type != "cuda" or ":" in check_device_name(device) or torch.cuda.device_count() < 2:
         return str(resolved)
     from distributed import get_worker
 
