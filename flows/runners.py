@@ -46,7 +46,7 @@ def make_task_runner(dask_address: str | None = None, dask_workers: int | None =
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
-        cluster = {"n_workers": int(dask_workers), "threads_per_worker": 1, "processes": True,
+        cluster: dict[str, Any] = {"n_workers": int(dask_workers), "threads_per_worker": 1, "processes": True,
                    "dashboard_address": None}
         if worker_resources:
             cluster["resources"] = dict(worker_resources)

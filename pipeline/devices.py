@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from deconvseg.pipeline.errors import InputError
 
@@ -78,6 +79,12 @@ def resolve_device(name: str | torch.device, source: str = "device") -> torch.de
     if device.type == "mps" and "mps" not in devices:
         raise InputError(source, f"mps was asked for but is not available here (devices: {', '.join(devices)})", fix)
     return device
+
+
+def place(module: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """Move ``module`` (in place) to ``device``, in ``channels_last_3d`` or the contiguous format."""
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    return module.to(device=device, memory_format=fmt)  # type: ignore[call-overload]  # missing from torch's stubs
 
 
 def supports_bf16(device: torch.device) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deconvseg.pipeline.devices import amp_policy, resolve_device
+from deconvseg.pipeline.devices import amp_policy, place, resolve_device
 from deconvseg.pipeline.patches import context_crop
 
 Predictor = Callable[..., torch.Tensor]
@@ -77,7 +77,7 @@ def prepare_predictor(
     target = resolve_device(device)
     amp = amp_policy(target, "mixed" if bf16 else "fp32")
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    model = model.eval().to(device=target, memory_format=fmt)
+    model = place(model.eval(), target, channels_last)
     net = torch.compile(model, options={"freezing": True}) if compile else model
 
     def predict(*inputs: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 from deconvseg.models.registry import build_model
 from deconvseg.pipeline.checkpoints import ENSEMBLE, META, save_checkpoint
 from deconvseg.pipeline.ensemble import load_ensemble
-from deconvseg.pipeline.devices import AmpPolicy, Precision, amp_policy, resolve_device
+from deconvseg.pipeline.devices import AmpPolicy, Precision, amp_policy, place, resolve_device
 from deconvseg.pipeline.training.augment import AugmentConfig, RandomAugment
 from deconvseg.pipeline.training.checkpointing import has_train_state, load_train_state, save_train_state
 from deconvseg.pipeline.training.loader import LoaderConfig, PatchBatches, batch_loader
@@ -198,7 +198,7 @@ def train_member(
         torch.manual_seed(member.seed)
         model = build_model(member.arch, **kwargs)
     fmt = torch.channels_last_3d if config.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=fmt)
+    place(model, device, config.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=config.weight_decay)
     scaler = amp.scaler()
     sampler = PatchSampler(
@@ -285,7 +285,7 @@ def train_member(
     return _finish(folder, resume_dir, clock() - started, state, wall_started)
 
 
-def _loss(net: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, fmt: torch.memory_format,
+def _loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], device: torch.device, fmt: torch.memory_format,
           amp: AmpPolicy) -> torch.Tensor:
     """Dice + CE of ``net`` on one loader batch, moved to ``device`` (float32 loss, autocast forward)."""
     inputs = [batch[key].to(device, non_blocking=True).contiguous(memory_format=fmt)
@@ -299,7 +299,7 @@ def _write_checkpoint(folder: Path, model: torch.nn.Module, meta: dict[str, Any]
     """Replace the checkpoint files in ``folder`` (weights first, then ``model.json``) with a CPU,
     contiguous copy of ``model``: the files do not depend on the training device or memory format."""
     folder.mkdir(parents=True, exist_ok=True)
-    portable = build_model(model.arch, **model.arch_kwargs)
+    portable = build_model(meta["arch"], **meta["arch_kwargs"])
     portable.load_state_dict(model.state_dict())
     save_checkpoint(folder, portable, meta)
 
