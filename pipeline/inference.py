@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deconvseg.pipeline.devices import amp_policy, place, resolve_device
 from deconvseg.pipeline.patches import context_crop
 
 Predictor = Callable[..., torch.Tensor]
@@ -53,31 +54,36 @@ def prepare_predictor(
     bf16: bool = False,
     channels_last: bool = False,
     compile: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> Predictor:
     """Wrap a network as a predictor with the speed switches (the module is moved, not copied).
 
     Args:
-        model: a network in eval mode; called as ``model(local)`` or ``model(local, context)``.
-        bf16: run under bfloat16 autocast (2.2x on these CPUs; check accuracy per model).
+        model: a network; called as ``model(local)`` or ``model(local, context)``; set to eval mode.
+        bf16: reduced-precision autocast: bfloat16 where the device supports it (CPUs, CUDA compute
+            capability >= 8), float16 otherwise (2.2x on these CPUs; check accuracy per model).
         channels_last: convert weights and inputs to ``channels_last_3d``.
         compile: ``torch.compile`` with inductor weight freezing (first call compiles, ~10 s).
-        device: torch device of the model and its inputs.
+        device: ``auto | cpu | cuda[:N] | mps`` or a ``torch.device``
+            (``deconvseg.pipeline.devices.resolve_device``).
 
     Returns:
-        ``predict(*inputs) -> float32 logits`` (no gradients are recorded).
+        ``predict(*inputs) -> float32 logits on the CPU`` (inputs may be on any device; no
+        gradients are recorded).
+
+    Raises:
+        InputError: when ``device`` names a device this machine does not have.
     """
-    model = model.eval().to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    net = torch.compile(model, options={"freezing": True}) if compile else model
+    target = resolve_device(device)
+    amp = amp_policy(target, "mixed" if bf16 else "fp32")
     fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
-    device_type = torch.device(device).type
+    model = place(model.eval(), target, channels_last)
+    net = torch.compile(model, options={"freezing": True}) if compile else model
 
     def predict(*inputs: torch.Tensor) -> torch.Tensor:
-        tensors = [x.to(device).contiguous(memory_format=fmt) for x in inputs]
-        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-            return net(*tensors).float()
+        tensors = [x.to(target, non_blocking=True).contiguous(memory_format=fmt) for x in inputs]
+        with torch.inference_mode(), amp.autocast():
+            return net(*tensors).float().cpu()
 
     return predict
 

@@ -63,6 +63,8 @@ def deblur_train(config: Path = typer.Argument(..., help="Training YAML, e.g. co
     """Train the Xu et al. deblurring CNN on scikit-image's bundled images (held-out set never seen)."""
     import logging
 
+    import torch
+
     from deconvseg.pipeline.checkpoints import save_checkpoint
     from deconvseg.pipeline.config import load_config
     from deconvseg.pipeline.deblur.train import DeblurTrainConfig, train_deblur_cnn
@@ -72,6 +74,7 @@ def deblur_train(config: Path = typer.Argument(..., help="Training YAML, e.g. co
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_config(config, DeblurTrainConfig)
+    torch.set_num_threads(cfg.threads)
     model, meta = train_deblur_cnn(cfg, checkpoint=save)
     folder = save(model, meta)
     typer.echo(f"saved {folder} after {meta['training']['steps']} steps")

@@ -17,13 +17,38 @@ def train(
     config: Path = typer.Argument(..., help="Training YAML (see configs/phantom-ct.yaml, configs/acdc.yaml)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the config's 'out')."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads (default: the config's)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:N] | mps (default: the config's)."),
     member: Optional[list[str]] = typer.Option(None, "--member", help="Train only this member (repeatable)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Train members side by side on a local "
+                                          "Dask cluster of N workers (one member per worker, one GPU each)."),
+    dask: Optional[str] = typer.Option(None, "--dask", help="Train members on an existing Dask scheduler "
+                                       "(tcp://host:8786; GPU workers declare --resources GPU=1)."),
+    api_url: Optional[str] = typer.Option(None, "--api-url", help="Prefect server API for --workers/--dask "
+                                          "(default: a loopback server for --workers)."),
+    prefect_home: Optional[Path] = typer.Option(None, "--prefect-home", help="Prefect home for --workers/--dask."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar; print the ensemble summary only."),
 ) -> None:
-    """Train the config's members (resuming an interrupted run) into one ensemble folder."""
-    from deconvseg.flows.train import run_training
+    """Train the config's members (resuming an interrupted run) into one ensemble folder.
 
-    overrides = {k: v for k, v in {"out": str(out) if out else None, "threads": threads}.items() if v is not None}
+    Without --workers/--dask the members train one after the other in this process; with them, one
+    member per Dask worker through Prefect, gathered into ensemble.json at the end.
+    """
+    from deconvseg.flows.train import load_train_config, run_training
+
+    given = {"out": str(out) if out else None, "threads": threads, "device": device}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if workers or dask:
+        if member:
+            raise typer.BadParameter("--member trains in this process; leave it out with --workers/--dask")
+        from deconvseg.flows.runners import run_flow_child
+
+        load_train_config(config, overrides, local=not dask)  # bad keys or devices fail here, before Prefect starts
+        request = {"config_path": str(config.resolve()), "overrides": overrides, "dask_address": dask,
+                   "dask_workers": workers}
+        code = run_flow_child("deconvseg.flows.train", request, prefect_home, api_url, local_cluster=bool(workers))
+        if code:
+            raise typer.Exit(code=code)
+        return
     summary = run_training(config, overrides, progress=not quiet, only=member or None)
     typer.echo(json.dumps(summary))
 

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from deconvseg.models.autoencoders import build_autoencoder, count_parameters
 from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.devices import Precision, amp_policy, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ class AutoencoderTrainConfig(Settings):
         lr: Adam learning rate.
         noise_std: std of Gaussian noise added to MNIST inputs (0 = plain autoencoder).
         seed: seeds the weights, the shuffle and the corruptions.
-        threads: torch intra-op threads.
+        threads: torch intra-op threads (set by the CLI and flows, never by the library).
+        device: ``auto | cpu | cuda[:N] | mps`` (``deconvseg.pipeline.devices``); the model trains there
+            and is handed back on the CPU.
+        precision: ``fp32 | mixed | bf16 | fp16`` autocast (fp16 with gradient scaling).
     """
 
     epochs: int = 5
@@ -46,6 +50,8 @@ class AutoencoderTrainConfig(Settings):
     noise_std: float = 0.0
     seed: int = 0
     threads: int = 1
+    device: str = "auto"
+    precision: Precision = "fp32"
 
 
 @dataclass
@@ -75,13 +81,16 @@ def gaussian_noise(std: float) -> CorruptFn:
 def mean_loss(
     model: nn.Module, data: torch.Tensor, loss: LossFn, make_input: CorruptFn | None = None, batch_size: int = 256
 ) -> float:
-    """Loss of the model on ``data`` averaged over samples (inputs made with a fixed seed)."""
+    """Loss of the model on ``data`` averaged over samples (inputs made with a fixed seed, on the CPU;
+    the model runs on its own device)."""
     model.eval()
+    device = _device_of(model)
     rng = np.random.default_rng(0)
     total = 0.0
     for start in range(0, len(data), batch_size):
         x = data[start : start + batch_size]
-        total += float(loss(model(make_input(x, rng) if make_input else x), x)) * len(x)
+        inputs = make_input(x, rng) if make_input else x
+        total += float(loss(model(inputs.to(device)), x.to(device))) * len(x)
     return total / max(len(data), 1)
 
 
@@ -107,13 +116,21 @@ def train_autoencoder(
         progress: called with ``(epoch, mean_loss)`` after each epoch.
 
     Returns:
-        The loss history (entry 0 measured before training) and the training seconds.
+        The loss history (entry 0 measured before training) and the training seconds; the model is
+        back on the CPU.
+
+    Raises:
+        InputError: when ``config.device`` names a device this machine does not have.
     """
+    device = resolve_device(config.device, "device")
+    amp = amp_policy(device, config.precision)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     if make_input is None and config.noise_std > 0:
         make_input = gaussian_noise(config.noise_std)
+    model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scaler = amp.scaler()
     history = TrainHistory(epoch_loss=[mean_loss(model, data[:2048], loss, make_input)])
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -122,25 +139,36 @@ def train_autoencoder(
         total = 0.0
         for first in range(0, len(data), config.batch_size):
             clean = data[order[first : first + config.batch_size]]
-            inputs = make_input(clean, rng) if make_input else clean
-            value = loss(model(inputs), clean)
+            inputs = (make_input(clean, rng) if make_input else clean).to(device, non_blocking=True)
+            with amp.autocast():
+                logits = model(inputs)
+            value = loss(logits.float(), clean.to(device, non_blocking=True))
             optimiser.zero_grad(set_to_none=True)
-            value.backward()
-            optimiser.step()
+            scaler.scale(value).backward()
+            scaler.step(optimiser)
+            scaler.update()
             total += value.item() * len(clean)
         history.epoch_loss.append(total / len(data))
         log.info("epoch %d/%d loss %.5f", epoch, config.epochs, history.epoch_loss[-1])
         if progress:
             progress(epoch, history.epoch_loss[-1])
     history.seconds = time.perf_counter() - start
+    model.to("cpu")
     return history
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
 def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """``sigmoid(model(images))`` in evaluation mode, batched."""
+    """``sigmoid(model(images))`` in evaluation mode, batched, on the model's device; returned on the CPU."""
     model.eval()
-    return torch.cat([torch.sigmoid(model(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+    device = _device_of(model)
+    return torch.cat([torch.sigmoid(model(images[i : i + batch_size].to(device))).cpu()
+                      for i in range(0, len(images), batch_size)])
 
 
 def reconstruction_metrics(model: nn.Module, images: torch.Tensor) -> dict[str, float]:

@@ -14,10 +14,14 @@ the batch (default); ``"log_mse"``: the mean over patches of ``log(MSE_patch + 1
 patch PSNR up to a factor, which weighs smooth patches far more (for the Xu degradation it gained 2-3 dB on
 smooth images and lost 0.5-1 dB on textured ones; see the model card). Adam on a cosine decay over the budget; training stops after ``max_seconds`` of process CPU
 time (data preparation included; independent of how busy a shared machine is) or ``max_steps``.
+
+Device and precision follow ``deconvseg.pipeline.devices`` (as the segmentation trainer): the features are
+computed once on the CPU, each batch moves to ``device``, and checkpoints are CPU copies.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any, Callable, Literal
@@ -27,6 +31,7 @@ import torch
 
 from deconvseg.models.deblur_cnn import DeblurCNN
 from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.devices import Precision, amp_policy, resolve_device
 from deconvseg.pipeline.deblur.filters import kernel_svd, pseudo_inverse_kernel
 from deconvseg.pipeline.deblur.data import HELD_OUT, TRAINING, load_grey
 from deconvseg.pipeline.deblur.degrade import DEGRADATIONS
@@ -59,7 +64,9 @@ class DeblurTrainConfig(Settings):
     max_steps: int = 100_000
     checkpoint_steps: int = 0
     seed: int = 0
-    threads: int = 1
+    threads: int = 1  # torch threads, set by the CLI
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps
+    precision: Precision = "fp32"  # fp32 | mixed | bf16 | fp16 (fp16 with gradient scaling)
     out: str = "models/weights/deblur/xu"
 
 
@@ -121,13 +128,18 @@ def _loss(estimate: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tens
 def train_deblur_cnn(
     cfg: DeblurTrainConfig, checkpoint: Checkpoint | None = None
 ) -> tuple[DeblurCNN, dict[str, Any]]:
-    """Train a ``DeblurCNN`` per ``cfg``; returns the model (eval mode) and metadata for ``model.json``.
+    """Train a ``DeblurCNN`` per ``cfg``; returns the model (eval mode, on the CPU) and metadata for ``model.json``.
 
     Args:
         cfg: the training settings.
-        checkpoint: called with ``(model, metadata)`` every ``cfg.checkpoint_steps`` steps (e.g. to save).
+        checkpoint: called with ``(CPU copy of the model, metadata)`` every ``cfg.checkpoint_steps`` steps
+            (e.g. to save).
+
+    Raises:
+        InputError: when ``cfg.device`` names a device this machine does not have.
     """
-    torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device, "device")
+    amp = amp_policy(device, cfg.precision)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     start = time.process_time()
@@ -135,29 +147,34 @@ def train_deblur_cnn(
     model.requires_grad_(False)
     model.outlier.requires_grad_(True)
     pairs = _training_pairs(cfg, model, rng)
+    model.to(device)
     optimiser = torch.optim.Adam(model.outlier.parameters(), lr=cfg.lr)
+    scaler = amp.scaler()
     step, losses = 0, []
 
     def metadata() -> dict[str, Any]:
         return {"degradation": cfg.degradation, "training": {
             "images": list(TRAINING), "held_out": list(HELD_OUT), "steps": step,
             "cpu_seconds": round(time.process_time() - start, 1),
-            "final_loss": float(np.mean(losses[-100:])) if losses else None, "config": cfg.model_dump()}}
+            "final_loss": float(np.mean(losses[-100:])) if losses else None, "device": str(device),
+            "precision": amp.name, "config": cfg.model_dump()}}
 
     model.train()
     while (progress := max(step / cfg.max_steps, (time.process_time() - start) / cfg.max_seconds)) < 1:
         optimiser.param_groups[0]["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * progress))
-        inputs, targets = _batch(pairs, cfg.batch, cfg.patch, model.crop, rng)
-        loss = _loss(model.reject(inputs), targets, cfg.loss)
+        inputs, targets = (t.to(device, non_blocking=True) for t in _batch(pairs, cfg.batch, cfg.patch, model.crop, rng))
+        with amp.autocast():
+            estimate = model.reject(inputs)
+        loss = _loss(estimate.float(), targets, cfg.loss)
         optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
         losses.append(loss.item())
         step += 1
         if step % 100 == 0:
             logger.info("step %d  loss %.6f  (%.0f CPU s)", step, np.mean(losses[-100:]), time.process_time() - start)
         if checkpoint is not None and cfg.checkpoint_steps and step % cfg.checkpoint_steps == 0:
-            checkpoint(model.eval(), metadata())
-            model.train()
+            checkpoint(copy.deepcopy(model).to("cpu").eval(), metadata())
     model.requires_grad_(True)
-    return model.eval(), metadata()
+    return model.to("cpu").eval(), metadata()

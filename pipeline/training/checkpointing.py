@@ -5,6 +5,10 @@ tensor of the optimizer's state, keyed ``"<param index>.<name>"``), and ``state.
 optimizer hyper-parameters, the sampler's numpy generator state, history, ...). The torch RNG
 state travels in ``optimizer.safetensors`` under ``"torch_rng"``.
 
+Tensors are saved as CPU tensors in the contiguous format, and loading copies them into the
+model's and optimizer's own tensors: a state written on a GPU (or in ``channels_last_3d``) resumes
+on a CPU, and the reverse.
+
 Folders are written atomically: into a temporary sibling, then swapped in with ``os.replace``.
 """
 
@@ -31,20 +35,26 @@ def save_train_state(folder: str | Path, model: nn.Module, optimizer: torch.opti
     for index, entry in opt["state"].items():
         for name, value in entry.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().contiguous()
+                tensors[f"{index}.{name}"] = _portable(value)
             else:
                 scalars.setdefault(str(index), {})[name] = value
     payload = {**state, "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars}}
     with atomic_folder(folder) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: _portable(v) for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / STATE_JSON).write_text(json.dumps(payload))
+
+
+def _portable(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor in the contiguous format (what safetensors stores)."""
+    return tensor.detach().to("cpu").contiguous()
 
 
 def load_train_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore what ``save_train_state`` wrote into ``model`` and ``optimizer``; return ``state``.
 
-    The torch RNG state is restored as well, so a resumed run draws the same numbers.
+    The torch RNG state is restored as well, so a resumed run draws the same numbers. The
+    optimizer's tensors move to its parameters' device (``Optimizer.load_state_dict``).
     """
     folder = Path(folder)
     payload = json.loads((folder / STATE_JSON).read_text())

@@ -1,14 +1,20 @@
 """Patch-based training of one network, and of an ensemble of them, with resume and selection.
 
 One member: AdamW on Dice + CE (``deconvseg.pipeline.training.losses``), linear warm-up then poly decay, batches from
-``PatchSampler`` (foreground oversampling, augmentation), optional bfloat16 autocast on CPU.
+``PatchSampler`` (foreground oversampling, augmentation) drawn by a ``DataLoader``
+(``deconvseg.pipeline.training.loader``: in worker processes when ``loader.num_workers > 0``).
+The network, batches and loss live on ``device`` (``deconvseg.pipeline.devices``: ``auto``, ``cpu``,
+``cuda[:N]``, ``mps``) under ``precision`` (float32, or bf16/fp16 autocast, fp16 with a gradient
+scaler), optionally in ``channels_last_3d`` and through ``torch.compile``. Checkpoints and the
+resume state are written from CPU, contiguous copies, so they load on any device and precision.
 Every ``val_every`` steps the network segments the validation cases (Gaussian sliding window on
 the working grid) and the best mean foreground Dice so far is written as a checkpoint
 (``deconvseg.models.registry.save_checkpoint``). Every ``checkpoint_every`` steps the full training state
 (weights, optimizer, RNG states, step, elapsed seconds) goes to ``<member>/.resume`` so that an
 interrupted run continues from the saved step; it is removed when the member finishes.
 
-The library never prints: progress goes to an optional ``callback(TrainEvent)``.
+The library never prints and never changes process-wide state (torch threads are the caller's):
+progress goes to an optional ``callback(TrainEvent)``.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ import torch
 from deconvseg.models.registry import build_model
 from deconvseg.pipeline.checkpoints import ENSEMBLE, META, save_checkpoint
 from deconvseg.pipeline.ensemble import load_ensemble
+from deconvseg.pipeline.devices import AmpPolicy, Precision, amp_policy, place, resolve_device
 from deconvseg.pipeline.training.augment import AugmentConfig, RandomAugment
 from deconvseg.pipeline.training.checkpointing import has_train_state, load_train_state, save_train_state
+from deconvseg.pipeline.training.loader import LoaderConfig, PatchBatches, batch_loader
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.errors import ConfigError
 from deconvseg.pipeline.files import write_json_atomic
@@ -84,8 +92,12 @@ class TrainConfig(Settings):
     val_at: tuple[float, ...] = ()  # also validate when the run's progress first reaches these fractions
     val_overlap: float = 0.25
     checkpoint_every: int = 50
-    threads: int = 2
-    bf16: bool = False
+    threads: int = 2  # torch threads, set by the CLI and flows (the library never sets them)
+    device: str = "auto"  # auto | cpu | cuda[:N] | mps (deconvseg.pipeline.devices.resolve_device)
+    precision: Precision = "fp32"  # fp32 | mixed (bf16 where supported, else fp16) | bf16 | fp16
+    channels_last: bool = False  # channels_last_3d weights and batches
+    compile: bool = False  # torch.compile the training forward (first steps compile)
+    loader: LoaderConfig = LoaderConfig()
     fusion: Literal["mean", "weighted_mean"] = "mean"
     # member name -> weight for weighted_mean; empty: each member's validation Dice per class
     # (deconvseg.pipeline.fusion.dice_weights), stored in ensemble.json as one row per member
@@ -141,10 +153,13 @@ def validate(
     patch_size: tuple[int, int, int],
     context_factor: tuple[int, int, int] | None,
     config: TrainConfig,
+    device: torch.device | str = "cpu",
 ) -> list[list[float]]:
-    """Dice of every foreground class per case on the working grid (``deconvseg.pipeline.metrics.dice``)."""
+    """Dice of every foreground class per case on the working grid (``deconvseg.pipeline.metrics.dice``),
+    with the network on ``device`` under the training precision."""
     model.eval()
-    predictor = prepare_predictor(model, bf16=config.bf16)
+    mixed = config.precision != "fp32"
+    predictor = prepare_predictor(model, bf16=mixed, channels_last=config.channels_last, device=device)
     dices: list[list[float]] = []
     for case in cases:
         logits = sliding_window(case.image, predictor, patch_size, overlap=config.val_overlap, context_factor=context_factor)
@@ -166,8 +181,12 @@ def train_member(
 
     Returns:
         The ``model.json`` metadata written with the best checkpoint.
+
+    Raises:
+        InputError: when ``config.device`` names a device this machine does not have.
     """
-    torch.set_num_threads(config.threads)
+    device = resolve_device(config.device, "device")
+    amp = amp_policy(device, config.precision)
     settings = member_settings(config, member)
     steps, patch = settings["steps"], settings["patch_size"]
     names = data.labels.names
@@ -175,10 +194,13 @@ def train_member(
     kwargs = {"in_channels": 1, "out_channels": n_classes, **member.arch_kwargs}
     if member.context_factor is not None:
         kwargs.setdefault("context_factor", list(member.context_factor))
-    torch.manual_seed(member.seed)
-    model = build_model(member.arch, **kwargs)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(member.seed)
+        model = build_model(member.arch, **kwargs)
+    fmt = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+    place(model, device, config.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=config.weight_decay)
-    rng = np.random.default_rng(member.seed)
+    scaler = amp.scaler()
     sampler = PatchSampler(
         [c.image for c in data.train], [c.label for c in data.train], patch, config.fg_fraction,
         RandomAugment(config.augment), member.context_factor,
@@ -187,7 +209,9 @@ def train_member(
     resume_dir = folder / RESUME
     if has_train_state(resume_dir):
         state = load_train_state(resume_dir, model, optimizer)
-        rng.bit_generator.state = state.pop("rng")
+        state.pop("rng", None)  # written before batches were seeded per step
+        if "scaler" in state and amp.scaled:
+            scaler.load_state_dict(state["scaler"])
         log.info("%s: resuming at step %d", member.name, state["step"])
     params = sum(p.numel() for p in model.parameters())
     meta_base = {
@@ -199,28 +223,25 @@ def train_member(
         meta_base["context_factor"] = list(member.context_factor)
 
     model.train()
+    net = torch.compile(model) if config.compile else model
+    batches = PatchBatches(sampler, member.seed, settings["batch_size"], state["step"], steps)
     wall_started = time.perf_counter()
     clock = time.process_time if config.budget_clock == "cpu" else time.perf_counter
     started = clock() - state["elapsed_s"]
     budget = settings["time_budget_s"]
     warmup = min(config.warmup_steps, steps // 10)
     loss_value = float("nan")
-    for step in range(state["step"], steps):
+    for step, batch in enumerate(batch_loader(batches, config.loader, device), start=state["step"]):
         progress = step / steps
         if budget:
             progress = max(progress, (clock() - started) / budget)
         for group in optimizer.param_groups:
             group["lr"] = settings["lr"] * lr_factor(step, progress, warmup)
-        batch = sampler.batch(rng, settings["batch_size"])
-        inputs = [torch.from_numpy(batch.image)]
-        if batch.context is not None:
-            inputs.append(torch.from_numpy(batch.context))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            logits = model(*inputs)
-        loss = dice_ce_loss(logits, torch.from_numpy(batch.label))
+        loss = _loss(net, batch, device, fmt, amp)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         loss_value = float(loss.detach())
         done = step + 1
         if callback:
@@ -231,7 +252,7 @@ def train_member(
         crossed = [f for f in config.val_at if f not in state["val_at_done"] and now >= f]
         state["val_at_done"] = state["val_at_done"] + crossed
         if done % config.val_every == 0 or done == steps or out_of_time or crossed:
-            scores = validate(model, data.val, n_classes, patch, member.context_factor, config)
+            scores = validate(model, data.val, n_classes, patch, member.context_factor, config, device)
             per_class = _class_means(scores, names)
             mean = float(np.mean(list(per_class.values())))
             state["history"].append({"step": done, "loss": loss_value, "val_dice": per_class, "mean_dice": mean})
@@ -244,7 +265,8 @@ def train_member(
                     "training": {
                         **data.description, "member": member.name, "seed": member.seed, "step": done,
                         "steps": steps, "batch_size": settings["batch_size"], "lr": settings["lr"],
-                        "bf16": config.bf16, "threads": config.threads, "params": params,
+                        "bf16": amp.dtype == torch.bfloat16, "precision": amp.name, "device": str(device),
+                        "threads": config.threads, "params": params,
                         "time_budget_s": budget, "budget_clock": config.budget_clock, "patch_size": list(patch),
                         "seconds_at_checkpoint": round(seconds, 1),
                     },
@@ -258,14 +280,28 @@ def train_member(
             break
         if done % config.checkpoint_every == 0 and done < steps:
             state.update(step=done, elapsed_s=clock() - started)
-            save_train_state(resume_dir, model, optimizer, {**state, "rng": rng.bit_generator.state})
+            extra = {"scaler": scaler.state_dict()} if amp.scaled else {}
+            save_train_state(resume_dir, model, optimizer, {**state, **extra})
     return _finish(folder, resume_dir, clock() - started, state, wall_started)
 
 
+def _loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], device: torch.device, fmt: torch.memory_format,
+          amp: AmpPolicy) -> torch.Tensor:
+    """Dice + CE of ``net`` on one loader batch, moved to ``device`` (float32 loss, autocast forward)."""
+    inputs = [batch[key].to(device, non_blocking=True).contiguous(memory_format=fmt)
+              for key in ("image", "context") if key in batch]
+    with amp.autocast():
+        logits = net(*inputs)
+    return dice_ce_loss(logits, batch["label"].to(device, non_blocking=True))
+
+
 def _write_checkpoint(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Replace the checkpoint files in ``folder`` (weights first, then ``model.json``)."""
+    """Replace the checkpoint files in ``folder`` (weights first, then ``model.json``) with a CPU,
+    contiguous copy of ``model``: the files do not depend on the training device or memory format."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder, model, meta)
+    portable = build_model(meta["arch"], **meta["arch_kwargs"])
+    portable.load_state_dict(model.state_dict())
+    save_checkpoint(folder, portable, meta)
 
 
 def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any], wall_started: float) -> dict[str, Any]:
@@ -285,7 +321,7 @@ def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any])
     """The refinement plan chosen on the validation cases with the fused members, and the fused,
     refined validation scores on the input grid (Dice and HD95 per class)."""
     model = load_ensemble(config.out).with_settings(**{**ensemble, "postprocess": None})
-    inference = InferenceConfig(threads=config.threads)
+    inference = InferenceConfig(threads=config.threads, device=config.device)
     cases = [case.original for case in data.val]
     plan, scores = fit_postprocess(cases, model, config.postprocess_candidates, inference)
     keys = ("mean_dice", "dice", "hd95", "surface_dice", "cases", "infer_s_per_volume")
@@ -325,7 +361,6 @@ def train_ensemble(
     Raises:
         ConfigError: when ``only`` names a member the config does not have.
     """
-    torch.set_num_threads(config.threads)
     names = [m.name for m in config.members]
     unknown = sorted((set(only or []) | set(config.fusion_weights)) - set(names))
     if unknown:
