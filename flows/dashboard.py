@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
 from deconvseg.pipeline.files import write_json_atomic
@@ -85,13 +86,23 @@ def row_from_bundle(case_id: str, bundle: Path, status: str = "cached") -> dict[
     return case_row(case_id, status, 0.0, bundle, stats, qa=qa)
 
 
-def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flat rows for the table artifact: one ``<structure> mL`` column per structure seen."""
+def table_rows(rows: list[dict[str, Any]], report_base_url: str | None = None) -> list[dict[str, Any]]:
+    """Flat rows for the table artifact: one ``<structure> mL`` column per structure seen, and
+    ``link``: the study in the PACS UI, else the served report (``report_link``), else the report's path."""
     names = list(dict.fromkeys(name for row in rows for name in row["volumes_ml"]))
     return [{"case": r["case"], "status": r["status"], "seconds": r["seconds"],
              **{f"{name} mL": r["volumes_ml"].get(name) for name in names},
-             "uncertainty": r["uncertainty"], "qa_flags": "; ".join(r["flags"]), "reason": r["reason"]}
+             "uncertainty": r["uncertainty"], "qa_flags": "; ".join(r["flags"]), "reason": r["reason"],
+             "link": _row_link(r, report_base_url)}
             for r in sorted(rows, key=lambda row: row["case"])]
+
+
+def _row_link(row: dict[str, Any], base_url: str | None) -> str:
+    if row.get("link"):
+        return str(row["link"])
+    if not row["bundle"]:
+        return ""
+    return report_link(row["bundle"], Path(row["bundle"]).parent, base_url) or str(Path(row["bundle"]) / "report.html")
 
 
 def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -120,11 +131,33 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     if flagged:
         lines += ["## Needs review (QA flags)", ""]
         lines += [f"- `{r['case']}`: {'; '.join(r['flags'])}" for r in flagged] + [""]
-    done = [r for r in rows if r["bundle"]]
-    if done:
+    linked = [r for r in rows if r["bundle"] or r.get("link")]
+    if linked:
         lines += ["## Review bundles", ""]
-        lines += [f"- [{r['case']}]({Path(r['bundle']).as_uri()}/report.html) `{r['bundle']}`" for r in done]
+        lines += [_bundle_line(r, summary.get("report_base_url")) for r in linked]
     return "\n".join(lines) + "\n"
+
+
+def report_link(bundle: str | Path, out: str | Path, base_url: str | None) -> str | None:
+    """The URL of a bundle's ``report.html`` under ``base_url`` (the output folder served by any web
+    server, e.g. ``python -m http.server -d OUT``), or ``None`` without a base URL.
+
+    Browsers refuse ``file://`` links from the Prefect UI ("Not allowed to load local resource"),
+    so without a base URL the dashboard shows the file path as text instead of a dead link.
+    """
+    if not base_url:
+        return None
+    relative = Path(bundle).relative_to(Path(out)).as_posix()
+    return f"{base_url.rstrip('/')}/{quote(relative)}/report.html"
+
+
+def _bundle_line(row: dict[str, Any], base_url: str | None) -> str:
+    """One line per case: the study in the PACS UI (``link``), the served report, else the path."""
+    parts = [f"[{row['case']}]({row['link']}) (study in the PACS)" if row.get("link") else f"`{row['case']}`"]
+    if row["bundle"]:
+        report = report_link(row["bundle"], Path(row["bundle"]).parent, base_url)
+        parts.append(f"[report]({report})" if report else f"report: `{Path(row['bundle']) / 'report.html'}`")
+    return "- " + " · ".join(parts)
 
 
 class Progress:
@@ -144,15 +177,20 @@ class Progress:
         update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total)
 
 
-def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str) -> dict[str, Any]:
-    """Publish the table and markdown artifacts and write ``<out>/batch.json``; return the summary."""
+def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str,
+            report_base_url: str | None = None) -> dict[str, Any]:
+    """Publish the table and markdown artifacts and write ``<out>/batch.json``; return the summary.
+
+    ``report_base_url``: where ``out_dir`` is served over HTTP, so the reports' links open
+    (``report_link``); without it the markdown shows file paths.
+    """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     tally = counts(rows)
     summary = {"out": str(out_dir), "seconds": round(seconds, 2), "counts": tally,
                "cases_per_min": round(60.0 * tally["cases"] / max(seconds, 1e-9), 2),
-               "rows": sorted(rows, key=lambda r: r["case"])}
-    create_table_artifact(table_rows(rows), key=f"{key}-cases", description=state_message(tally))
+               "rows": sorted(rows, key=lambda r: r["case"]), "report_base_url": report_base_url}
+    create_table_artifact(table_rows(rows, report_base_url), key=f"{key}-cases", description=state_message(tally))
     create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description=state_message(tally))
     write_json_atomic(out_dir / "batch.json", summary)
     return summary

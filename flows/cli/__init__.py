@@ -9,5 +9,6 @@ from deconvseg.flows.cli import train  # noqa: F401
 from deconvseg.flows.cli import segment  # noqa: F401
 from deconvseg.flows.cli import autoencoder  # noqa: F401
 from deconvseg.flows.cli import viewer  # noqa: F401
+from deconvseg.flows.cli import pacs  # noqa: F401
 
 __all__ = ["app"]

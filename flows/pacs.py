@@ -1,0 +1,376 @@
+"""PACS in, PACS out: the ``pacs-pass`` flow and its ``pacs-series`` task.
+
+One pass queries a DICOMweb PACS for image series (QIDO-RS), and for each series, as one case of
+the batch machinery: skips it when the PACS already holds our SEG of it for this model version;
+retrieves it into ``<out>/.pacs-incoming/<case>/`` (WADO-RS); segments it into the review bundle
+``<out>/<case>/`` (reused when the bundle carries the same content-hash cache key); names our
+SEG and RTSTRUCT after the model and its version; stores them in ONE STOW-RS request, RTSTRUCT
+first and the SEG, the completion mark of the rerun check, last.
+
+Only transient HTTP failures (``PacsError.transient``: connection refused, timeouts, 408/429/5xx)
+are retried, with exponential backoff; any other error fails its case at once. Failed cases do
+not stop the others. A pass that failed no case records its start day as the source's
+"since" (``deconvseg.pipeline.pacs.state``) for the next pass without ``--since``.
+
+Secrets never travel as flow parameters (Prefect stores those): ``auth`` names where the secret
+is (an environment variable or a Prefect Secret block) and each task reads it there.
+
+``python -m deconvseg.flows.pacs '<request JSON>'`` is the child process ``deconvseg pacs`` starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.futures import as_completed
+from prefect.states import Completed, Failed, State
+from prefect.tasks import exponential_backoff
+
+from deconvseg.flows import dashboard
+from deconvseg.flows.inputs import DEFAULT_MODEL, BatchConfig, cache_key, config_version, content_hash, model_version
+from deconvseg.flows.outputs import batch_lock, sweep_partial
+from deconvseg.flows.runners import make_task_runner
+from deconvseg.flows.segment import one_line
+from deconvseg.pipeline.config import Settings, validate_config
+from deconvseg.pipeline.errors import ConfigError, DeconvsegError
+from deconvseg.pipeline.pacs.connection import Credentials, connect, public_url
+from deconvseg.pipeline.pacs.errors import PacsError
+from deconvseg.pipeline.pacs.naming import case_id, result_description, set_series_description
+from deconvseg.pipeline.pacs.query import SeriesInfo, SeriesQuery, find_series
+from deconvseg.pipeline.pacs.state import last_success, record_success, source_key
+from deconvseg.pipeline.pacs.transfer import retrieve_series, store_instances, stored_results
+
+INCOMING = ".pacs-incoming"
+
+
+class PacsConfig(BatchConfig):
+    """``BatchConfig`` plus the PACS side (``--config`` YAML overrides these).
+
+    Attributes:
+        http_timeout_s: connect/read timeout of each DICOMweb request.
+    """
+
+    dashboard_key: str = "deconvseg-pacs"
+    http_timeout_s: float = 60.0
+
+
+class PacsAuth(Settings):
+    """Where the credentials are; never the secret itself.
+
+    Attributes:
+        user: HTTP basic user name.
+        password_env: environment variable holding the password.
+        token_env: environment variable holding a bearer token.
+        secret_block: Prefect Secret block holding the password (with ``user``) or the token.
+    """
+
+    user: str | None = None
+    password_env: str | None = None
+    token_env: str | None = None
+    secret_block: str | None = None
+
+    def credentials(self) -> Credentials:
+        """Read the secret from its environment variable or Secret block.
+
+        Raises:
+            ConfigError: the variable is unset or the block cannot be loaded.
+        """
+        secret = None
+        if self.password_env or self.token_env:
+            name = self.password_env or self.token_env
+            secret = os.environ.get(name)
+            if not secret:
+                raise ConfigError(f"environment variable {name} is unset or empty; export it with the "
+                                  f"{'password' if self.password_env else 'token'} (its value is never printed)")
+        elif self.secret_block:
+            from prefect.blocks.system import Secret
+
+            try:
+                secret = Secret.load(self.secret_block).get()
+            except ValueError as err:
+                raise ConfigError(f"Prefect Secret block {self.secret_block!r} not found; create it with "
+                                  "prefect.blocks.system.Secret(value=...).save(NAME)") from err
+        if self.user is not None:
+            return Credentials(user=self.user, password=secret)
+        return Credentials(token=secret) if secret else Credentials()
+
+
+class PacsRequest(Settings):
+    """One PACS pass as the CLI asks for it (all JSON, no secret)."""
+
+    url: str
+    out: str
+    model: str | None = None
+    query: dict[str, Any] = {}
+    auth: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    verify_tls: bool | str = True
+    viewer_url: str | None = None
+    deidentify: bool = False
+    cron: str | None = None
+    name: str = "pacs"
+    print_json: bool = False
+
+    def parameters(self) -> dict[str, Any]:
+        return {"url": self.url, "out": self.out, "model": self.model, "query": self.query, "auth": self.auth,
+                "config": self.config, "verify_tls": self.verify_tls, "viewer_url": self.viewer_url,
+                "deidentify": self.deidentify}
+
+
+def orthanc_study_id(patient_id: str, study_uid: str) -> str:
+    """Orthanc's identifier of a study: SHA-1 of ``PatientID|StudyInstanceUID`` in five dashed groups."""
+    import hashlib
+
+    digest = hashlib.sha1(f"{patient_id}|{study_uid}".encode()).hexdigest()
+    return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
+
+
+def viewer_link(pattern: str | None, url: str, series: SeriesInfo) -> str:
+    """The study's page in the PACS web UI: ``pattern`` with ``{study}``, ``{series}`` and
+    ``{orthanc_study}`` filled in; default: Orthanc Explorer beside the DICOMweb root."""
+    if pattern is None:
+        root = url.rstrip("/").removesuffix("/dicom-web")
+        pattern = root + "/app/explorer.html#study?uuid={orthanc_study}"
+    return pattern.format(study=series.study_uid, series=series.series_uid,
+                          orthanc_study=orthanc_study_id(series.patient_id, series.study_uid))
+
+
+def _retry_transient(task: Any, task_run: Any, state: State) -> bool:
+    """Prefect ``retry_condition_fn``: retry only transient PACS errors."""
+    outcome = state.result(raise_on_failure=False)
+    return isinstance(outcome, PacsError) and outcome.transient
+
+
+def _model_name(model_dir: str) -> str:
+    settings = Path(model_dir) / "ensemble.json"
+    if settings.is_file():
+        name = json.loads(settings.read_text()).get("name")
+        if name:
+            return str(name)
+    return Path(model_dir).name
+
+
+def _bundle_key(bundle: Path) -> str | None:
+    try:
+        return json.loads((bundle / "manifest.json").read_text()).get("cache_key")
+    except (OSError, ValueError):
+        return None
+
+
+def _segment(folder: Path, case: str, out_dir: Path, model_dir: str, versions: dict[str, str],
+             inference: dict[str, Any], threads: int, timeout_s: float | None, record: dict[str, Any],
+             deidentify: bool) -> dict[str, Any]:
+    """Segment the retrieved series into ``<out_dir>/<case>/``; the dashboard row.
+
+    The same steps as the batch's ``segment-case`` (read, segment, write the bundle atomically).
+    """
+    from deconvseg.flows.segment import _members
+    from deconvseg.pipeline.export.bundle import write_bundle
+    from deconvseg.pipeline.guards import time_limit
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.segment import InferenceConfig, segment_case as run_segmentation
+
+    start = time.perf_counter()
+    with time_limit(timeout_s, f"{folder}: case {case}" + (f" (case_timeout_s={timeout_s:g})" if timeout_s else "")):
+        image = read_volume(folder)
+        members = _members(model_dir, versions["model"])
+        result = run_segmentation(image, members, InferenceConfig(**{**inference, "threads": threads}))
+        manifest = {**record, "case_id": case, "versions": versions, "timings_s": result.timings,
+                    "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
+                    "config": {"inference": inference, "version": versions["config"]}}
+        summary = write_bundle(out_dir / case, image, result.labels, result.table, uncertainty=result.uncertainty,
+                               manifest=manifest, shape=result.shape, deidentify=deidentify)
+    return dashboard.case_row(case, "segmented", time.perf_counter() - start, summary.path, summary.stats,
+                              result.structure_uncertainty, qa=summary.qa)
+
+
+@task(name="pacs-series", retry_condition_fn=_retry_transient, task_run_name="pacs-{case}")
+def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any], verify_tls: bool | str,
+                out_dir: str, model_dir: str, versions: dict[str, str], inference: dict[str, Any], threads: int,
+                settings: dict[str, Any], description: str, link: str, deidentify: bool) -> dict[str, Any]:
+    """One PACS series through skip-check, retrieval, segmentation and storage; its dashboard row.
+
+    Returns:
+        The row (``deconvseg.flows.dashboard.case_row``) with ``link`` (the study in the PACS UI),
+        ``stored`` (SOP Instance UIDs stored) and ``timings`` (``check``, ``retrieve``,
+        ``segment``, ``store`` seconds).
+    """
+    info = SeriesInfo.from_json(series)
+    config = PacsConfig(**settings)
+    client = connect(url, PacsAuth(**auth).credentials(), verify_tls=verify_tls, timeout_s=config.http_timeout_s)
+    out, timings = Path(out_dir), {}
+    bundle = out / case
+    start = time.perf_counter()
+    store = not deidentify
+    if store and stored_results(client, info, description):
+        timings["check"] = time.perf_counter() - start
+        row = (dashboard.row_from_bundle(case, bundle, status="cached") if (bundle / "stats.json").is_file()
+               else dashboard.case_row(case, "cached", 0.0, "", []))
+        return {**row, "reason": "already in the PACS", "link": link, "stored": [], "timings": timings}
+    timings["check"] = time.perf_counter() - start
+    incoming = out / INCOMING / case
+    try:
+        mark = time.perf_counter()
+        retrieve_series(client, info, incoming)
+        timings["retrieve"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        case_versions = {**versions, "input": content_hash(incoming)}
+        key = cache_key(case_versions)
+        if _bundle_key(bundle) == key:
+            row = dashboard.row_from_bundle(case, bundle, status="cached")
+        else:
+            record = {"cache_key": key, "source": {"pacs": url, "study_instance_uid": info.study_uid,
+                                                   "series_instance_uid": info.series_uid}}
+            row = _segment(incoming, case, out, model_dir, case_versions, inference, threads,
+                           config.case_timeout_s, record, deidentify)
+        timings["segment"] = time.perf_counter() - mark
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    results = [bundle / "rtstruct.dcm", bundle / "seg.dcm"]  # the SEG, our completion mark, last
+    stored: list[str] = []
+    if store and all(p.is_file() for p in results):
+        mark = time.perf_counter()
+        set_series_description(results, description)
+        stored = store_instances(client, results)
+        timings["store"] = time.perf_counter() - mark
+    return {**row, "seconds": round(time.perf_counter() - start, 2), "link": link, "stored": stored,
+            "timings": {k: round(v, 3) for k, v in timings.items()}}
+
+
+@flow(name="pacs-pass", validate_parameters=True)
+def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any] | None = None,
+              auth: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+              verify_tls: bool | str = True, viewer_url: str | None = None, deidentify: bool = False) -> State:
+    """One pass over a DICOMweb PACS: query, then one ``pacs-series`` task per series.
+
+    Args:
+        url: DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``.
+        out: output folder (review bundles, ``batch.json``, ``.pacs-state.json``).
+        model: checkpoint or ensemble folder (default: the bundled phantom CT model).
+        query: ``SeriesQuery`` fields; without ``since``/``until`` the pass starts at the source's
+            last successful run.
+        auth: ``PacsAuth`` fields (where the secret is).
+        config: ``PacsConfig`` fields.
+        verify_tls: verify the PACS's TLS certificate (or a CA bundle path).
+        viewer_url: URL pattern of a study in the PACS UI (``{study}``, ``{series}``, ``{orthanc_study}``).
+        deidentify: pseudonymous case names and de-identified bundles; nothing is stored in the PACS.
+
+    Returns:
+        ``Completed`` or ``Failed`` (a case failed); its data is the summary (``<out>/batch.json``).
+    """
+    settings = validate_config(config or {}, PacsConfig, source="pacs config")
+    validate_config(auth or {}, PacsAuth, source="pacs auth")
+    started = dt.datetime.now()
+    model_dir = str(Path(model).expanduser().resolve()) if model else str(DEFAULT_MODEL)
+    out_dir = Path(out).expanduser().resolve()
+    source = public_url(url)
+    search = SeriesQuery(**(query or {}))
+    key = source_key(source, {"modality": search.modality, "description": search.description})
+    if search.since is None and search.until is None:
+        search = SeriesQuery(**{**(query or {}), "since": last_success(out_dir, key)})
+    client = connect(url, PacsAuth(**(auth or {})).credentials(), verify_tls=verify_tls,
+                     timeout_s=settings.http_timeout_s)
+    mark = time.perf_counter()
+    found = find_series(client, search)
+    query_s = time.perf_counter() - mark
+    versions = {"model": model_version(model_dir), "config": config_version(settings.inference)}
+    description = result_description(_model_name(model_dir), versions["model"])
+    cases = {case_id(s, pseudonymous=deidentify): s.to_json() for s in found}
+    runner = make_task_runner(None, None, settings.max_workers)
+    summary = pacs_cases.with_options(task_runner=runner)(
+        cases, url, out_dir, model_dir, auth or {}, verify_tls, settings.model_dump(), versions, description,
+        {case: viewer_link(viewer_url, source, SeriesInfo.from_json(s)) for case, s in cases.items()}, deidentify)
+    summary["pacs"] = {"url": source, "query": {**search.__dict__}, "query_s": round(query_s, 3),
+                       "description": description}
+    dashboard.write_json_atomic(out_dir / "batch.json", summary)
+    message = dashboard.state_message(summary["counts"])
+    if summary["counts"]["failed"]:
+        return Failed(message=message, data=summary)
+    record_success(out_dir, key, source, started)
+    return Completed(message=message, data=summary)
+
+
+@flow(name="pacs-cases")
+def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_dir: str, auth: dict[str, Any],
+               verify_tls: bool | str, config: dict[str, Any], versions: dict[str, str], description: str,
+               links: dict[str, str], deidentify: bool) -> dict[str, Any]:
+    """The body of ``pacs_pass``: one ``pacs-series`` task per series on the pass's task runner
+    (``max_workers`` series at once), rows as they finish, the dashboard; see ``pacs_pass``.
+
+    Returns:
+        The summary (``deconvseg.flows.dashboard.publish``); failed series are rows, not an exception.
+    """
+    settings = PacsConfig(**config)
+    with batch_lock(out_dir):
+        sweep_partial(out_dir, list(cases))
+        progress = dashboard.Progress(settings.dashboard_key, len(cases))
+        start = time.perf_counter()
+        case_task = pacs_series.with_options(retries=settings.retries,
+                                             retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
+        inference = settings.case_inference(settings.max_workers)
+        futures = {}
+        for case, series in cases.items():
+            future = case_task.submit(series, case, url, auth, verify_tls, str(out_dir), model_dir, versions,
+                                      inference, settings.threads, config, description, links[case], deidentify)
+            futures[future.task_run_id] = (future, case)
+        rows = []
+        for future in as_completed([f for f, _ in futures.values()]):
+            future.wait()
+            case = futures[future.task_run_id][1]
+            outcome = future.result(raise_on_failure=False)
+            if isinstance(outcome, BaseException):
+                reason = one_line(outcome)
+                if isinstance(outcome, PacsError) and outcome.transient:
+                    reason += f" (gave up after {settings.retries + 1} tries)"
+                rows.append({**dashboard.failed_row(case, reason), "link": links[case]})
+            else:
+                rows.append(outcome)
+            progress.advance()
+        shutil.rmtree(out_dir / INCOMING, ignore_errors=True)
+        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key)
+
+
+def run_once(request: PacsRequest) -> int:
+    """One pass now; one line per failed case and a summary line. 0 when every series succeeded."""
+    state = pacs_pass(**request.parameters(), return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):
+        reason = summary if isinstance(summary, BaseException) else state.message
+        print(f"error: {reason}" if isinstance(summary, DeconvsegError) else f"error: pacs pass failed: {reason}",
+              file=sys.stderr)
+        return 2 if isinstance(summary, DeconvsegError) else 1
+    for row in summary["rows"]:
+        if row["status"] == "failed":
+            print(f"failed: {row['case']}: {row['reason']}", file=sys.stderr)
+    stored = sum(len(row.get("stored") or []) for row in summary["rows"])
+    print(f"{state.message}; {stored} instances stored; {summary['seconds']:.1f} s; bundles and batch.json in "
+          f"{summary['out']}")
+    if request.print_json:
+        print(json.dumps({k: summary[k] for k in ("out", "seconds", "cases_per_min", "counts")}))
+    return 1 if summary["counts"]["failed"] else 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of the child process: ``argv[0]`` is the ``PacsRequest`` as JSON."""
+    try:
+        request = validate_config(json.loads(argv[0]), PacsRequest, source="pacs request")
+        if request.cron:
+            pacs_pass.serve(name=request.name, cron=request.cron, parameters=request.parameters(),
+                            description=f"deconvseg PACS pass over {public_url(request.url)} into {request.out}")
+            return 0
+        return run_once(request)
+    except DeconvsegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
