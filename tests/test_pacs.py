@@ -30,6 +30,16 @@ PASSWORD_ENV = "DECONVSEG_TEST_PACS_PASSWORD"
 
 
 @pytest.fixture(scope="module")
+def prefect_server(prefect_env, tmp_path_factory):
+    """One Prefect server for the module's runs (each CLI run would otherwise start its own)."""
+    from deconvseg.flows.prefect_env import local_server
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    with local_server(home) as api_url:
+        yield {**prefect_env, "PREFECT_HOME": str(home), "PREFECT_API_URL": api_url}
+
+
+@pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     """An Orthanc holding one CT and one MR series; a tiny model for the CT."""
     root = tmp_path_factory.mktemp("pacs")
@@ -59,7 +69,8 @@ def _stored(server, modality: str) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(__import__("io").BytesIO(server.instance_file(item["ID"]))) for item in found]
 
 
-def test_ct_and_mr_in_seg_and_rtstruct_out_rerun_stores_nothing(pacs, prefect_env, tmp_path):
+def test_ct_and_mr_in_seg_and_rtstruct_out_rerun_stores_nothing(pacs, prefect_server, tmp_path):
+    prefect_env = prefect_server
     ct, mr = _series(pacs.ct[0]), _series(pacs.mr[0])
     out = tmp_path / "out"
     first = _pacs(pacs.server, out, prefect_env, "--modality", "CT", "--model", str(pacs.tiny), "--json")
@@ -121,7 +132,7 @@ def _reader(stream, lines: queue.Queue) -> None:
         lines.put(line)
 
 
-def test_pacs_stopped_mid_run_fails_that_case_only(tmp_path, prefect_env):
+def test_pacs_stopped_mid_run_fails_that_case_only(tmp_path, prefect_server):
     """Orthanc goes down right after the first series was retrieved: that case fails after its
     retries with the reason, stores nothing; Orthanc comes back and the second case finishes."""
     import subprocess
@@ -137,7 +148,7 @@ def test_pacs_stopped_mid_run_fails_that_case_only(tmp_path, prefect_env):
         doomed, out = case_id(info), tmp_path / "out"
         config = tmp_path / "pacs.yaml"
         config.write_text("max_workers: 1\nretries: 2\nretry_delay_s: 1.0\nhttp_timeout_s: 5\n")
-        env = {**__import__("os").environ, **prefect_env, PASSWORD_ENV: PASSWORD,
+        env = {**__import__("os").environ, **prefect_server, PASSWORD_ENV: PASSWORD,
                "PYTHONPATH": str(REPO)}
         command = [sys.executable, *CLI, "--url", server.dicomweb, "--out", str(out), "--user", USER,
                    "--password-env", PASSWORD_ENV, "--model", str(WEIGHTS_ROOT / "acdc"), "--config", str(config),
