@@ -35,12 +35,14 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from deconvseg.flows import dashboard
-from deconvseg.flows.inputs import DEFAULT_MODEL, BatchConfig, cache_key, config_version, content_hash, model_version
+from deconvseg.flows.inputs import DEFAULT_MODEL, BatchConfig, cache_key, config_version
 from deconvseg.flows.outputs import batch_lock, sweep_partial
 from deconvseg.flows.runners import make_task_runner
-from deconvseg.flows.segment import one_line
+from deconvseg.flows.segment import _ensemble, one_line
 from deconvseg.pipeline.config import Settings, validate_config
+from deconvseg.pipeline.ensemble import model_version
 from deconvseg.pipeline.errors import ConfigError, DeconvsegError
+from deconvseg.pipeline.files import path_digest, write_json_atomic
 from deconvseg.pipeline.pacs.connection import Credentials, connect, public_url
 from deconvseg.pipeline.pacs.errors import PacsError
 from deconvseg.pipeline.pacs.naming import case_id, result_description, set_series_description
@@ -149,15 +151,6 @@ def _retry_transient(task: Any, task_run: Any, state: State) -> bool:
     return isinstance(outcome, PacsError) and outcome.transient
 
 
-def _model_name(model_dir: str) -> str:
-    settings = Path(model_dir) / "ensemble.json"
-    if settings.is_file():
-        name = json.loads(settings.read_text()).get("name")
-        if name:
-            return str(name)
-    return Path(model_dir).name
-
-
 def _bundle_key(bundle: Path) -> str | None:
     try:
         return json.loads((bundle / "manifest.json").read_text()).get("cache_key")
@@ -165,43 +158,43 @@ def _bundle_key(bundle: Path) -> str | None:
         return None
 
 
-def _segment(folder: Path, case: str, out_dir: Path, model_dir: str, versions: dict[str, str],
-             inference: dict[str, Any], threads: int, timeout_s: float | None, record: dict[str, Any],
-             deidentify: bool) -> dict[str, Any]:
-    """Segment the retrieved series into ``<out_dir>/<case>/``; the dashboard row.
+def _segment(folder: Path, case: str, modality: str, out_dir: Path, model_dir: str, key: str,
+             versions: dict[str, str], config: dict[str, Any], threads: int, source: dict[str, str]) -> dict[str, Any]:
+    """Segment the retrieved series into ``<out_dir>/<case>/`` through the one case API; the dashboard row."""
+    import torch
 
-    The same steps as the batch's ``segment-case`` (read, segment, write the bundle atomically).
-    """
-    from deconvseg.flows.segment import _members
-    from deconvseg.pipeline.export.bundle import write_bundle
-    from deconvseg.pipeline.guards import time_limit
-    from deconvseg.pipeline.io.volumes import read_volume
-    from deconvseg.pipeline.segment import InferenceConfig, segment_case as run_segmentation
+    from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
 
-    start = time.perf_counter()
-    with time_limit(timeout_s, f"{folder}: case {case}" + (f" (case_timeout_s={timeout_s:g})" if timeout_s else "")):
-        image = read_volume(folder)
-        members = _members(model_dir, versions["model"])
-        result = run_segmentation(image, members, InferenceConfig(**{**inference, "threads": threads}))
-        manifest = {**record, "case_id": case, "versions": versions, "timings_s": result.timings,
-                    "model": {"dir": model_dir, "version": versions["model"], "members": len(members)},
-                    "config": {"inference": inference, "version": versions["config"]}}
-        summary = write_bundle(out_dir / case, image, result.labels, result.table, uncertainty=result.uncertainty,
-                               manifest=manifest, shape=result.shape, deidentify=deidentify)
-    return dashboard.case_row(case, "segmented", time.perf_counter() - start, summary.path, summary.stats,
-                              result.structure_uncertainty, qa=summary.qa)
+    torch.set_num_threads(threads)
+    summary = run_case(CaseInput(case, folder, modality or None), _ensemble(model_dir, versions["model"]),
+                       CaseConfig(**config), out_dir, record={"cache_key": key, "versions": versions, "source": source})
+    return dashboard.summary_row(summary)
 
 
 @task(name="pacs-series", retry_condition_fn=_retry_transient, task_run_name="pacs-{case}")
 def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any], verify_tls: bool | str,
-                out_dir: str, model_dir: str, versions: dict[str, str], inference: dict[str, Any], threads: int,
+                out_dir: str, model_dir: str, versions: dict[str, str], case_config: dict[str, Any],
                 settings: dict[str, Any], description: str, link: str, deidentify: bool) -> dict[str, Any]:
     """One PACS series through skip-check, retrieval, segmentation and storage; its dashboard row.
 
+    Args:
+        series: ``SeriesInfo.to_json()``.
+        case: its case id (bundle folder name).
+        url: DICOMweb root.
+        auth: ``PacsAuth`` fields (where the secret is).
+        verify_tls: verify the TLS certificate (or a CA bundle path).
+        out_dir: the output folder.
+        model_dir: checkpoint or ensemble folder.
+        versions: model/config versions (the input's is added here, from the retrieved files).
+        case_config: ``CaseConfig`` fields.
+        settings: ``PacsConfig`` fields.
+        description: series description of our results (model and version): the rerun check's mark.
+        link: the study in the PACS UI.
+        deidentify: pseudonymous bundle, nothing stored.
+
     Returns:
-        The row (``deconvseg.flows.dashboard.case_row``) with ``link`` (the study in the PACS UI),
-        ``stored`` (SOP Instance UIDs stored) and ``timings`` (``check``, ``retrieve``,
-        ``segment``, ``store`` seconds).
+        The row (``deconvseg.flows.dashboard.case_row``) with ``link``, ``stored`` (SOP Instance
+        UIDs stored) and ``timings`` (``check``, ``retrieve``, ``segment``, ``store`` seconds).
     """
     info = SeriesInfo.from_json(series)
     config = PacsConfig(**settings)
@@ -210,27 +203,27 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
     bundle = out / case
     start = time.perf_counter()
     store = not deidentify
-    if store and stored_results(client, info, description):
-        timings["check"] = time.perf_counter() - start
+    found = stored_results(client, info, description) if store else []
+    timings["check"] = time.perf_counter() - start
+    if found:
         row = (dashboard.row_from_bundle(case, bundle, status="cached") if (bundle / "stats.json").is_file()
                else dashboard.case_row(case, "cached", 0.0, "", []))
         return {**row, "reason": "already in the PACS", "link": link, "stored": [], "timings": timings}
-    timings["check"] = time.perf_counter() - start
     incoming = out / INCOMING / case
     try:
         mark = time.perf_counter()
         retrieve_series(client, info, incoming)
         timings["retrieve"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        case_versions = {**versions, "input": content_hash(incoming)}
+        case_versions = {**versions, "input": path_digest(incoming)}
         key = cache_key(case_versions)
         if _bundle_key(bundle) == key:
             row = dashboard.row_from_bundle(case, bundle, status="cached")
         else:
-            record = {"cache_key": key, "source": {"pacs": url, "study_instance_uid": info.study_uid,
-                                                   "series_instance_uid": info.series_uid}}
-            row = _segment(incoming, case, out, model_dir, case_versions, inference, threads,
-                           config.case_timeout_s, record, deidentify)
+            source = {} if deidentify else {"pacs": public_url(url), "study_instance_uid": info.study_uid,
+                                            "series_instance_uid": info.series_uid}
+            row = _segment(incoming, case, info.modality, out, model_dir, key, case_versions, case_config,
+                           config.threads, source)
         timings["segment"] = time.perf_counter() - mark
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
@@ -282,7 +275,7 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
     found = find_series(client, search)
     query_s = time.perf_counter() - mark
     versions = {"model": model_version(model_dir), "config": config_version(settings.inference)}
-    description = result_description(_model_name(model_dir), versions["model"])
+    description = result_description(_ensemble(model_dir, versions["model"]).name, versions["model"])
     cases = {case_id(s, pseudonymous=deidentify): s.to_json() for s in found}
     runner = make_task_runner(None, None, settings.max_workers)
     summary = pacs_cases.with_options(task_runner=runner)(
@@ -290,7 +283,7 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
         {case: viewer_link(viewer_url, source, SeriesInfo.from_json(s)) for case, s in cases.items()}, deidentify)
     summary["pacs"] = {"url": source, "query": {**search.__dict__}, "query_s": round(query_s, 3),
                        "description": description}
-    dashboard.write_json_atomic(out_dir / "batch.json", summary)
+    write_json_atomic(out_dir / "batch.json", summary)
     message = dashboard.state_message(summary["counts"])
     if summary["counts"]["failed"]:
         return Failed(message=message, data=summary)
@@ -315,11 +308,12 @@ def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_
         start = time.perf_counter()
         case_task = pacs_series.with_options(retries=settings.retries,
                                              retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
-        inference = settings.case_inference(settings.max_workers)
+        case_config = {"inference": {**settings.case_inference(settings.max_workers), "threads": settings.threads},
+                       "timeout_s": settings.case_timeout_s}
         futures = {}
         for case, series in cases.items():
             future = case_task.submit(series, case, url, auth, verify_tls, str(out_dir), model_dir, versions,
-                                      inference, settings.threads, config, description, links[case], deidentify)
+                                      case_config, config, description, links[case], deidentify)
             futures[future.task_run_id] = (future, case)
         rows = []
         for future in as_completed([f for f, _ in futures.values()]):

@@ -6,9 +6,12 @@ fixed (never random) so that a clinician sees the same colour in every view and 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -89,18 +92,54 @@ class LabelTable:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
-# A fixed palette (Slicer-like) for labels that bring no colour of their own.
-_PALETTE = [
-    (216, 101, 79), (128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210),
-    (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
-    (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49),
-    (0, 151, 206), (216, 101, 79), (183, 156, 220), (183, 214, 211), (152, 189, 207),
-]
+def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of sRGB colours in 0..255, shape ``(n, 3)``."""
+    c = rgb / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz /= np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+
+
+def color_difference(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """CIE76 colour difference (Euclidean distance in CIELAB) of two sRGB colours."""
+    lab = _srgb_to_lab(np.array([a, b], dtype=float))
+    return float(np.linalg.norm(lab[0] - lab[1]))
+
+
+@functools.lru_cache(maxsize=1)
+def palette() -> tuple[tuple[int, int, int], ...]:
+    """The fixed palette for labels that bring no colour of their own: 128 colours, each as far
+    (CIELAB) from all before it as the sRGB gamut allows (greedy farthest-point order), kept
+    between dark and pale and away from greys so they show on a CT window.
+
+    Deterministic (no random numbers): the same value gets the same colour in every run. The
+    first 117 colours (TotalSegmentator's ``total`` classes) differ by at least 16 CIE76 units
+    pairwise, so no two structures that touch share a colour.
+    """
+    levels = np.arange(0, 256, 15, dtype=float)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+    lab = _srgb_to_lab(grid)
+    chroma = np.hypot(lab[:, 1], lab[:, 2])
+    keep = (lab[:, 0] >= 35) & (lab[:, 0] <= 88) & (chroma >= 20)
+    grid, lab = grid[keep], lab[keep]
+    chosen = [int(np.argmin(np.linalg.norm(grid - np.array([216.0, 101.0, 79.0]), axis=1)))]  # Slicer's tissue red first
+    distance = np.linalg.norm(lab - lab[chosen[0]], axis=1)
+    while len(chosen) < PALETTE_SIZE:
+        pick = int(np.argmax(distance))
+        chosen.append(pick)
+        distance = np.minimum(distance, np.linalg.norm(lab - lab[pick], axis=1))
+    return tuple(tuple(int(v) for v in grid[i]) for i in chosen)
+
+
+PALETTE_SIZE = 128
 
 
 def default_color(value: int) -> tuple[int, int, int]:
-    """The fixed colour of a label value that has none of its own."""
-    return _PALETTE[(value - 1) % len(_PALETTE)]
+    """The fixed colour of a label value that has none of its own (``palette()``; repeats after 128)."""
+    colors = palette()
+    return colors[(value - 1) % len(colors)]
 
 
 def generic_table(values: list[int]) -> LabelTable:

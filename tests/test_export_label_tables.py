@@ -35,7 +35,7 @@ def test_unknown_values_get_generic_names_and_known_names_get_codes():
     assert coded[1].code.value == "78961009"
     assert coded[2].code.meaning == "Left Subclavian Artery"
     assert coded[3].code.value == "23215003"
-    assert coded[4].code is None  # no side-specific concept in the dictionary: no code rather than a wrong one
+    assert coded[4].code.meaning == "Kidney"  # no side-specific concept in the dictionary: the organ's; the side is in the name
     assert snomed_code("label_3") is None
 
 
@@ -43,3 +43,42 @@ def read_label_file_from(mapping: dict[str, str]) -> LabelTable:
     from deconvseg.pipeline.labels import Label, default_color
 
     return LabelTable(tuple(Label(int(v), n, default_color(int(v))) for v, n in mapping.items()))
+
+
+def test_every_shipped_and_totalsegmentator_structure_is_coded_but_the_listed_ones():
+    from deconvseg.models import WEIGHTS_ROOT
+    from deconvseg.pipeline.export.label_tables import GENERIC
+
+    table = with_codes(read_label_file(shared_path("totalsegmentator_example", "class_map_total_and_total_mr.json"),
+                                       "total"))
+    assert sorted(label.name for label in table if label.code is None) == sorted(GENERIC)
+    assert all(label.code.scheme == "SCT" for label in table if label.code)
+    for model_json in WEIGHTS_ROOT.glob("*/*/model.json"):
+        labels = json.loads(model_json.read_text()).get("labels") or []
+        assert all(with_codes(LabelTable.from_json(labels)).labels[i].code for i in range(len(labels))), model_json
+
+
+def test_touching_totalsegmentator_structures_get_distinct_colours():
+    """On TotalSegmentator's own prediction for its example CT, every pair of structures that
+    touch (6-neighbourhood) differs by at least 15 CIE76 units; it used to repeat every 20 values
+    (aorta and vertebra T12 the same yellow, spleen and two ribs the same red)."""
+    import numpy as np
+
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.labels import color_difference
+
+    table = read_label_file(shared_path("totalsegmentator_example", "class_map_total_and_total_mr.json"), "total")
+    labels = read_volume(shared_path("totalsegmentator_example", "example_seg.nii.gz"), kind="label").array
+    pairs = set()
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)
+        left, right = a[:-1].ravel(), a[1:].ravel()
+        touching = (left != right) & (left > 0) & (right > 0)
+        pairs |= {tuple(sorted(p)) for p in np.unique(np.stack([left[touching], right[touching]], 1), axis=0).tolist()}
+    assert len(pairs) > 20
+    by_name = {label.name: label for label in table}
+    for name_a, name_b in [("aorta", "vertebrae_T12"), ("spleen", "rib_left_9"), ("spleen", "rib_left_10")]:
+        assert by_name[name_a].color != by_name[name_b].color
+    close = [(table[a].name, table[b].name) for a, b in pairs if color_difference(table[a].color, table[b].color) < 15]
+    assert not close
+    assert len({label.color for label in table}) == len(table)

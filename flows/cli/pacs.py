@@ -18,8 +18,9 @@ _HOME_HELP = "Prefect home (run history, results); default: $PREFECT_HOME or ~/.
 
 def _check(request: dict) -> None:
     """Fail fast: the query, the model, the credentials and one QIDO-RS request must be good."""
-    from deconvseg.flows.inputs import DEFAULT_MODEL, model_version
+    from deconvseg.flows.inputs import DEFAULT_MODEL
     from deconvseg.flows.pacs import PacsAuth, PacsConfig
+    from deconvseg.pipeline.ensemble import model_version
     from deconvseg.pipeline.config import validate_config
     from deconvseg.pipeline.pacs.connection import connect, translated
     from deconvseg.pipeline.pacs.query import SeriesQuery

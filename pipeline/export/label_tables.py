@@ -54,10 +54,42 @@ def complete_table(table: LabelTable, values: list[int]) -> LabelTable:
     return LabelTable(tuple(table.labels) + tuple(generic_table(missing).labels)) if missing else table
 
 
+# Names pydicom's keyword rule does not find, mapped to a concept of its SNOMED CT dictionary (so
+# every code is one the DICOM standard lists). Where the dictionary has no left/right concept,
+# the structure's own concept is used and the side stays in the segment's name.
+SNOMED_KEYWORDS = {
+    "kidney_right": "Kidney", "kidney_left": "Kidney",
+    "adrenal_gland_right": "AdrenalGland", "adrenal_gland_left": "AdrenalGland",
+    "lung_upper_lobe_left": "StructureOfUpperLobeOfLeftLung", "lung_upper_lobe_right": "UpperLobeOfLung",
+    "lung_middle_lobe_right": "MiddleLobeOfRightLung",
+    "lung_lower_lobe_left": "LowerLobeOfLung", "lung_lower_lobe_right": "LowerLobeOfLung",
+    "thyroid_gland": "Thyroid", "small_bowel": "SmallIntestine", "urinary_bladder": "UrinaryBladderStructure",
+    "brachiocephalic_vein_left": "BrachiocephalicVein", "brachiocephalic_vein_right": "BrachiocephalicVein",
+    "atrial_appendage_left": "LeftAuricularAppendage",
+    "iliac_artery_left": "CommonIliacArtery", "iliac_artery_right": "CommonIliacArtery",
+    "iliac_vena_left": "CommonIliacVein", "iliac_vena_right": "CommonIliacVein",
+    "humerus_left": "Humerus", "humerus_right": "Humerus", "scapula_left": "Scapula", "scapula_right": "Scapula",
+    "clavicula_left": "Clavicle", "clavicula_right": "Clavicle", "femur_left": "Femur", "femur_right": "Femur",
+    "autochthon_left": "ErectorSpinaeMuscle", "autochthon_right": "ErectorSpinaeMuscle",
+    "costal_cartilages": "CostalCartilage",
+    **{f"rib_{side}_{n}": "BoneStructureOfRib" for side in ("left", "right") for n in range(1, 13)},
+}
+# Structures of the shipped models and TotalSegmentator's ``total`` map that stay generic
+# ("Anatomical Structure" in DICOM-SEG): the dictionary holds no concept that says what they are.
+GENERIC = ("kidney_cyst_left", "kidney_cyst_right", "vertebrae_S1", "portal_vein_and_splenic_vein",
+           "hip_left", "hip_right", "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left",
+           "gluteus_medius_right", "gluteus_minimus_left", "gluteus_minimus_right", "iliopsoas_left", "iliopsoas_right")
+
+
 def snomed_code(name: str) -> Code | None:
-    """The SNOMED CT code of a structure name from pydicom's code dictionary, or ``None``."""
+    """The SNOMED CT code of a structure name from pydicom's code dictionary, or ``None``.
+
+    Tries ``SNOMED_KEYWORDS`` first, then the name as a keyword (``spleen`` -> ``Spleen``,
+    ``subclavian_artery_left`` -> ``LeftSubclavianArtery``, ``vertebrae_T12`` -> ``T12Vertebra``).
+    """
     parts = [p for p in name.lower().split("_") if p]
-    candidates = ["".join(p.capitalize() for p in parts)]
+    candidates = [SNOMED_KEYWORDS[name]] if name in SNOMED_KEYWORDS else []
+    candidates.append("".join(p.capitalize() for p in parts))
     if len(parts) > 1 and parts[-1] in ("left", "right"):
         candidates.append(parts[-1].capitalize() + "".join(p.capitalize() for p in parts[:-1]))
     if len(parts) == 2 and parts[0] in ("vertebra", "vertebrae"):
