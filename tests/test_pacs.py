@@ -21,7 +21,7 @@ from deconvseg.models import WEIGHTS_ROOT
 from deconvseg.pipeline.pacs.naming import case_id
 from deconvseg.pipeline.pacs.query import SeriesInfo
 from tests.conftest import shared_path
-from tests.export_cases import sample_by_world
+from tests.export_cases import dciodvfy_errors, sample_by_world
 from tests.flows_support import REPO, run, write_tiny_model
 from tests.orthanc_support import PASSWORD, USER, start_orthanc, write_ct_series, write_mr_series
 
@@ -49,9 +49,18 @@ def pacs(tmp_path_factory):
     try:
         ct, mr = write_ct_series(ct_source, root / "ct"), write_mr_series(mr_source, root / "mr")
         server.upload(ct + mr)
-        yield SimpleNamespace(server=server, root=root, ct=ct, mr=mr, tiny=write_tiny_model(root / "tiny"))
+        yield SimpleNamespace(server=server, root=root, ct=ct, mr=mr, tiny=_tiny_ct_model(root / "tiny-ct"))
     finally:
         server.stop()
+
+
+def _tiny_ct_model(folder: Path) -> Path:
+    """The tests' tiny random model, each structure kept to its largest component: a few smooth
+    blobs, so the CT's RTSTRUCT takes a fraction of a second rather than contouring speckle."""
+    write_tiny_model(folder)
+    steps = [{"step": "largest_component", "label": value} for value in (1, 2, 3, 4)]
+    (folder / "ensemble.json").write_text(json.dumps({"name": "tiny-ct", "postprocess": {"steps": steps}}))
+    return folder
 
 
 def _series(path: Path) -> pydicom.Dataset:
@@ -81,13 +90,18 @@ def test_ct_and_mr_in_seg_and_rtstruct_out_rerun_stores_nothing(pacs, prefect_se
 
     segs, rts = _stored(pacs.server, "SEG"), _stored(pacs.server, "RTSTRUCT")
     assert len(segs) == 2 and len(rts) == 2
-    for source, model in ((ct, "tiny"), (mr, "acdc")):
+    for source, model in ((ct, "tiny-ct"), (mr, "acdc")):
         seg = next(s for s in segs if s.StudyInstanceUID == source.StudyInstanceUID)
         rt = next(r for r in rts if r.StudyInstanceUID == source.StudyInstanceUID)
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
         referenced = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
         assert referenced.RTReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
         assert seg.SeriesDescription.startswith(f"deconvseg {model} ") and rt.SeriesDescription == seg.SeriesDescription
+
+    for index, stored in enumerate(segs + rts):  # as stored (our series description), valid DICOM
+        path = tmp_path / f"stored{index}.dcm"
+        stored.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], path
 
     # The SEG read back from Orthanc holds the bundle's labels, placed by world coordinates.
     import highdicom as hd
