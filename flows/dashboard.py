@@ -194,3 +194,15 @@ def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str,
     create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description=state_message(tally))
     write_json_atomic(out_dir / "batch.json", summary)
     return summary
+
+
+def ui_address(api_url: str | None) -> str:
+    """The Prefect UI that shows the runs: beside the API in use (``http://host:port/api`` ->
+    ``http://host:port``), else the default local server's, ``http://127.0.0.1:4200``.
+
+    A server on another port serves a UI that only works when started with
+    ``PREFECT_UI_API_URL=http://host:port/api`` (see docs/pacs.md, "Schedules").
+    """
+    if api_url:
+        return api_url.rstrip("/").removesuffix("/api")
+    return "http://127.0.0.1:4200"

@@ -28,7 +28,8 @@ def test_rows_carry_volumes_worst_uncertainty_and_flags(tmp_path):
 def test_table_has_one_column_per_structure_and_the_reason(tmp_path):
     table = table_rows(_rows(tmp_path))
     assert [r["case"] for r in table] == ["a", "b", "c"]
-    assert set(table[0]) == {"case", "status", "seconds", "liver mL", "spleen mL", "uncertainty", "qa_flags", "reason"}
+    assert set(table[0]) == {"case", "status", "seconds", "liver mL", "spleen mL", "uncertainty", "qa_flags", "reason",
+                             "link"}
     assert table[0]["reason"].startswith("a.nii.gz: unreadable") and table[0]["liver mL"] is None
     assert table[2]["spleen mL"] is None and table[1]["qa_flags"] == "spleen: missing"
 
@@ -41,7 +42,9 @@ def test_summary_counts_failures_and_links_bundles(tmp_path):
     text = summary_markdown({"out": str(tmp_path), "seconds": 6.0, "cases_per_min": 30.0, "counts": tally,
                              "rows": rows})
     assert "30.0 cases/min" in text and "- `a`: a.nii.gz: unreadable" in text
-    assert f"({(tmp_path / 'b').as_uri()}/report.html)" in text and "`b`: spleen: missing" in text
+    # no file:// links (browsers refuse them from the Prefect UI): the report's path as text
+    assert f"report: `{tmp_path / 'b' / 'report.html'}`" in text and "file://" not in text
+    assert "`b`: spleen: missing" in text
 
 
 def test_cached_row_is_read_back_from_the_bundle(tmp_path):
