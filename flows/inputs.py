@@ -42,6 +42,9 @@ class BatchConfig(Settings):
             (``None``: ``deconvseg.pipeline.guards.DEFAULT_BUDGET_FRACTION`` of its memory). Each case gets an
             even share, unless ``inference`` sets its own ``memory_budget_mib``.
         inference: overrides of ``deconvseg.pipeline.segment.InferenceConfig``.
+        report_base_url: where the output folder is served over HTTP (any web server, e.g.
+            ``python -m http.server -d OUT``), so the dashboard's report links open; ``None``: the
+            dashboard shows the reports' paths (browsers refuse ``file://`` links from the Prefect UI).
     """
 
     threads: int = 1
@@ -52,6 +55,7 @@ class BatchConfig(Settings):
     dashboard_key: str = "deconvseg-batch"
     memory_budget_mib: float | None = None
     inference: dict[str, Any] = {}
+    report_base_url: str | None = None
 
     def case_inference(self, cases_at_once: int) -> dict[str, Any]:
         """``inference`` with each case's share of the memory budget when ``cases_at_once`` run together."""

@@ -329,7 +329,8 @@ def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_
                 rows.append(outcome)
             progress.advance()
         shutil.rmtree(out_dir / INCOMING, ignore_errors=True)
-        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key)
+        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key,
+                                 settings.report_base_url)
 
 
 def run_once(request: PacsRequest) -> int:
