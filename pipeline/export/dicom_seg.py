@@ -51,6 +51,7 @@ def write_dicom_seg(
     *,
     software_version: str = "0.1.0",
     algorithm_type: str = "AUTOMATIC",
+    series_description: str = "deconvseg segmentation",
 ) -> Path:
     """Write a DICOM-SEG of ``labels`` that references ``reference`` (atomically).
 
@@ -61,6 +62,8 @@ def write_dicom_seg(
         reference: the image series, one dataset per z index.
         software_version: written into Software Versions and the algorithm identification.
         algorithm_type: ``AUTOMATIC`` for model output, ``SEMIAUTOMATIC``/``MANUAL`` otherwise.
+        series_description: shown in PACS viewers; name the model and its version
+            (``deconvseg.pipeline.pacs.naming.result_description``), at most 64 characters.
 
     Returns:
         The written path.
@@ -111,7 +114,7 @@ def write_dicom_seg(
         manufacturer_model_name="deconvseg",
         software_versions=software_version,
         device_serial_number="0",
-        series_description="deconvseg segmentation",
+        series_description=series_description[:64],
         content_label="SEGMENTATION",
         content_description="deconvseg label map",
         omit_empty_frames=True,

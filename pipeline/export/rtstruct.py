@@ -95,8 +95,10 @@ def _image_item(ds: Dataset) -> Dataset:
     return item
 
 
-def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference) -> Dataset:
-    """The RTSTRUCT dataset of ``labels`` (on the grid of ``reference``)."""
+def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference,
+                   series_description: str = "deconvseg contours") -> Dataset:
+    """The RTSTRUCT dataset of ``labels`` (on the grid of ``reference``); ``series_description``
+    (at most 64 characters) should name the model and its version."""
     present = present_labels(labels, table)
     first = reference.datasets[0]
     if labels.shape[0] != len(reference.datasets):
@@ -116,7 +118,7 @@ def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference
         setattr(ds, keyword, first.get(keyword, "") or "")
     ds.Modality, ds.SeriesNumber, ds.OperatorsName = "RTSTRUCT", 902, ""
     ds.SeriesInstanceUID = deterministic_uid("rtstruct-series", reference.series_instance_uid, key)
-    ds.SeriesDescription = "deconvseg contours"
+    ds.SeriesDescription = series_description[:64]
     ds.Manufacturer, ds.ManufacturerModelName, ds.InstanceNumber = "deconvseg", "deconvseg", 1
     ds.StructureSetLabel, ds.StructureSetName = "deconvseg", "deconvseg"
     ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -166,9 +168,10 @@ def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference
     return ds
 
 
-def write_rtstruct(path: str | Path, labels: Volume, table: LabelTable, reference: SeriesReference) -> Path:
+def write_rtstruct(path: str | Path, labels: Volume, table: LabelTable, reference: SeriesReference,
+                   series_description: str = "deconvseg contours") -> Path:
     """Write ``rtstruct.dcm`` for ``labels`` referencing ``reference`` (atomically)."""
-    ds = build_rtstruct(labels, table, reference)
+    ds = build_rtstruct(labels, table, reference, series_description)
     with atomic_file(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return Path(path)
