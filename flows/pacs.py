@@ -21,6 +21,7 @@ is (an environment variable or a Prefect Secret block) and each task reads it th
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -129,8 +130,6 @@ class PacsRequest(Settings):
 
 def orthanc_study_id(patient_id: str, study_uid: str) -> str:
     """Orthanc's identifier of a study: SHA-1 of ``PatientID|StudyInstanceUID`` in five dashed groups."""
-    import hashlib
-
     digest = hashlib.sha1(f"{patient_id}|{study_uid}".encode()).hexdigest()
     return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
 
