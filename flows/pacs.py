@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -36,15 +35,16 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from deconvseg.flows import dashboard
-from deconvseg.flows.inputs import DEFAULT_MODEL, BatchConfig, cache_key, config_version
+from deconvseg.flows.inputs import DEFAULT_MODEL, cache_key, config_version
 from deconvseg.flows.outputs import batch_lock, sweep_partial
+from deconvseg.flows.pacs_settings import PacsAuth, PacsConfig, PacsRequest
 from deconvseg.flows.runners import make_task_runner
 from deconvseg.flows.segment import _ensemble, one_line
-from deconvseg.pipeline.config import Settings, validate_config
+from deconvseg.pipeline.config import validate_config
 from deconvseg.pipeline.ensemble import model_version
-from deconvseg.pipeline.errors import ConfigError, DeconvsegError
+from deconvseg.pipeline.errors import DeconvsegError
 from deconvseg.pipeline.files import path_digest, write_json_atomic
-from deconvseg.pipeline.pacs.connection import Credentials, connect, public_url
+from deconvseg.pipeline.pacs.connection import connect, public_url
 from deconvseg.pipeline.pacs.errors import PacsError
 from deconvseg.pipeline.pacs.naming import case_id, result_description, set_series_description
 from deconvseg.pipeline.pacs.query import SeriesInfo, SeriesQuery, find_series
@@ -52,80 +52,6 @@ from deconvseg.pipeline.pacs.state import last_success, record_success, source_k
 from deconvseg.pipeline.pacs.transfer import retrieve_series, store_instances, stored_results
 
 INCOMING = ".pacs-incoming"
-
-
-class PacsConfig(BatchConfig):
-    """``BatchConfig`` plus the PACS side (``--config`` YAML overrides these).
-
-    Attributes:
-        http_timeout_s: connect/read timeout of each DICOMweb request.
-    """
-
-    dashboard_key: str = "deconvseg-pacs"
-    http_timeout_s: float = 60.0
-
-
-class PacsAuth(Settings):
-    """Where the credentials are; never the secret itself.
-
-    Attributes:
-        user: HTTP basic user name.
-        password_env: environment variable holding the password.
-        token_env: environment variable holding a bearer token.
-        secret_block: Prefect Secret block holding the password (with ``user``) or the token.
-    """
-
-    user: str | None = None
-    password_env: str | None = None
-    token_env: str | None = None
-    secret_block: str | None = None
-
-    def credentials(self) -> Credentials:
-        """Read the secret from its environment variable or Secret block.
-
-        Raises:
-            ConfigError: the variable is unset or the block cannot be loaded.
-        """
-        secret = None
-        if self.password_env or self.token_env:
-            name = self.password_env or self.token_env
-            secret = os.environ.get(name)
-            if not secret:
-                raise ConfigError(f"environment variable {name} is unset or empty; export it with the "
-                                  f"{'password' if self.password_env else 'token'} (its value is never printed)")
-        elif self.secret_block:
-            from prefect.blocks.system import Secret
-
-            try:
-                secret = Secret.load(self.secret_block).get()
-            except ValueError as err:
-                raise ConfigError(f"Prefect Secret block {self.secret_block!r} not found; create it with "
-                                  "prefect.blocks.system.Secret(value=...).save(NAME)") from err
-        if self.user is not None:
-            return Credentials(user=self.user, password=secret)
-        return Credentials(token=secret) if secret else Credentials()
-
-
-class PacsRequest(Settings):
-    """One PACS pass as the CLI asks for it (all JSON, no secret)."""
-
-    url: str
-    out: str
-    model: str | None = None
-    query: dict[str, Any] = {}
-    auth: dict[str, Any] = {}
-    config: dict[str, Any] = {}
-    verify_tls: bool | str = True
-    viewer_url: str | None = None
-    deidentify: bool = False
-    cron: str | None = None
-    name: str = "pacs"
-    print_json: bool = False
-
-    def parameters(self) -> dict[str, Any]:
-        return {"url": self.url, "out": self.out, "model": self.model, "query": self.query, "auth": self.auth,
-                "config": self.config, "verify_tls": self.verify_tls, "viewer_url": self.viewer_url,
-                "deidentify": self.deidentify}
 
 
 def orthanc_study_id(patient_id: str, study_uid: str) -> str:

@@ -19,7 +19,7 @@ _HOME_HELP = "Prefect home (run history, results); default: $PREFECT_HOME or ~/.
 def _check(request: dict) -> None:
     """Fail fast: the query, the model, the credentials and one QIDO-RS request must be good."""
     from deconvseg.flows.inputs import DEFAULT_MODEL
-    from deconvseg.flows.pacs import PacsAuth, PacsConfig
+    from deconvseg.flows.pacs_settings import PacsAuth, PacsConfig
     from deconvseg.pipeline.ensemble import model_version
     from deconvseg.pipeline.config import validate_config
     from deconvseg.pipeline.pacs.connection import connect, translated
@@ -71,7 +71,7 @@ def pacs(
     A series that already holds our SEG for this model version is skipped, so a rerun stores
     nothing new. Exit status 0 when every series succeeded, 1 when one failed, 2 on bad input.
     """
-    from deconvseg.flows.pacs import PacsConfig
+    from deconvseg.flows.pacs_settings import PacsConfig
     from deconvseg.pipeline.config import load_config
     from deconvseg.pipeline.errors import ConfigError
 
