@@ -46,8 +46,9 @@ from deconvseg.pipeline.errors import DeconvsegError
 from deconvseg.pipeline.files import path_digest, write_json_atomic
 from deconvseg.pipeline.pacs.connection import connect, public_url
 from deconvseg.pipeline.pacs.errors import PacsError
-from deconvseg.pipeline.pacs.naming import case_id, result_description, set_series_description
+from deconvseg.pipeline.pacs.naming import case_id, result_description
 from deconvseg.pipeline.pacs.query import SeriesInfo, SeriesQuery, find_series
+from deconvseg.pipeline.pacs.results import deidentify_files, set_series_description
 from deconvseg.pipeline.pacs.state import last_success, record_success, source_key
 from deconvseg.pipeline.pacs.transfer import retrieve_series, store_instances, stored_results
 
@@ -115,7 +116,8 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
         settings: ``PacsConfig`` fields.
         description: series description of our results (model and version): the rerun check's mark.
         link: the study in the PACS UI.
-        deidentify: pseudonymous bundle, nothing stored.
+        deidentify: pseudonymous bundle name, de-identified SEG/RTSTRUCT, no PACS address or
+            UIDs in the manifest; nothing stored in the PACS.
 
     Returns:
         The row (``deconvseg.flows.dashboard.case_row``) with ``link``, ``stored`` (SOP Instance
@@ -154,7 +156,9 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
         shutil.rmtree(incoming, ignore_errors=True)
     results = [bundle / "rtstruct.dcm", bundle / "seg.dcm"]  # the SEG, our completion mark, last
     stored: list[str] = []
-    if store and all(p.is_file() for p in results):
+    if deidentify:
+        deidentify_files([p for p in results if p.is_file()], case)
+    elif all(p.is_file() for p in results):
         mark = time.perf_counter()
         set_series_description(results, description)
         stored = store_instances(client, results)

@@ -55,3 +55,22 @@ def test_state_remembers_the_last_successful_day(tmp_path):
     record_success(tmp_path, key, "http://pacs/dicom-web", dt.datetime(2026, 3, 4, 23, 59))
     assert last_success(tmp_path, key) == "20260304"
     assert last_success(tmp_path, source_key("http://pacs/dicom-web", {"modality": "MR", "description": None})) is None
+
+
+def test_result_files_get_our_description_or_lose_the_identity(tmp_path):
+    import numpy as np
+    import pydicom
+
+    from deconvseg.pipeline.export.dicom_series import series_from_volume, write_series
+    from deconvseg.pipeline.pacs.results import deidentify_files, set_series_description
+    from deconvseg.pipeline.volume import Volume
+
+    datasets = series_from_volume(Volume(np.zeros((1, 4, 4), dtype=np.int16), metadata={"modality": "CT"}))
+    datasets[0].PatientName, datasets[0].PatientID = "Doe^Jane", "MRN-1234"
+    [path] = write_series(datasets, tmp_path)
+    set_series_description([path], "deconvseg acdc 0123456789ab")
+    deidentify_files([path], "pacs_CT_00ff")
+    ds = pydicom.dcmread(path)
+    assert ds.SeriesDescription == "deconvseg acdc 0123456789ab"
+    assert str(ds.PatientName) == "" and ds.PatientID == "pacs_CT_00ff" and ds.PatientIdentityRemoved == "YES"
+    assert ds.SOPInstanceUID == datasets[0].SOPInstanceUID

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
-import pydicom
-
-from deconvseg.pipeline.files import atomic_file
 from deconvseg.pipeline.pacs.query import SeriesInfo
 from deconvseg.pipeline.sanitize import safe_component
 
@@ -39,12 +35,3 @@ def result_description(model_name: str, model_version: str) -> str:
     version = model_version[:12]
     room = _MAX_LO - len(DESCRIPTION_PREFIX) - len(version) - 2
     return f"{DESCRIPTION_PREFIX} {model_name[:room]} {version}"
-
-
-def set_series_description(paths: list[Path], description: str) -> None:
-    """Write ``description`` into the SeriesDescription of each DICOM file (each file replaced atomically)."""
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        ds.SeriesDescription = description
-        with atomic_file(path) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
