@@ -141,6 +141,25 @@ def test_wrong_password_is_one_line(pacs, prefect_env, tmp_path):
     assert "wrong" not in result.stderr
 
 
+def test_password_from_a_prefect_secret_block(prefect_server):
+    """On the module's Prefect server (no start-up of its own)."""
+    code = """
+from prefect.blocks.system import Secret
+from deconvseg.flows.pacs_settings import PacsAuth
+from deconvseg.pipeline.errors import ConfigError
+Secret(value="pw-from-block").save("deconvseg-test-pacs", overwrite=True)
+credentials = PacsAuth(user="u", secret_block="deconvseg-test-pacs").credentials()
+assert credentials.password == "pw-from-block" and "pw-from-block" not in repr(credentials)
+try:
+    PacsAuth(user="u", secret_block="no-such-block").credentials()
+except ConfigError as err:
+    print(err)
+"""
+    result = run(["-c", code], prefect_server, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Prefect Secret block 'no-such-block' not found" in result.stdout
+
+
 def _reader(stream, lines: queue.Queue) -> None:
     for line in stream:
         lines.put(line)

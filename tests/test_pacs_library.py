@@ -74,3 +74,4 @@ def test_result_files_get_our_description_or_lose_the_identity(tmp_path):
     assert ds.SeriesDescription == "deconvseg acdc 0123456789ab"
     assert str(ds.PatientName) == "" and ds.PatientID == "pacs_CT_00ff" and ds.PatientIdentityRemoved == "YES"
     assert ds.SOPInstanceUID == datasets[0].SOPInstanceUID
+
