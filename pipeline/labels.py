@@ -25,12 +25,14 @@ class Code:
 
 @dataclass(frozen=True)
 class Label:
-    """One structure: its voxel value, name, RGB colour and optional property code."""
+    """One structure: its voxel value, name, RGB colour, optional property code and, where the code
+    names the organ but not the side (``Kidney`` for ``kidney_left``), a laterality modifier."""
 
     value: int
     name: str
     color: tuple[int, int, int]
     code: Code | None = None
+    modifier: Code | None = None
 
 
 TISSUE = Code("85756007", "Tissue")  # segmented property category for anatomy
@@ -79,6 +81,7 @@ class LabelTable:
                     name=item["name"],
                     color=tuple(item.get("color") or default_color(int(item["value"]))),
                     code=Code(**item["code"]) if item.get("code") else None,
+                    modifier=Code(**item["modifier"]) if item.get("modifier") else None,
                 )
                 for item in items
             )

@@ -96,3 +96,22 @@ def test_blank_uids_of_an_anonymised_series_are_filled_deterministically():
     assert first[0].SOPClassUID == pydicom.uid.CTImageStorage  # from the file meta
     assert first[0].FrameOfReferenceUID == originals[0].FrameOfReferenceUID  # present values are kept
     assert all(ds.SOPInstanceUID == "" for ds in originals)  # the caller's datasets are not changed
+
+
+def test_sided_structure_without_a_sided_concept_gets_a_laterality_modifier(tmp_path):
+    from deconvseg.pipeline.export.label_tables import with_codes
+    from deconvseg.pipeline.labels import Label, LabelTable
+
+    image, labels = make_case("lps")
+    table = with_codes(LabelTable((Label(1, "kidney_left", (200, 80, 80)), Label(2, "kidney_right", (80, 80, 200)),
+                                   Label(3, "spleen", (80, 200, 80)), Label(5, "liver", (200, 200, 80)))))
+    path = write_dicom_seg(tmp_path / "seg.dcm", labels, table, prepare_reference(image, tmp_path / "dicom"),
+                           series_description="deconvseg test 0123456789ab")
+    seg = hd.seg.segread(path)
+    types = {d.SegmentLabel: d.SegmentedPropertyTypeCodeSequence[0] for d in seg.SegmentSequence}
+    assert types["kidney_left"].CodeMeaning == "Kidney"
+    assert types["kidney_left"].SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+    assert types["kidney_right"].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "24028007"
+    assert "SegmentedPropertyTypeModifierCodeSequence" not in types["spleen"]
+    assert seg.SeriesDescription == "deconvseg test 0123456789ab"
+    assert dciodvfy_errors(path) == []

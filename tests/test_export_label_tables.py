@@ -35,7 +35,8 @@ def test_unknown_values_get_generic_names_and_known_names_get_codes():
     assert coded[1].code.value == "78961009"
     assert coded[2].code.meaning == "Left Subclavian Artery"
     assert coded[3].code.value == "23215003"
-    assert coded[4].code.meaning == "Kidney"  # no side-specific concept in the dictionary: the organ's; the side is in the name
+    assert coded[4].code.meaning == "Kidney" and coded[4].modifier.meaning == "Left"  # no left-kidney concept
+    assert coded[2].modifier is None  # "Left Subclavian Artery" says the side itself
     assert snomed_code("label_3") is None
 
 

@@ -100,6 +100,10 @@ def write_dicom_seg(
         )
         for number, label in enumerate(present, start=1)
     ]
+    for description, label in zip(descriptions, present):
+        if label.modifier is not None:  # e.g. Kidney + Left (highdicom has no argument for it)
+            modifier = hd.sr.CodedConcept(label.modifier.value, label.modifier.scheme, label.modifier.meaning)
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
     content_key = array_digest(labels.array)
     seg = hd.seg.Segmentation(
         source_images=reference.datasets,

@@ -103,6 +103,22 @@ def snomed_code(name: str) -> Code | None:
     return None
 
 
+def laterality(name: str, code: Code | None) -> Code | None:
+    """SNOMED CT ``Left``/``Right`` for a sided name whose ``code`` does not say the side, else ``None``
+    (DICOM-SEG carries it as the property type modifier)."""
+    parts = name.lower().split("_")
+    for side in ("left", "right"):
+        if side in parts and code is not None and side not in code.meaning.lower():
+            concept = getattr(codes.SCT, side.capitalize())
+            return Code(concept.value, concept.meaning, concept.scheme_designator)
+    return None
+
+
 def with_codes(table: LabelTable) -> LabelTable:
-    """``table`` with SNOMED CT codes filled in where a label has none and its name matches one."""
-    return LabelTable(tuple(label if label.code else replace(label, code=snomed_code(label.name)) for label in table))
+    """``table`` with SNOMED CT codes filled in where a label has none and its name matches one,
+    and a laterality modifier where that code does not say the side."""
+    out = []
+    for label in table:
+        code = label.code or snomed_code(label.name)
+        out.append(replace(label, code=code, modifier=label.modifier or laterality(label.name, code)))
+    return LabelTable(tuple(out))
