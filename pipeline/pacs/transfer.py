@@ -17,6 +17,7 @@ from deconvseg.pipeline.pacs.query import SeriesInfo
 
 # Ask for the instances as stored: transcoding (e.g. JPEG 2000 to raw) is optional for a server.
 _AS_STORED = (("application/dicom", "*"),)
+_REFERENCE_TAGS = ("00080018", "00081115")  # SOP Instance UID, Referenced Series Sequence
 
 
 def retrieve_series(client: DICOMwebClient, series: SeriesInfo, folder: Path) -> list[Path]:
@@ -94,8 +95,8 @@ def stored_results(client: DICOMwebClient, series: SeriesInfo, description: str)
             continue
         with translated(client.base_url, "WADO-RS metadata of a stored SEG"):
             metadata = client.retrieve_series_metadata(series.study_uid, series_uid)
-        for instance in metadata:
-            ds = pydicom.Dataset.from_json(instance)
+        for instance in metadata:  # only the references and the UID (no bulk data to fetch)
+            ds = pydicom.Dataset.from_json({tag: instance[tag] for tag in _REFERENCE_TAGS if tag in instance})
             referenced = {str(ref.SeriesInstanceUID) for ref in ds.get("ReferencedSeriesSequence", [])}
             if series.series_uid in referenced:
                 found.append(str(ds.SOPInstanceUID))
