@@ -67,7 +67,9 @@ def test_artifacts_are_readable_through_the_api(server, default_run):
     assert [row["case"] for row in table] == ["p4", "p5", "p6"] and {row["status"] for row in table} == {"segmented"}
     assert {"case", "status", "seconds", "uncertainty", "qa_flags", "reason"} <= set(table[0])
     markdown = found["test-batch-summary"]["data"]
-    assert "**3 cases**" in markdown and f"{(out / 'p5').as_uri()}/report.html" in markdown
+    # the report's path as text: browsers refuse file:// links from the Prefect UI (report_base_url makes links)
+    assert "**3 cases**" in markdown and f"report: `{out / 'p5' / 'report.html'}`" in markdown
+    assert "file://" not in markdown and table[0]["link"] == str(out / "p4" / "report.html")
     assert float(found["test-batch-progress"]["data"]) == 100.0
     [flow_run] = _api(server, "/flow_runs/filter", {"flows": {"name": {"any_": ["segment-batch"]}}, "limit": 5})
     assert flow_run["state"]["type"] == "COMPLETED" and flow_run["state"]["message"].startswith("0 of 3 cases failed")
