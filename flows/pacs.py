@@ -51,6 +51,7 @@ from deconvseg.pipeline.pacs.query import SeriesInfo, SeriesQuery, find_series
 from deconvseg.pipeline.pacs.results import deidentify_files, set_series_description
 from deconvseg.pipeline.pacs.state import last_success, record_success, source_key
 from deconvseg.pipeline.pacs.transfer import retrieve_series, store_instances, stored_results
+from deconvseg.pipeline.viewer import check_viewer_base
 
 INCOMING = ".pacs-incoming"
 
@@ -84,8 +85,17 @@ def _bundle_key(bundle: Path) -> str | None:
         return None
 
 
+def _viewer_url(bundle: Path) -> str | None:
+    """The OHIF link a bundle's manifest carries (cached cases keep the one they were made with)."""
+    try:
+        return json.loads((bundle / "manifest.json").read_text()).get("viewer_url")
+    except (OSError, ValueError):
+        return None
+
+
 def _segment(folder: Path, case: str, modality: str, out_dir: Path, model_dir: str, key: str,
-             versions: dict[str, str], config: dict[str, Any], threads: int, source: dict[str, str]) -> dict[str, Any]:
+             versions: dict[str, str], config: dict[str, Any], threads: int, source: dict[str, str],
+             viewer_base: str | None) -> dict[str, Any]:
     """Segment the retrieved series into ``<out_dir>/<case>/`` through the one case API; the dashboard row."""
     import torch
 
@@ -93,14 +103,16 @@ def _segment(folder: Path, case: str, modality: str, out_dir: Path, model_dir: s
 
     torch.set_num_threads(threads)
     summary = run_case(CaseInput(case, folder, modality or None), _ensemble(model_dir, versions["model"]),
-                       CaseConfig(**config), out_dir, record={"cache_key": key, "versions": versions, "source": source})
+                       CaseConfig(**config), out_dir, record={"cache_key": key, "versions": versions, "source": source},
+                       viewer_base=viewer_base)
     return dashboard.summary_row(summary)
 
 
 @task(name="pacs-series", retry_condition_fn=_retry_transient, task_run_name="pacs-{case}")
 def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any], verify_tls: bool | str,
                 out_dir: str, model_dir: str, versions: dict[str, str], case_config: dict[str, Any],
-                settings: dict[str, Any], description: str, link: str, deidentify: bool) -> dict[str, Any]:
+                settings: dict[str, Any], description: str, link: str, deidentify: bool,
+                viewer_base: str | None = None) -> dict[str, Any]:
     """One PACS series through skip-check, retrieval, segmentation and storage; its dashboard row.
 
     Args:
@@ -118,6 +130,8 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
         link: the study in the PACS UI.
         deidentify: pseudonymous bundle name, de-identified SEG/RTSTRUCT, no PACS address or
             UIDs in the manifest; nothing stored in the PACS.
+        viewer_base: where OHIF serves this PACS (``deconvseg viewer``): the bundle and the row get the
+            case's ``viewer_url`` (not with ``deidentify``).
 
     Returns:
         The row (``deconvseg.flows.dashboard.case_row``) with ``link``, ``stored`` (SOP Instance
@@ -150,7 +164,7 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
             source = {} if deidentify else {"pacs": public_url(url), "study_instance_uid": info.study_uid,
                                             "series_instance_uid": info.series_uid}
             row = _segment(incoming, case, info.modality, out, model_dir, key, case_versions, case_config,
-                           config.threads, source)
+                           config.threads, source, None if deidentify else viewer_base)
         timings["segment"] = time.perf_counter() - mark
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
@@ -163,7 +177,7 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
         set_series_description(results, description)
         stored = store_instances(client, results)
         timings["store"] = time.perf_counter() - mark
-    return {**row, "seconds": round(time.perf_counter() - start, 2), "link": link, "stored": stored,
+    return {**row, "seconds": round(time.perf_counter() - start, 2), "link": _viewer_url(bundle) or link, "stored": stored,
             "timings": {k: round(v, 3) for k, v in timings.items()}}
 
 
@@ -182,7 +196,9 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
         auth: ``PacsAuth`` fields (where the secret is).
         config: ``PacsConfig`` fields.
         verify_tls: verify the PACS's TLS certificate (or a CA bundle path).
-        viewer_url: URL pattern of a study in the PACS UI (``{study}``, ``{series}``, ``{orthanc_study}``).
+        viewer_url: the OHIF base beside the PACS (``deconvseg viewer``; every case gets a ``viewer_url`` that
+            opens its study with our SEG shown), or, with ``{study}``, ``{series}`` or ``{orthanc_study}`` in
+            it, a pattern of a study's page in the PACS UI.
         deidentify: pseudonymous case names and de-identified bundles; nothing is stored in the PACS.
 
     Returns:
@@ -206,10 +222,13 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
     versions = {"model": model_version(model_dir), "config": config_version(settings.inference)}
     description = result_description(_ensemble(model_dir, versions["model"]).name, versions["model"])
     cases = {case_id(s, pseudonymous=deidentify): s.to_json() for s in found}
+    viewer_base = check_viewer_base(viewer_url) if viewer_url and "{" not in viewer_url else None
+    links = {case: viewer_link(None if viewer_base else viewer_url, source, SeriesInfo.from_json(s))
+             for case, s in cases.items()}
     runner = make_task_runner(None, None, settings.max_workers)
     summary = pacs_cases.with_options(task_runner=runner)(
         cases, url, out_dir, model_dir, auth or {}, verify_tls, settings.model_dump(), versions, description,
-        {case: viewer_link(viewer_url, source, SeriesInfo.from_json(s)) for case, s in cases.items()}, deidentify)
+        links, deidentify, viewer_base)
     summary["pacs"] = {"url": source, "query": {**search.__dict__}, "query_s": round(query_s, 3),
                        "description": description}
     write_json_atomic(out_dir / "batch.json", summary)
@@ -223,7 +242,7 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
 @flow(name="pacs-cases")
 def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_dir: str, auth: dict[str, Any],
                verify_tls: bool | str, config: dict[str, Any], versions: dict[str, str], description: str,
-               links: dict[str, str], deidentify: bool) -> dict[str, Any]:
+               links: dict[str, str], deidentify: bool, viewer_base: str | None = None) -> dict[str, Any]:
     """The body of ``pacs_pass``: one ``pacs-series`` task per series on the pass's task runner
     (``max_workers`` series at once), rows as they finish, the dashboard; see ``pacs_pass``.
 
@@ -242,7 +261,7 @@ def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_
         futures = {}
         for case, series in cases.items():
             future = case_task.submit(series, case, url, auth, verify_tls, str(out_dir), model_dir, versions,
-                                      case_config, config, description, links[case], deidentify)
+                                      case_config, config, description, links[case], deidentify, viewer_base)
             futures[future.task_run_id] = (future, case)
         rows = []
         for future in as_completed([f for f, _ in futures.values()]):

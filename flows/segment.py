@@ -174,7 +174,8 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
         progress = dashboard.Progress(settings.dashboard_key, len(cases))
         start = time.perf_counter()
         rows = _run_cases(cases, out_dir, model_dir, versions, settings, progress, cases_at_once)
-        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key)
+        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key,
+                                 settings.report_base_url)
 
 
 def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: dict[str, str],

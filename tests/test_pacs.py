@@ -85,7 +85,8 @@ def test_ct_and_mr_in_seg_and_rtstruct_out_rerun_stores_nothing(pacs, prefect_se
     first = _pacs(pacs.server, out, prefect_env, "--modality", "CT", "--model", str(pacs.tiny), "--json")
     assert first.returncode == 0, first.stderr[-3000:]
     assert PASSWORD not in first.stdout + first.stderr
-    mr_run = _pacs(pacs.server, out, prefect_env, "--modality", "MR", "--model", str(WEIGHTS_ROOT / "acdc"))
+    mr_run = _pacs(pacs.server, out, prefect_env, "--modality", "MR", "--model", str(WEIGHTS_ROOT / "acdc"),
+                   "--viewer-url", "http://127.0.0.1:8080")
     assert mr_run.returncode == 0, mr_run.stderr[-3000:]
 
     segs, rts = _stored(pacs.server, "SEG"), _stored(pacs.server, "RTSTRUCT")
@@ -122,14 +123,22 @@ def test_ct_and_mr_in_seg_and_rtstruct_out_rerun_stores_nothing(pacs, prefect_se
     from_pacs = sample_by_world(lut[volume.array], volume.affine, labels, outside=0)
     assert labels.array.any() and np.array_equal(from_pacs, labels.array)
 
-    # The dashboard links each case to its study in Orthanc's UI.
-    summary = json.loads((out / "batch.json").read_text())
-    study_id = pacs.server.find("Study", {"StudyInstanceUID": mr.StudyInstanceUID})[0]["ID"]
-    assert summary["rows"][0]["link"].endswith(f"/app/explorer.html#study?uuid={study_id}")
+    # With --viewer-url the MR case opens in OHIF with our SEG; the manifest, the row and the builder agree.
+    from deconvseg.pipeline.viewer import viewer_url
+
+    [row] = json.loads((out / "batch.json").read_text())["rows"]
+    mr_seg = next(s for s in segs if s.StudyInstanceUID == mr.StudyInstanceUID)
+    manifest = json.loads((Path(row["bundle"]) / "manifest.json").read_text())
+    expected = viewer_url("http://127.0.0.1:8080", mr.StudyInstanceUID, mr_seg.SeriesInstanceUID)
+    assert manifest["viewer_url"] == row["link"] == expected
 
     again = _pacs(pacs.server, out, prefect_env, "--modality", "CT", "--model", str(pacs.tiny))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 instances stored" in again.stdout
+    # Without it the dashboard links each case to its study in Orthanc's UI.
+    [row] = json.loads((out / "batch.json").read_text())["rows"]
+    study_id = pacs.server.find("Study", {"StudyInstanceUID": ct.StudyInstanceUID})[0]["ID"]
+    assert row["link"].endswith(f"/app/explorer.html#study?uuid={study_id}")
     assert len(_stored(pacs.server, "SEG")) == 2 and len(_stored(pacs.server, "RTSTRUCT")) == 2
 
 

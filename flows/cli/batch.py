@@ -74,6 +74,8 @@ def batch(
                                 "(default: $PREFECT_API_URL, else the embedded server)."),
     prefect_home: Path = typer.Option(None, "--prefect-home", help=_HOME_HELP),
     as_json: bool = typer.Option(False, "--json", help="End with the summary as one JSON line."),
+    report_base_url: str = typer.Option(None, "--report-base-url", help="Where OUT is served over HTTP (e.g. "
+                                        "python -m http.server -d OUT), so the dashboard's report links open."),
 ) -> None:
     """Segment every case of SOURCE through the Prefect batch flow (cached, retried, isolated).
 
@@ -91,6 +93,8 @@ def batch(
     if cron and not api_url:
         raise ConfigError("--cron needs a running Prefect server: start 'prefect server start --host 127.0.0.1' "
                           "and pass --api-url http://127.0.0.1:4200/api")
+    if report_base_url:
+        settings = settings.model_copy(update={"report_base_url": report_base_url})
     if workers and config is None:
         settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // workers)})
     request = {"source": str(source.resolve()), "out": str(out.resolve()),
@@ -109,6 +113,7 @@ def demo(
 ) -> None:
     """Generate phantom CTs, segment them with the bundled model on the embedded Prefect server,
     write review bundles and dashboard artifacts, and print where to look."""
+    from deconvseg.flows import dashboard
     from deconvseg.flows.demo import write_demo_inputs
     from deconvseg.flows.inputs import BatchConfig
 
@@ -117,7 +122,8 @@ def demo(
     settings = BatchConfig(dashboard_key="deconvseg-demo")
     request = {"source": str(inputs.resolve()), "out": str(out.resolve()),
                "model": str(model.resolve()) if model else None, "config": settings.model_dump()}
-    status = _run_child(request, prefect_home, os.environ.get("PREFECT_API_URL") or None, local_cluster=False)
+    api_url = os.environ.get("PREFECT_API_URL") or None
+    status = _run_child(request, prefect_home, api_url, local_cluster=False)
     if status != 0:
         raise typer.Exit(status)
     home = f"PREFECT_HOME={prefect_home.resolve()} " if prefect_home else ""
@@ -126,5 +132,11 @@ def demo(
     for report in reports:
         typer.echo(f"  {report}")
     typer.echo(f"Run summary: {out.resolve() / 'batch.json'}")
-    typer.echo(f"Dashboards: {home}prefect server start --host 127.0.0.1, then open "
-               "http://127.0.0.1:4200/artifacts (keys deconvseg-demo-cases, deconvseg-demo-summary)")
+    ui = dashboard.ui_address(api_url)
+    keys = "keys deconvseg-demo-cases, deconvseg-demo-summary"
+    if api_url:
+        typer.echo(f"Dashboards: open {ui}/artifacts ({keys})")
+    else:
+        typer.echo(f"Dashboards: {home}prefect server start --host 127.0.0.1, then open {ui}/artifacts ({keys}); "
+                   f"on another port P: {home}PREFECT_UI_API_URL=http://127.0.0.1:P/api prefect server start "
+                   "--host 127.0.0.1 --port P, then open http://127.0.0.1:P/artifacts")

@@ -54,8 +54,10 @@ def pacs(
                                      "(with --user) or the token."),
     ca_bundle: Path = typer.Option(None, "--ca-bundle", help="CA certificate(s) to verify the PACS's TLS with."),
     insecure: bool = typer.Option(False, "--insecure", help="Do not verify TLS certificates (test servers only)."),
-    viewer_url: str = typer.Option(None, "--viewer-url", help="Study page pattern for the dashboard, with "
-                                   "{study}, {series}, {orthanc_study} (default: Orthanc Explorer)."),
+    viewer_url: str = typer.Option(None, "--viewer-url", help="OHIF base beside the PACS (deconvseg viewer, "
+                                   "docs/review.md): each case's viewer_url opens its study with our SEG shown; a "
+                                   "value with {study}, {series} or {orthanc_study} is a study-page pattern instead "
+                                   "(default: Orthanc Explorer)."),
     deidentify: bool = typer.Option(False, "--deidentify", help="Pseudonymous, de-identified bundles; nothing "
                                     "is stored in the PACS."),
     config: Path = typer.Option(None, "--config", help="YAML overriding PacsConfig (BatchConfig + http_timeout_s)."),

@@ -38,6 +38,7 @@ from deconvseg.pipeline.export.nifti import write_labels_json, write_labels_nift
 from deconvseg.pipeline.export.overlays import write_overlays
 from deconvseg.pipeline.export.report import write_report
 from deconvseg.pipeline.export.rtstruct import write_rtstruct
+from deconvseg.pipeline.pacs.naming import result_description
 from deconvseg.pipeline.export.seg_nrrd import write_seg_nrrd
 from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
 from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
@@ -119,6 +120,15 @@ def _mark_deidentified(paths: list[Path]) -> None:
         ds.save_as(path, enforce_file_format=True)
 
 
+def _described(manifest: dict[str, Any] | None) -> dict[str, str]:
+    """``series_description`` naming the model and its version (``deconvseg <name> <12 hex>``), when known."""
+    model = (manifest or {}).get("model")
+    if not isinstance(model, dict) or not model.get("version"):
+        return {}
+    name = model.get("name") or Path(str(model.get("dir", "model"))).name
+    return {"series_description": result_description(str(name), str(model["version"]))}
+
+
 def write_bundle(
     out_dir: str | Path,
     image: Volume,
@@ -192,9 +202,9 @@ def write_bundle(
                     reference = _deidentified(reference, out_dir.name)
             extra["dicom_reference"] = reference.describe()
             with _stage(timings, "dicom_seg"):
-                write_dicom_seg(tmp / "seg.dcm", labels, table, reference)
+                write_dicom_seg(tmp / "seg.dcm", labels, table, reference, **_described(manifest))
             with _stage(timings, "rtstruct"):
-                write_rtstruct(tmp / "rtstruct.dcm", labels, table, reference)
+                write_rtstruct(tmp / "rtstruct.dcm", labels, table, reference, **_described(manifest))
             if deidentify:
                 _mark_deidentified([tmp / "seg.dcm", tmp / "rtstruct.dcm"])
             elif viewer_base is not None:
