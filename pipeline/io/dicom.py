@@ -200,6 +200,10 @@ def _metadata(folder: Path, slices: list[_Slice]) -> dict:
         "frame_of_reference_uid": text("FrameOfReferenceUID"),
         "sop_instance_uids": [str(s.header.get("SOPInstanceUID", "") or "") for s in slices],
         "patient_id": text("PatientID"),
+        "patient_name": text("PatientName"),
+        "study_date": text("StudyDate"),
+        "study_description": text("StudyDescription"),
+        "series_date": text("SeriesDate") or text("AcquisitionDate"),
         "series_description": text("SeriesDescription"),
         "slice_thickness": float(first.SliceThickness) if first.get("SliceThickness") not in (None, "") else None,
     }

@@ -1,0 +1,129 @@
+"""Compute a model's ``TrainingDomain`` from its training cases and its validation predictions.
+
+Training calls ``fit_model_domain`` when the ensemble is gathered; ``benchmarks/domain_backfill.py``
+calls it for the shipped models. Every validation case is segmented by the ensemble as a user's
+case would be; its stats rows (mean voxel uncertainty per structure, volumes), Dice, ensemble
+structure uncertainty and shape score give the calibration, and the case flags the checks raise
+on it give the measured flag rates that the model card states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from deconvseg.pipeline.domain import (
+    CaseFlag,
+    TrainingDomain,
+    calibrate,
+    check_applicability,
+    fit_domain,
+    input_flags,
+    output_flags,
+)
+from deconvseg.pipeline.export.stats import compute_stats
+from deconvseg.pipeline.io.datasets import Case
+from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.metrics import dice
+from deconvseg.pipeline.normalize import detect_modality
+from deconvseg.pipeline.segment import InferenceConfig, Member, segment_case
+
+# What the training sets the project knows are for, by the start of their description.
+KNOWN_DATASETS = {
+    "ACDC": ("cardiac cine-MR segmentation: right ventricle, myocardium, left ventricle", "heart (short-axis cine MR)"),
+    "deconvseg.pipeline.phantoms": ("demo: organs of synthetic phantoms (liver, spleen, kidneys)",
+                                    "synthetic abdomen phantoms only"),
+}
+
+
+@dataclass(frozen=True)
+class CaseMeasure:
+    """One validation case as the checks see it.
+
+    Attributes:
+        case_id: the case.
+        rows: its ``stats.json`` rows (flags set by the domain's checks).
+        dice: Dice per structure name against the reference.
+        structure_uncertainty: the ensemble's per-structure score by name.
+        shape_score: the shape guard's score, when the model has one.
+        flags: the case flags raised.
+    """
+
+    case_id: str
+    rows: list[dict[str, Any]]
+    dice: dict[str, float]
+    structure_uncertainty: dict[str, float]
+    shape_score: float | None
+    flags: list[CaseFlag]
+
+
+def describe(dataset: str, table: LabelTable) -> tuple[str, str]:
+    """``(task, body_region)`` for a training set's description (generic when unknown)."""
+    for prefix, described in KNOWN_DATASETS.items():
+        if dataset.startswith(prefix):
+            return described
+    return f"segmentation of {', '.join(table.names)}", "unspecified"
+
+
+def measure_case(case: Case, members: Sequence[Member], settings: Mapping[str, Any], domain: TrainingDomain,
+                 config: InferenceConfig, model: str) -> CaseMeasure:
+    """Segment one labelled case with the ensemble and run every check on it."""
+    if case.label is None:
+        raise ValueError(f"{case.case_id}: calibration needs labelled cases")
+    flags = check_applicability(case.image, domain, model, allow_mismatch=True) + input_flags(case.image, domain)
+    result = segment_case(case.image, members, config, ensemble=settings)
+    rows = compute_stats(case.image, result.labels, result.table, result.uncertainty)
+    flags += output_flags(rows, domain)
+    names = {label.value: label.name for label in result.table}
+    scores = {name: dice(result.labels.array == value, case.label.array == value) for value, name in names.items()}
+    uncertainty = {names[v]: s for v, s in result.structure_uncertainty.items() if v in names}
+    shape = result.shape.plausibility.score if result.shape is not None else None
+    return CaseMeasure(case.case_id, rows, scores, uncertainty, shape, flags)
+
+
+def fit_model_domain(
+    train: Sequence[Case],
+    val: Sequence[Case],
+    members: Sequence[Member],
+    settings: Mapping[str, Any],
+    *,
+    dataset: str,
+    model: str,
+    task: str | None = None,
+    body_region: str | None = None,
+    config: InferenceConfig = InferenceConfig(threads=1),
+    on_case: Callable[[CaseMeasure], None] | None = None,
+) -> TrainingDomain:
+    """The training domain of an ensemble, calibrated on its validation predictions.
+
+    Args:
+        train: the training cases (images as read, labels).
+        val: labelled validation cases, segmented here for the calibration.
+        members: the ensemble's ``(network, model.json)`` pairs.
+        settings: ``ensemble.json`` (fusion, weights, plan, shape guard) without ``domain``.
+        dataset: the training data, in words (``model.json``'s ``training.dataset``).
+        model: the model's name (for the checks' messages).
+        task: what it segments; ``body_region``: where. Default: ``describe(dataset, ...)``.
+        config: inference settings of the calibration runs.
+        on_case: called with each validation case's measure (progress, per-case figures).
+    """
+    table = LabelTable.from_json(members[0][1]["labels"])
+    known_task, known_region = describe(dataset, table)
+    modalities = [detect_modality(case.image) for case in train]
+    domain = fit_domain(
+        [c.image for c in train], [c.label for c in train if c.label is not None],
+        {label.value: label.name for label in table},
+        modality=max(set(modalities), key=modalities.count), task=task or known_task,
+        body_region=body_region or known_region, dataset=dataset,
+        spacing=members[0][1]["spacing"], in_channels=int(members[0][1].get("in_channels", 1)),
+    )
+    measures = []
+    for case in val:
+        measures.append(measure_case(case, members, settings, domain, config, model))
+        if on_case:
+            on_case(measures[-1])
+    shapes = [m.shape_score for m in measures if m.shape_score is not None]
+    return calibrate(domain, [m.rows for m in measures], [m.dice for m in measures],
+                     structure_uncertainty=[m.structure_uncertainty for m in measures],
+                     shape_scores=shapes or None, case_flags=[m.flags for m in measures])
