@@ -3,10 +3,12 @@
 Keys (``<key>`` is ``BatchConfig.dashboard_key``, ``deconvseg-batch`` by default), so that the
 Artifacts page shows one history per key across runs:
 
-- ``<key>-cases``: a table, one row per case: case, status (segmented / cached / failed),
-  seconds, volume in mL of every structure, the largest per-structure uncertainty, QA flags and,
-  for a failed case, its one-line reason.
-- ``<key>-summary``: markdown: throughput, failures with their reasons, links to the bundles.
+- ``<key>-cases``: a table, one row per case: case, status (segmented / cached / failed), case
+  flags (``qa.json``'s ``case_flags``: the model may not apply; third column, visible without
+  scrolling), seconds, volume in mL of every structure, the largest per-structure uncertainty,
+  structure QA flags and, for a failed case, its one-line reason.
+- ``<key>-summary``: markdown: throughput, how many cases need review (case flags) and why,
+  failures with their reasons, links to the bundles.
 - ``<key>-progress``: progress (percent of cases finished) while the run goes on.
 
 Rows carry case ids only (never patient names or other tags).
@@ -51,14 +53,14 @@ def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stat
         stats: per-structure dicts as in ``stats.json`` (``name``, ``volume_ml``,
             ``mean_uncertainty``, ``flags``): the QA flags are theirs.
         structure_uncertainty: per-structure score of the ensemble, used when ``stats`` has none.
-        qa: the bundle's ``qa.json`` entries (the shape guard's), when it has them.
+        qa: the bundle's ``qa.json`` (the shape guard's entry, ``case_flags``), when it has one.
     """
     scores = [float(s["mean_uncertainty"]) for s in stats if s.get("mean_uncertainty") is not None]
     if not scores and structure_uncertainty:
         scores = [float(v) for v in structure_uncertainty.values()]
     return {"case": case_id, "status": status, "seconds": round(seconds, 2), "volumes_ml": _volumes(stats),
             "uncertainty": round(max(scores), 4) if scores else None, "flags": _flags(stats, qa),
-            "bundle": str(bundle), "reason": ""}
+            "case_flags": list((qa or {}).get("case_flags") or []), "bundle": str(bundle), "reason": ""}
 
 
 def summary_row(summary: CaseSummary, status: str = "segmented") -> dict[str, Any]:
@@ -76,7 +78,7 @@ def summary_row(summary: CaseSummary, status: str = "segmented") -> dict[str, An
 def failed_row(case_id: str, reason: str) -> dict[str, Any]:
     """The dashboard row of a case that failed, with its one-line reason."""
     return {"case": case_id, "status": "failed", "seconds": None, "volumes_ml": {}, "uncertainty": None,
-            "flags": [], "bundle": "", "reason": reason}
+            "flags": [], "case_flags": [], "bundle": "", "reason": reason}
 
 
 def row_from_bundle(case_id: str, bundle: Path, status: str = "cached") -> dict[str, Any]:
@@ -86,11 +88,21 @@ def row_from_bundle(case_id: str, bundle: Path, status: str = "cached") -> dict[
     return case_row(case_id, status, 0.0, bundle, stats, qa=qa)
 
 
+def _case_flag_names(row: dict[str, Any]) -> str:
+    return "; ".join(dict.fromkeys(f["flag"] for f in row.get("case_flags") or []))
+
+
+def needs_review(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with case flags: cases the model may not apply to."""
+    return [r for r in rows if r.get("case_flags")]
+
+
 def table_rows(rows: list[dict[str, Any]], report_base_url: str | None = None) -> list[dict[str, Any]]:
-    """Flat rows for the table artifact: one ``<structure> mL`` column per structure seen, and
-    ``link``: the study in the PACS UI, else the served report (``report_link``), else the report's path."""
+    """Flat rows for the table artifact: case flags third (visible without scrolling), then one
+    ``<structure> mL`` column per structure seen, and ``link``: the study in the PACS UI, else the
+    served report (``report_link``), else the report's path."""
     names = list(dict.fromkeys(name for row in rows for name in row["volumes_ml"]))
-    return [{"case": r["case"], "status": r["status"], "seconds": r["seconds"],
+    return [{"case": r["case"], "status": r["status"], "case_flags": _case_flag_names(r), "seconds": r["seconds"],
              **{f"{name} mL": r["volumes_ml"].get(name) for name in names},
              "uncertainty": r["uncertainty"], "qa_flags": "; ".join(r["flags"]), "reason": r["reason"],
              "link": _row_link(r, report_base_url)}
@@ -120,16 +132,22 @@ def state_message(tally: dict[str, int]) -> str:
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The markdown summary: throughput, failures with reasons, links to the review bundles."""
     tally, rows = summary["counts"], sorted(summary["rows"], key=lambda r: r["case"])
+    review = needs_review(rows)
     lines = [f"# Batch {summary['out']}", "",
              f"**{tally['cases']} cases** in {summary['seconds']:.1f} s "
              f"({summary['cases_per_min']:.1f} cases/min): {tally['segmented']} segmented, "
-             f"{tally['cached']} cached, {tally['failed']} failed.", ""]
+             f"{tally['cached']} cached, {tally['failed']} failed; "
+             f"**{len(review)} need review** (case flags: the model may not apply).", ""]
+    if review:
+        lines += ["## Needs review (case flags)", ""]
+        lines += [f"- `{r['case']}`: " + "; ".join(f"{f['flag']} ({f['reason']})" for f in r["case_flags"]) for r in review]
+        lines += [""]
     failures = [r for r in rows if r["status"] == "failed"]
     if failures:
         lines += ["## Failures", ""] + [f"- `{r['case']}`: {r['reason']}" for r in failures] + [""]
     flagged = [r for r in rows if r["flags"]]
     if flagged:
-        lines += ["## Needs review (QA flags)", ""]
+        lines += ["## Structure QA flags", ""]
         lines += [f"- `{r['case']}`: {'; '.join(r['flags'])}" for r in flagged] + [""]
     linked = [r for r in rows if r["bundle"] or r.get("link")]
     if linked:
@@ -189,6 +207,7 @@ def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str,
     tally = counts(rows)
     summary = {"out": str(out_dir), "seconds": round(seconds, 2), "counts": tally,
                "cases_per_min": round(60.0 * tally["cases"] / max(seconds, 1e-9), 2),
+               "needs_review": [r["case"] for r in needs_review(rows)],
                "rows": sorted(rows, key=lambda r: r["case"]), "report_base_url": report_base_url}
     create_table_artifact(table_rows(rows, report_base_url), key=f"{key}-cases", description=state_message(tally))
     create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description=state_message(tally))

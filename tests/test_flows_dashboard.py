@@ -28,8 +28,9 @@ def test_rows_carry_volumes_worst_uncertainty_and_flags(tmp_path):
 def test_table_has_one_column_per_structure_and_the_reason(tmp_path):
     table = table_rows(_rows(tmp_path))
     assert [r["case"] for r in table] == ["a", "b", "c"]
-    assert set(table[0]) == {"case", "status", "seconds", "liver mL", "spleen mL", "uncertainty", "qa_flags", "reason",
-                             "link"}
+    assert list(table[0])[:3] == ["case", "status", "case_flags"]  # visible without scrolling
+    assert set(table[0]) == {"case", "status", "case_flags", "seconds", "liver mL", "spleen mL", "uncertainty",
+                             "qa_flags", "reason", "link"}
     assert table[0]["reason"].startswith("a.nii.gz: unreadable") and table[0]["liver mL"] is None
     assert table[2]["spleen mL"] is None and table[1]["qa_flags"] == "spleen: missing"
 
@@ -67,3 +68,21 @@ def test_a_map_the_shape_guard_flags_without_blaming_a_structure_is_flagged_as_a
 def test_json_is_written_atomically(tmp_path):
     path = write_json_atomic(tmp_path / "batch.json", {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["batch.json"]
+
+
+OOD = {"case_flags": [{"flag": "out_of_distribution", "reason": "hu_p50 -25 (training 37..37)"},
+                      {"flag": "missing_structure", "reason": "spleen is empty"}]}
+
+
+def test_case_flags_fill_the_third_column_and_the_summary_counts_cases_to_review(tmp_path):
+    rows = [case_row("ok", "segmented", 1.0, tmp_path / "ok", STATS[:1], qa={"case_flags": []}),
+            case_row("ct", "segmented", 1.0, tmp_path / "ct", STATS, qa=OOD)]
+    table = table_rows(rows)
+    assert [r["case_flags"] for r in table] == ["out_of_distribution; missing_structure", ""]
+    text = summary_markdown({"out": str(tmp_path), "seconds": 2.0, "cases_per_min": 60.0, "counts": counts(rows),
+                             "rows": rows})
+    assert "**1 need review**" in text
+    assert "- `ct`: out_of_distribution (hu_p50 -25 (training 37..37)); missing_structure (spleen is empty)" in text
+    (tmp_path / "stats.json").write_text(json.dumps(STATS))
+    (tmp_path / "qa.json").write_text(json.dumps(OOD))
+    assert row_from_bundle("x", tmp_path)["case_flags"] == OOD["case_flags"]
