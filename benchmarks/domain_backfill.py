@@ -39,14 +39,14 @@ def cases_for(model: str, data: Path) -> tuple[list, list, str]:
     if model.startswith("acdc"):
         train = read_acdc(data, data / "splits" / "train.list")
         val = read_acdc(data, data / "splits" / "val.list")
-        return train, val, "ACDC (SSL4MIS HDF5), splits/train.list; calibrated on splits/val.list"
+        return train, val, "ACDC (SSL4MIS HDF5) splits/train.list (calibrated on splits/val.list)"
 
     def phantoms(seeds: range) -> list:
         pairs = [(s, make_phantom("CT", shape=(64, 128, 128), spacing=(2.0, 2.0, 3.0), seed=s)) for s in seeds]
         return [Case(f"phantom_ct_{s:03d}", image, label) for s, (image, label) in pairs]
 
     return (phantoms(range(100, 112)), phantoms(range(112, 132)),
-            "deconvseg.pipeline.phantoms CT (seeds 100-111); calibrated on seeds 112-131")
+            "deconvseg.pipeline.phantoms CT, seeds 100-111 (calibrated on seeds 112-131)")
 
 
 def card_section(domain: dict) -> str:
@@ -91,20 +91,19 @@ def write_card(folder: Path, domain: dict) -> None:
 
 
 def backfill(model: str, data: Path, cases_out: Path | None = None) -> dict:
-    from deconvseg.models.registry import load_ensemble
     from deconvseg.pipeline.domain_fit import fit_model_domain
-    from deconvseg.pipeline.files import atomic_file
+    from deconvseg.pipeline.ensemble import load_ensemble
+    from deconvseg.pipeline.files import write_json_atomic
     from deconvseg.pipeline.segment import InferenceConfig
 
     folder = WEIGHTS / model
     settings = json.loads((folder / "ensemble.json").read_text())
     settings.pop("domain", None)
-    members = load_ensemble(folder)
+    ensemble = load_ensemble(folder)
     train, val, dataset = cases_for(model, data)
     start = time.perf_counter()
     measures = []
-    domain = fit_model_domain(train, val, members, settings, dataset=dataset, model=settings.get("name", model),
-                              config=InferenceConfig(threads=torch.get_num_threads()), on_case=measures.append)
+    domain = fit_model_domain(train, val, ensemble, dataset=dataset, config=InferenceConfig(threads=torch.get_num_threads()), on_case=measures.append)
     if cases_out is not None:
         cases_out.mkdir(parents=True, exist_ok=True)
         (cases_out / f"{model}.json").write_text(json.dumps([
@@ -112,8 +111,7 @@ def backfill(model: str, data: Path, cases_out: Path | None = None) -> dict:
              "mean_uncertainty": {r["name"]: r["mean_uncertainty"] for r in m.rows}, "shape_score": m.shape_score,
              "flags": [f.model_dump() for f in m.flags]} for m in measures], indent=1))
     record = domain.model_dump(mode="json")
-    with atomic_file(folder / "ensemble.json") as tmp:
-        tmp.write_text(json.dumps({**settings, "domain": record}, indent=2) + "\n")
+    write_json_atomic(folder / "ensemble.json", {**settings, "domain": record})
     write_card(folder, record)
     per_structure = {name: None if s.calibration is None else {
         "threshold": s.calibration.high_uncertainty, "flag_rate": s.calibration.flag_rate,

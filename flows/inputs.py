@@ -45,6 +45,8 @@ class BatchConfig(Settings):
         report_base_url: where the output folder is served over HTTP (any web server, e.g.
             ``python -m http.server -d OUT``), so the dashboard's report links open; ``None``: the
             dashboard shows the reports' paths (browsers refuse ``file://`` links from the Prefect UI).
+        allow_domain_mismatch: segment inputs the model was not made for (other modality or channel
+            count), flagged ``domain_mismatch``, instead of failing them with the reason.
     """
 
     threads: int = 1
@@ -56,6 +58,7 @@ class BatchConfig(Settings):
     memory_budget_mib: float | None = None
     inference: dict[str, Any] = {}
     report_base_url: str | None = None
+    allow_domain_mismatch: bool = False
 
     def case_inference(self, cases_at_once: int) -> dict[str, Any]:
         """``inference`` with each case's share of the memory budget when ``cases_at_once`` run together."""

@@ -1,8 +1,13 @@
 """One case from input to review bundle: the one API that ``deconvseg segment``, the batch flow's task and
 the PACS flow call, so every bundle is made the same way and carries the same manifest.
 
-    read (any format, ``deconvseg.pipeline.io``) -> segment (``deconvseg.pipeline.segment``)
-    -> review bundle (``deconvseg.pipeline.export.bundle``, written atomically)
+    read (any format, ``deconvseg.pipeline.io``) -> does the model apply? (``deconvseg.pipeline.domain``)
+    -> segment (``deconvseg.pipeline.segment``) -> review bundle (``deconvseg.pipeline.export.bundle``,
+    written atomically, with the model's calibrated checks of the result)
+
+A model with a training-domain record refuses an input of the other modality or channel count
+before anything is written (``DomainMismatchError``, unless ``allow_domain_mismatch``), and flags
+an input whose intensities or spacing lie far outside its training (``qa.json``'s ``case_flags``).
 
 The caller loads the ensemble once (``deconvseg.pipeline.ensemble.load_ensemble``) and sets process-wide
 settings such as torch threads; this module changes no global state.
@@ -12,13 +17,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.domain import CaseFlag, check_applicability, domain_summary, input_flags
 from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.export.bundle import write_bundle
+from deconvseg.pipeline.export.report import ReportHeader
 from deconvseg.pipeline.files import path_digest
 from deconvseg.pipeline.guards import time_limit
 from deconvseg.pipeline.io.volumes import read_volume
@@ -56,10 +63,13 @@ class CaseConfig(Settings):
         inference: the segmentation settings.
         timeout_s: a case whose reading and segmentation take longer fails with that reason
             (``None``: no limit; ``deconvseg.pipeline.guards.time_limit``).
+        allow_domain_mismatch: segment an input the model was not made for (other modality or
+            channel count) and flag it ``domain_mismatch`` instead of refusing it.
     """
 
     inference: InferenceConfig = InferenceConfig()
     timeout_s: float | None = None
+    allow_domain_mismatch: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class CaseSummary:
         flags: ``{"name", "value", "flag"}`` for every QA flag raised (``BundleSummary.flags``).
         structure_uncertainty: label value -> mean uncertainty of the structure.
         viewer_url: the study in OHIF with our SEG shown (``run_case(viewer_base=...)``), else ``None``.
+        case_flags: ``qa.json``'s ``case_flags`` (``{"flag", "reason"}``): the model may not apply.
     """
 
     case_id: str
@@ -85,6 +96,17 @@ class CaseSummary:
     flags: list[dict[str, Any]]
     structure_uncertainty: dict[int, float]
     viewer_url: str | None = None
+    case_flags: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def non_empty(self) -> int:
+        """Structures with at least one voxel."""
+        return sum(1 for row in self.stats if row["voxels"])
+
+    def line(self) -> str:
+        """The CLI's summary of the case, e.g. ``3 structures, 0 non-empty; out_of_distribution``."""
+        flags = "; ".join(dict.fromkeys(flag["flag"] for flag in self.case_flags))
+        return f"{len(self.stats)} structures, {self.non_empty} non-empty" + (f"; {flags}" if flags else "")
 
 
 def case_manifest(case: CaseInput, ensemble: Ensemble, config: CaseConfig, result: SegmentationResult,
@@ -127,7 +149,9 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
         The case's summary.
 
     Raises:
-        InputError: unreadable input. ResourceError: over the memory budget or the time limit.
+        InputError: unreadable input. DomainMismatchError (an InputError): the model's modality or
+            channel count is not the input's (unless ``config.allow_domain_mismatch``); nothing is
+            written. ResourceError: over the memory budget or the time limit.
         ConfigError: the model cannot segment this input.
     """
     if viewer_base is not None:
@@ -136,10 +160,18 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
     limit = f"{case.path}: case {case.case_id} (timeout_s={config.timeout_s:g})" if config.timeout_s else case.case_id
     with time_limit(config.timeout_s, limit):
         image = with_modality(read_volume(case.path), case.modality)
+        domain = ensemble.settings.domain
+        flags: list[CaseFlag] = []
+        if domain is not None:
+            flags = check_applicability(image, domain, ensemble.name, modality=case.modality,
+                                        allow_mismatch=config.allow_domain_mismatch) + input_flags(image, domain)
         result = segment_case(image, ensemble, config.inference)
+        header = ReportHeader(model=f"{ensemble.name} (version {ensemble.version[:12]})",
+                              trained_on=domain_summary(domain) if domain is not None else None)
         bundle = write_bundle(Path(out_dir) / case.case_id, image, result.labels, result.table,
-                              uncertainty=result.uncertainty, shape=result.shape,
-                              manifest=case_manifest(case, ensemble, config, result, record),
+                              uncertainty=result.uncertainty, shape=result.shape, domain=domain, case_flags=flags,
+                              header=header, manifest=case_manifest(case, ensemble, config, result, record),
                               viewer_base=viewer_base)
     return CaseSummary(case.case_id, bundle.path, time.perf_counter() - start, bundle.stats, bundle.qa,
-                       bundle.flags, result.structure_uncertainty, bundle.manifest.get("viewer_url"))
+                       bundle.flags, result.structure_uncertainty, bundle.manifest.get("viewer_url"),
+                       bundle.qa["case_flags"])

@@ -1,6 +1,6 @@
 """Compute a model's ``TrainingDomain`` from its training cases and its validation predictions.
 
-Training calls ``fit_model_domain`` when the ensemble is gathered; ``benchmarks/domain_backfill.py``
+Training calls ``write_domain`` when the ensemble is gathered; ``benchmarks/domain_backfill.py``
 calls it for the shipped models. Every validation case is segmented by the ensemble as a user's
 case would be; its stats rows (mean voxel uncertainty per structure, volumes), Dice, ensemble
 structure uncertainty and shape score give the calibration, and the case flags the checks raise
@@ -9,9 +9,13 @@ on it give the measured flag rates that the model card states.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from deconvseg.pipeline.checkpoints import ENSEMBLE, read_json
 
 from deconvseg.pipeline.domain import (
     CaseFlag,
@@ -22,12 +26,16 @@ from deconvseg.pipeline.domain import (
     input_flags,
     output_flags,
 )
+from deconvseg.pipeline.ensemble import Ensemble, load_ensemble
 from deconvseg.pipeline.export.stats import compute_stats
+from deconvseg.pipeline.files import write_json_atomic
 from deconvseg.pipeline.io.datasets import Case
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.metrics import dice
 from deconvseg.pipeline.normalize import detect_modality
-from deconvseg.pipeline.segment import InferenceConfig, Member, segment_case
+from deconvseg.pipeline.segment import InferenceConfig, segment_case
+
+log = logging.getLogger(__name__)
 
 # What the training sets the project knows are for, by the start of their description.
 KNOWN_DATASETS = {
@@ -66,13 +74,12 @@ def describe(dataset: str, table: LabelTable) -> tuple[str, str]:
     return f"segmentation of {', '.join(table.names)}", "unspecified"
 
 
-def measure_case(case: Case, members: Sequence[Member], settings: Mapping[str, Any], domain: TrainingDomain,
-                 config: InferenceConfig, model: str) -> CaseMeasure:
+def measure_case(case: Case, ensemble: Ensemble, domain: TrainingDomain, config: InferenceConfig) -> CaseMeasure:
     """Segment one labelled case with the ensemble and run every check on it."""
     if case.label is None:
         raise ValueError(f"{case.case_id}: calibration needs labelled cases")
-    flags = check_applicability(case.image, domain, model, allow_mismatch=True) + input_flags(case.image, domain)
-    result = segment_case(case.image, members, config, ensemble=settings)
+    flags = check_applicability(case.image, domain, ensemble.name, allow_mismatch=True) + input_flags(case.image, domain)
+    result = segment_case(case.image, ensemble, config)
     rows = compute_stats(case.image, result.labels, result.table, result.uncertainty)
     flags += output_flags(rows, domain)
     names = {label.value: label.name for label in result.table}
@@ -85,11 +92,9 @@ def measure_case(case: Case, members: Sequence[Member], settings: Mapping[str, A
 def fit_model_domain(
     train: Sequence[Case],
     val: Sequence[Case],
-    members: Sequence[Member],
-    settings: Mapping[str, Any],
+    ensemble: Ensemble,
     *,
     dataset: str,
-    model: str,
     task: str | None = None,
     body_region: str | None = None,
     config: InferenceConfig = InferenceConfig(threads=1),
@@ -100,15 +105,13 @@ def fit_model_domain(
     Args:
         train: the training cases (images as read, labels).
         val: labelled validation cases, segmented here for the calibration.
-        members: the ensemble's ``(network, model.json)`` pairs.
-        settings: ``ensemble.json`` (fusion, weights, plan, shape guard) without ``domain``.
+        ensemble: the model (its settings' ``domain`` is ignored).
         dataset: the training data, in words (``model.json``'s ``training.dataset``).
-        model: the model's name (for the checks' messages).
         task: what it segments; ``body_region``: where. Default: ``describe(dataset, ...)``.
         config: inference settings of the calibration runs.
         on_case: called with each validation case's measure (progress, per-case figures).
     """
-    table = LabelTable.from_json(members[0][1]["labels"])
+    table, spec = ensemble.table, ensemble.members[0].spec
     known_task, known_region = describe(dataset, table)
     modalities = [detect_modality(case.image) for case in train]
     domain = fit_domain(
@@ -116,14 +119,41 @@ def fit_model_domain(
         {label.value: label.name for label in table},
         modality=max(set(modalities), key=modalities.count), task=task or known_task,
         body_region=body_region or known_region, dataset=dataset,
-        spacing=members[0][1]["spacing"], in_channels=int(members[0][1].get("in_channels", 1)),
+        spacing=spec.spacing, in_channels=spec.in_channels,
     )
     measures = []
     for case in val:
-        measures.append(measure_case(case, members, settings, domain, config, model))
+        measures.append(measure_case(case, ensemble, domain, config))
         if on_case:
             on_case(measures[-1])
     shapes = [m.shape_score for m in measures if m.shape_score is not None]
     return calibrate(domain, [m.rows for m in measures], [m.dice for m in measures],
                      structure_uncertainty=[m.structure_uncertainty for m in measures],
                      shape_scores=shapes or None, case_flags=[m.flags for m in measures])
+
+
+def write_domain(folder: str | Path, train: Sequence[Case], val: Sequence[Case], *, dataset: str,
+                 config: InferenceConfig = InferenceConfig(threads=1)) -> dict[str, Any]:
+    """Fit the training domain of the model in ``folder`` and store it in its ``ensemble.json`` (key ``domain``).
+
+    Args:
+        folder: a model folder whose ``ensemble.json`` holds everything else already.
+        train, val: its training cases and its labelled validation cases (for the calibration).
+        dataset: the training data, in words.
+        config: inference settings of the calibration runs.
+
+    Returns:
+        The ``ensemble.json`` content as written.
+    """
+    path = Path(folder) / ENSEMBLE
+    settings = read_json(path, "ensemble config")
+    settings.pop("domain", None)
+    ensemble = load_ensemble(folder).with_settings(domain=None)
+    guard = ensemble.shape_guard_folder()
+    if guard is not None and not guard.is_dir():  # e.g. trained before its guard: calibrate without shape scores
+        log.warning("%s: shape guard %s not found; the domain record gets no shape-score calibration", folder, guard)
+        ensemble = ensemble.with_settings(shape_guard=None)
+    domain = fit_model_domain(train, val, ensemble, dataset=dataset, config=config)
+    settings["domain"] = domain.model_dump(mode="json")
+    write_json_atomic(path, settings)
+    return settings

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from torch import nn
 
 from deconvseg.pipeline.checkpoints import ENSEMBLE, META, WEIGHTS, load_checkpoint, read_json
+from deconvseg.pipeline.domain import TrainingDomain
 from deconvseg.pipeline.errors import ConfigError, InputError
 from deconvseg.pipeline.files import file_digest
 from deconvseg.pipeline.fusion import Rule
@@ -100,6 +101,8 @@ class EnsembleSettings(BaseModel):
         postprocess: the refinement plan (``deconvseg.pipeline.postprocess.apply_plan``).
         shape_guard: folder of the shape guard scoring the labels, relative to the model folder.
         metrics: the ensemble's validation metrics.
+        domain: what the model was trained on and the calibrated thresholds of its checks
+            (``deconvseg.pipeline.domain``); ``None`` for a model without the record (no checks run).
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")
@@ -111,6 +114,7 @@ class EnsembleSettings(BaseModel):
     postprocess: dict[str, Any] | None = None
     shape_guard: str | None = None
     metrics: dict[str, Any] = {}
+    domain: TrainingDomain | None = None
 
 
 @dataclass(frozen=True)

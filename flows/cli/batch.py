@@ -76,6 +76,9 @@ def batch(
     as_json: bool = typer.Option(False, "--json", help="End with the summary as one JSON line."),
     report_base_url: str = typer.Option(None, "--report-base-url", help="Where OUT is served over HTTP (e.g. "
                                         "python -m http.server -d OUT), so the dashboard's report links open."),
+    allow_domain_mismatch: bool = typer.Option(
+        False, "--allow-domain-mismatch",
+        help="Segment inputs the model was not made for (other modality or channels), flagged, instead of failing them."),
 ) -> None:
     """Segment every case of SOURCE through the Prefect batch flow (cached, retried, isolated).
 
@@ -95,6 +98,8 @@ def batch(
                           "and pass --api-url http://127.0.0.1:4200/api")
     if report_base_url:
         settings = settings.model_copy(update={"report_base_url": report_base_url})
+    if allow_domain_mismatch:
+        settings = settings.model_copy(update={"allow_domain_mismatch": True})
     if workers and config is None:
         settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // workers)})
     request = {"source": str(source.resolve()), "out": str(out.resolve()),

@@ -39,6 +39,9 @@ def segment(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line summarising every case."),
     timeout: float = typer.Option(None, "--timeout", min=0.001,
                                   help="Fail a case whose reading and inference take longer (seconds)."),
+    allow_domain_mismatch: bool = typer.Option(
+        False, "--allow-domain-mismatch",
+        help="Segment an input the model was not made for (other modality or channels) and flag it, instead of refusing it."),
 ) -> None:
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
     import torch
@@ -64,13 +67,13 @@ def segment(
         cases[case.case_id] = case
     ensemble = load_ensemble(resolve_model(model))
     torch.set_num_threads(settings.threads)
-    case_config = CaseConfig(inference=settings, timeout_s=timeout)
+    case_config = CaseConfig(inference=settings, timeout_s=timeout, allow_domain_mismatch=allow_domain_mismatch)
     summaries = []
     for case in track(list(cases.values()), description="segmenting", transient=True):
         summary = run_case(case, ensemble, case_config, out)
         summaries.append({"case_id": case.case_id, "bundle": str(summary.bundle), "seconds": round(summary.seconds, 2),
-                          "structures": len(summary.stats), "flags": len(summary.flags)})
-        typer.echo(f"{case.case_id}: {len(summary.stats)} structures, {summary.seconds:.1f} s -> {summary.bundle}",
-                   err=as_json)
+                          "structures": len(summary.stats), "non_empty": summary.non_empty,
+                          "flags": len(summary.flags), "case_flags": summary.case_flags})
+        typer.echo(f"{case.case_id}: {summary.line()}, {summary.seconds:.1f} s -> {summary.bundle}", err=as_json)
     if as_json:
         typer.echo(json.dumps({"cases": summaries}))

@@ -8,7 +8,7 @@
       labels.seg.nrrd                                   3D Slicer
       overlays/{axial,coronal,sagittal,uncertainty}.png
       stats.json, stats.csv, report.html, manifest.json
-      qa.json                                           bundle-level QA (shape plausibility), when scored
+      qa.json                                           bundle-level QA: case_flags (always), shape plausibility
 
 Everything is written into a temporary sibling folder, which replaces ``out_dir`` by a rename
 only when every file is complete; on any failure the temporary folder is removed and an
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from deconvseg.pipeline.domain import CaseFlag, TrainingDomain, output_flags
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.files import atomic_folder
 from deconvseg.pipeline.export.dicom_seg import write_dicom_seg
@@ -36,7 +37,7 @@ from deconvseg.pipeline.export.grid import align_to_image
 from deconvseg.pipeline.export.manifest import build_manifest, write_manifest
 from deconvseg.pipeline.export.nifti import write_labels_json, write_labels_nifti, write_uncertainty_nifti
 from deconvseg.pipeline.export.overlays import write_overlays
-from deconvseg.pipeline.export.report import write_report
+from deconvseg.pipeline.export.report import ReportHeader, subject_rows, write_report
 from deconvseg.pipeline.export.rtstruct import write_rtstruct
 from deconvseg.pipeline.pacs.naming import result_description
 from deconvseg.pipeline.export.seg_nrrd import write_seg_nrrd
@@ -143,6 +144,9 @@ def write_bundle(
     deidentify: bool = False,
     shape: ShapeAssessment | None = None,
     viewer_base: str | None = None,
+    domain: TrainingDomain | None = None,
+    case_flags: Sequence[CaseFlag] = (),
+    header: ReportHeader | None = None,
 ) -> BundleSummary:
     """Write the review bundle of one case.
 
@@ -166,6 +170,11 @@ def write_bundle(
         viewer_base: where OHIF is served beside the PACS that holds the study: the manifest's
             ``viewer_url`` and the report's link then open the study with this SEG shown
             (``deconvseg.pipeline.viewer.viewer_url``). Not for de-identified bundles (never stored).
+        domain: the model's training domain: its calibrated checks set the structures' flags
+            (``deconvseg.pipeline.domain.output_flags``) and add case flags.
+        case_flags: case flags raised before inference (``domain_mismatch``, ``out_of_distribution``).
+            Every ``qa.json`` holds ``case_flags``: these plus the domain's, as ``{"flag", "reason"}``.
+        header: the report's model lines (the subject and de-identification are filled in here).
 
     Returns:
         The summary, with the per-structure stats and flags.
@@ -212,10 +221,12 @@ def write_bundle(
                 extra["viewer_url"] = viewer_url(viewer_base, str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID))
         with _stage(timings, "stats"):
             stats = compute_stats(image, labels, table, uncertainty, stats_config)
-            qa = {"shape": shape_entry(shape, table)} if shape is not None else {}
+            found = [*case_flags, *(output_flags(stats, domain) if domain is not None else [])]
+            qa: dict[str, Any] = {"case_flags": [flag.model_dump() for flag in found]}
             if shape is not None:
+                qa["shape"] = shape_entry(shape, table)
                 flag_structures(stats, shape)
-                write_qa(tmp / "qa.json", qa)
+            write_qa(tmp / "qa.json", qa)
             write_stats(tmp, stats)
         with _stage(timings, "overlays"):
             overlays = write_overlays(tmp / "overlays", image, labels, table, uncertainty)
@@ -224,8 +235,11 @@ def write_bundle(
         if isinstance(model, dict) and model:
             notes.append(f"model: {model.get('name') or model.get('dir', '?')} {model.get('version', '')}".strip())
         with _stage(timings, "report"):
+            about = replace(header or ReportHeader(model=notes[-1].removeprefix("model: ") if model else "unknown"),
+                            subject=subject_rows(image.metadata), deidentified=deidentify)
             write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes,
-                         shape=qa.get("shape"), viewer_url=extra.get("viewer_url"))
+                         shape=qa.get("shape"), viewer_url=extra.get("viewer_url"), header=about,
+                         case_flags=qa["case_flags"])
         caller = dict(manifest or {})
         all_timings = {**caller.pop("timings_s", {}), **{f"export.{k}": v for k, v in timings.items()}}
         record = build_manifest(_input_files(image, labels), timings=all_timings, extra=extra)
@@ -235,7 +249,8 @@ def write_bundle(
             record["deidentified"] = True
         write_manifest(tmp / "manifest.json", record)
     flags = [{"name": row["name"], "value": row["value"], "flag": flag} for row in stats for flag in row["flags"]]
-    if qa.get("shape", {}).get("flagged") and not qa["shape"]["blamed"]:
+    empty = not labels.array.any()  # an empty map has no shape to judge: its structures are flagged instead
+    if qa.get("shape", {}).get("flagged") and not qa["shape"]["blamed"] and not empty:
         flags.append({"name": "shape", "value": qa["shape"]["score"], "flag": SHAPE_FLAG})
     for flag in flags:
         logger.info("%s: %s flagged %s", out_dir.name, flag["name"], flag["flag"])

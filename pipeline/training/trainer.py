@@ -39,6 +39,7 @@ from deconvseg.pipeline.training.augment import AugmentConfig, RandomAugment
 from deconvseg.pipeline.training.checkpointing import has_train_state, load_train_state, save_train_state
 from deconvseg.pipeline.training.loader import LoaderConfig, PatchBatches, batch_loader
 from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.domain_fit import write_domain
 from deconvseg.pipeline.errors import ConfigError
 from deconvseg.pipeline.files import write_json_atomic
 from deconvseg.pipeline.evaluation import fit_postprocess
@@ -398,4 +399,5 @@ def train_ensemble(
         else:
             ensemble["postprocess"], ensemble["metrics"] = _fit_plan(config, data, ensemble)
     write_json_atomic(out / ENSEMBLE, ensemble)
-    return ensemble
+    return write_domain(out, [c.original for c in data.train], [c.original for c in data.val],
+                        dataset=data.description["dataset"], config=InferenceConfig(threads=config.threads))
