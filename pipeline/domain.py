@@ -402,7 +402,7 @@ def structure_flags(row: Mapping[str, Any], domain: TrainingDomain) -> list[tupl
     t = domain.thresholds
     if not row["voxels"]:
         if structure.presence >= t.presence_for_missing:
-            return [(MISSING_STRUCTURE, f"{row['name']} is empty; present in {structure.presence:.0%} of training labels")]
+            return [(MISSING_STRUCTURE, f"{row['name']} empty (in {structure.presence:.0%} of training labels)")]
         return []
     flags = []
     volume, bounds = float(row["volume_ml"]), structure.volume_ml
@@ -430,7 +430,7 @@ def output_flags(rows: list[dict[str, Any]], domain: TrainingDomain) -> list[Cas
         for flag, reason in found:
             if flag != HIGH_UNCERTAINTY:
                 reasons.setdefault(flag, []).append(reason)
-    return [CaseFlag(flag=flag, reason="; ".join(found)) for flag, found in reasons.items()]
+    return [CaseFlag(flag=flag, reason=", ".join(found)) for flag, found in reasons.items()]
 
 
 def domain_summary(domain: TrainingDomain) -> str:
