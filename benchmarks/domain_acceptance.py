@@ -46,6 +46,7 @@ def acdc_val(work: Path, threads: int) -> dict:
 
     root = DATA / "acdc"
     cases = read_acdc(root, root / "splits" / "val.list")
+    (work / "acdc-in").mkdir(parents=True, exist_ok=True)
     paths = [write_volume(case.image, work / "acdc-in" / f"{case.case_id}.nii.gz") for case in cases]
     done = segment(paths, work / "acdc-out", "acdc", threads)
     if done.returncode:
@@ -81,6 +82,7 @@ def phantom_fresh(work: Path, count: int, threads: int) -> dict:
     from deconvseg.pipeline.phantoms import make_phantom
 
     paths = []
+    (work / "phantom-in").mkdir(parents=True, exist_ok=True)
     for seed in range(300, 300 + count):
         image, _ = make_phantom("CT", shape=(64, 128, 128), spacing=(2.0, 2.0, 3.0), seed=seed)
         paths.append(write_volume(image, work / "phantom-in" / f"phantom_{seed}.nii.gz"))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deconvseg.pipeline.checkpoints import ENSEMBLE, read_json
 
 from deconvseg.pipeline.domain import (
@@ -104,7 +106,7 @@ def fit_model_domain(
 
     Args:
         train: the training cases (images as read, labels).
-        val: labelled validation cases, segmented here for the calibration.
+        val: labelled validation cases, segmented here for the calibration (none: no calibration).
         ensemble: the model (its settings' ``domain`` is ignored).
         dataset: the training data, in words (``model.json``'s ``training.dataset``).
         task: what it segments; ``body_region``: where. Default: ``describe(dataset, ...)``.
@@ -126,10 +128,22 @@ def fit_model_domain(
         measures.append(measure_case(case, ensemble, domain, config))
         if on_case:
             on_case(measures[-1])
+    if not measures:
+        return domain
     shapes = [m.shape_score for m in measures if m.shape_score is not None]
     return calibrate(domain, [m.rows for m in measures], [m.dice for m in measures],
                      structure_uncertainty=[m.structure_uncertainty for m in measures],
                      shape_scores=shapes or None, case_flags=[m.flags for m in measures])
+
+
+def _cannot_segment(ensemble: Ensemble) -> str | None:
+    """Why ``ensemble`` cannot segment any input (fusion weights leaving a class without weight), or ``None``."""
+    settings = ensemble.settings
+    if settings.fusion != "weighted_mean" or settings.weights is None:
+        return None
+    weights = np.asarray(settings.weights, dtype=float)
+    dead = np.flatnonzero((weights[:, None] if weights.ndim == 1 else weights).sum(axis=0) <= 0)
+    return f"fusion weights give channel(s) {dead.tolist()} no weight" if dead.size else None
 
 
 def write_domain(folder: str | Path, train: Sequence[Case], val: Sequence[Case], *, dataset: str,
@@ -153,7 +167,10 @@ def write_domain(folder: str | Path, train: Sequence[Case], val: Sequence[Case],
     if guard is not None and not guard.is_dir():  # e.g. trained before its guard: calibrate without shape scores
         log.warning("%s: shape guard %s not found; the domain record gets no shape-score calibration", folder, guard)
         ensemble = ensemble.with_settings(shape_guard=None)
-    domain = fit_model_domain(train, val, ensemble, dataset=dataset, config=config)
+    broken = _cannot_segment(ensemble)
+    if broken:
+        log.warning("%s: %s, so the model cannot segment: its domain record gets no calibration", folder, broken)
+    domain = fit_model_domain(train, [] if broken else val, ensemble, dataset=dataset, config=config)
     settings["domain"] = domain.model_dump(mode="json")
     write_json_atomic(path, settings)
     return settings

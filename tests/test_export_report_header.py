@@ -23,14 +23,15 @@ def test_header_names_model_training_data_use_and_subject():
     html = render_report([_row(10)], {}, header=header)
     assert html.index("id='about'") < html.index("<h2>Structures")
     for text in ("phantom-ct 1a2b", "CT, demo phantoms", "research use; validate locally before clinical use",
-                 "Doe Jane, MRN-1", "CT abdomen, 2026-01-02", "Body 3.0"):
+                 "MRN-1", "CT abdomen, 2026-01-02", "Body 3.0"):
         assert text in html, text
+    assert "Doe" not in html  # names stay out of the bundle; the ID identifies the case
 
 
 def test_deidentified_report_shows_no_subject():
-    header = ReportHeader(subject=(("patient", "Doe Jane"),), deidentified=True)
+    header = ReportHeader(subject=(("patient ID", "MRN-1"),), deidentified=True)
     html = render_report([_row(10)], {}, header=header)
-    assert "Doe" not in html and "none (de-identified)" in html
+    assert "MRN-1" not in html and "none (de-identified)" in html
 
 
 def test_input_without_tags_says_none():

@@ -52,7 +52,7 @@ class ReportHeader:
         trained_on: what it was trained on (``deconvseg.pipeline.domain.domain_summary``), or
             ``None`` for a model without a training-domain record.
         intended_use: the model's intended use.
-        subject: ``(row name, value)`` pairs for patient, study and series (empty when the input
+        subject: ``(row name, value)`` pairs for patient ID, study and series (empty when the input
             carries none or the bundle is de-identified).
         deidentified: the bundle is de-identified.
     """
@@ -70,20 +70,22 @@ def _date(value: str) -> str:
 
 
 def subject_rows(metadata: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
-    """Patient, study and series lines of an input's metadata (``deconvseg.pipeline.io.dicom``), the empty ones left out."""
+    """Patient ID, study and series lines of an input's metadata (``deconvseg.pipeline.io.dicom``), the empty
+    ones left out. The patient's name is not shown: the ID identifies the case to the reader, and a bundle
+    is copied and mailed more freely than the PACS record (the project's privacy rule: no names in outputs)."""
     def join(*keys: str) -> str:
         parts = [_date(str(metadata.get(k) or "")) if k.endswith("date") else str(metadata.get(k) or "") for k in keys]
         return ", ".join(p.replace("^", " ").strip() for p in parts if p.strip())
 
-    rows = (("patient", join("patient_name", "patient_id")), ("study", join("study_description", "study_date")),
+    rows = (("patient ID", join("patient_id")), ("study", join("study_description", "study_date")),
             ("series", join("series_description", "series_date")))
     return tuple((name, value) for name, value in rows if value)
 
 
 def _header_html(header: ReportHeader) -> str:
-    subject = list(header.subject) if not header.deidentified else [("patient", "none (de-identified)")]
+    subject = list(header.subject) if not header.deidentified else [("patient ID", "none (de-identified)")]
     rows = [("model", header.model), ("trained on", header.trained_on or "not recorded for this model"),
-            ("intended use", header.intended_use), *(subject or [("patient", "none in the input")])]
+            ("intended use", header.intended_use), *(subject or [("patient ID", "none in the input")])]
     return "<table id='about'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
 
 

@@ -200,7 +200,6 @@ def _metadata(folder: Path, slices: list[_Slice]) -> dict:
         "frame_of_reference_uid": text("FrameOfReferenceUID"),
         "sop_instance_uids": [str(s.header.get("SOPInstanceUID", "") or "") for s in slices],
         "patient_id": text("PatientID"),
-        "patient_name": text("PatientName"),
         "study_date": text("StudyDate"),
         "study_description": text("StudyDescription"),
         "series_date": text("SeriesDate") or text("AcquisitionDate"),
