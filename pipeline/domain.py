@@ -190,11 +190,13 @@ def intensity_features(image: Volume, modality: Modality) -> dict[str, float]:
     if modality == "CT":
         body = array[array > CT_BODY_HU]
         values = _sample(body if body.size else array.ravel())
-        return {f"hu_p{p:g}": float(v) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES))}
+        found = np.percentile(values, PERCENTILES)
+        return {f"hu_p{p:g}": float(v) for p, v in zip(PERCENTILES, found, strict=True)}
     mask = foreground_mask(array)
     z = normalize(image, {"scheme": "mr_zscore"}).array
     values = _sample(z[mask])
-    features = {f"z_p{p:g}": float(v) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES))}
+    found = np.percentile(values, PERCENTILES)
+    features = {f"z_p{p:g}": float(v) for p, v in zip(PERCENTILES, found, strict=True)}
     features["foreground_fraction"] = float(mask.mean())
     return features
 
@@ -293,7 +295,7 @@ def calibrate(
     q = domain.thresholds.uncertainty_quantile
     structures = {}
     for name, structure in domain.structures.items():
-        pairs = [(row["mean_uncertainty"], case_dice.get(name)) for case_rows, case_dice in zip(rows, dice)
+        pairs = [(row["mean_uncertainty"], case_dice.get(name)) for case_rows, case_dice in zip(rows, dice, strict=True)
                  for row in case_rows if row["name"] == name and row.get("mean_uncertainty") is not None]
         if not pairs:
             structures[name] = structure
@@ -313,9 +315,9 @@ def calibrate(
         structures[name] = structure.model_copy(update={"calibration": calibration})
     rates = dict(domain.flag_rates)
     if case_flags is not None:
-        for flag in (*CASE_FLAGS, "any"):
-            hit = [any(f.flag == flag or flag == "any" for f in flags) for flags in case_flags]
-            rates[flag] = round(float(np.mean(hit)), 4)
+        for flag in CASE_FLAGS:
+            rates[flag] = round(float(np.mean([any(f.flag == flag for f in flags) for flags in case_flags])), 4)
+        rates["any"] = round(float(np.mean([bool(flags) for flags in case_flags])), 4)
     return domain.model_copy(update={
         "structures": structures, "val_cases": len(rows), "flag_rates": rates,
         "shape_score": _quantiles(shape_scores) if shape_scores else domain.shape_score,
@@ -384,11 +386,12 @@ def input_flags(image: Volume, domain: TrainingDomain) -> list[CaseFlag]:
            for key, bounds in domain.intensity.items()
            if key in features and _outside(features[key], bounds, t.feature_margin, floor)]
     spacing = [f"{axis} spacing {s:.3g} mm (training {r.low:.3g}..{r.high:.3g})"
-               for axis, s, r in zip("xyz", image.spacing, domain.spacing_range)
+               for axis, s, r in zip("xyz", image.spacing, domain.spacing_range, strict=True)
                if s < r.low / t.spacing_factor or s > r.high * t.spacing_factor]
     flags = []
     if far:
-        flags.append(CaseFlag(flag=OUT_OF_DISTRIBUTION, reason="intensity fingerprint far outside training: " + ", ".join(far)))
+        reason = "intensity fingerprint far outside training: " + ", ".join(far)
+        flags.append(CaseFlag(flag=OUT_OF_DISTRIBUTION, reason=reason))
     if spacing:
         flags.append(CaseFlag(flag=OUT_OF_DISTRIBUTION, reason="spacing far outside training: " + ", ".join(spacing)))
     return flags
@@ -408,11 +411,12 @@ def structure_flags(row: Mapping[str, Any], domain: TrainingDomain) -> list[tupl
     volume, bounds = float(row["volume_ml"]), structure.volume_ml
     too_small = volume < bounds.low / (1 + t.volume_margin) and not row.get("touches_border")
     if too_small or volume > bounds.high * (1 + t.volume_margin):
-        flags.append((IMPLAUSIBLE_VOLUME, f"{row['name']} {volume:.1f} mL (training {bounds.low:.1f}..{bounds.high:.1f} mL)"))
+        training = f"training {bounds.low:.1f}..{bounds.high:.1f} mL"
+        flags.append((IMPLAUSIBLE_VOLUME, f"{row['name']} {volume:.1f} mL ({training})"))
     calibration, uncertainty = structure.calibration, row.get("mean_uncertainty")
     if calibration is not None and uncertainty is not None and uncertainty > calibration.high_uncertainty:
-        flags.append((HIGH_UNCERTAINTY, f"{row['name']} mean uncertainty {uncertainty:.3f} > {calibration.high_uncertainty:.3f} "
-                                        f"(rate {calibration.flag_rate:.0%} on validation)"))
+        flags.append((HIGH_UNCERTAINTY, f"{row['name']} mean uncertainty {uncertainty:.3f} > "
+                                        f"{calibration.high_uncertainty:.3f} (rate {calibration.flag_rate:.0%} on validation)"))
     return flags
 
 
@@ -436,5 +440,6 @@ def output_flags(rows: list[dict[str, Any]], domain: TrainingDomain) -> list[Cas
 def domain_summary(domain: TrainingDomain) -> str:
     """One line on what the model was trained on, for the report and the model card."""
     r = domain.spacing_range
-    return (f"{domain.modality}, {domain.task} ({domain.body_region}); {domain.dataset}, {domain.cases} training cases; "
+    return (f"{domain.modality}, {domain.task} ({domain.body_region}); "
+            f"{domain.dataset}, {domain.cases} training cases; "
             f"spacing {r[0].low:g}-{r[0].high:g} x {r[1].low:g}-{r[1].high:g} x {r[2].low:g}-{r[2].high:g} mm")

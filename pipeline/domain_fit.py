@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from deconvseg.pipeline.checkpoints import ENSEMBLE, read_json
-
 from deconvseg.pipeline.domain import (
     CaseFlag,
     TrainingDomain,
@@ -80,7 +79,8 @@ def measure_case(case: Case, ensemble: Ensemble, domain: TrainingDomain, config:
     """Segment one labelled case with the ensemble and run every check on it."""
     if case.label is None:
         raise ValueError(f"{case.case_id}: calibration needs labelled cases")
-    flags = check_applicability(case.image, domain, ensemble.name, allow_mismatch=True) + input_flags(case.image, domain)
+    flags = check_applicability(case.image, domain, ensemble.name, allow_mismatch=True)
+    flags += input_flags(case.image, domain)
     result = segment_case(case.image, ensemble, config)
     rows = compute_stats(case.image, result.labels, result.table, result.uncertainty)
     flags += output_flags(rows, domain)

@@ -37,7 +37,9 @@ def _ensemble(with_domain: bool = True) -> Ensemble:
                         task="liver (test)", body_region="phantom", dataset="test phantoms", spacing=(4.0, 4.0, 6.0))
     spec = {"labels": TABLE.to_json(), "out_channels": 2, "spacing": [4.0, 4.0, 6.0], "patch_size": [8, 16, 16],
             "normalization": {"scheme": "ct", "clip": [-200.0, 300.0], "mean": 0.0, "std": 100.0}}
-    settings = {"name": "liver-test", "domain": domain.model_dump(mode="json")} if with_domain else {"name": "liver-test"}
+    settings = {"name": "liver-test"}
+    if with_domain:
+        settings["domain"] = domain.model_dump(mode="json")
     return Ensemble.from_networks([(Window(), spec)], settings)
 
 

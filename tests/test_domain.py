@@ -136,7 +136,8 @@ def test_empty_structure_always_present_in_training_is_missing(ct_domain):
     no_spleen = label.with_array(np.where(label.array == 2, 0, label.array).astype(np.uint8))
     rows = _rows(ct, no_spleen)
     flags = output_flags(rows, ct_domain)
-    assert [f.flag for f in flags] == ["missing_structure"] and flags[0].reason == "spleen empty (in 100% of training labels)"
+    assert [f.flag for f in flags] == ["missing_structure"]
+    assert flags[0].reason == "spleen empty (in 100% of training labels)"
     assert {r["name"]: r["flags"] for r in rows}["spleen"] == ["missing_structure"]
 
 
@@ -168,4 +169,5 @@ def test_calibrated_high_uncertainty_marks_the_unusual_only(ct_domain):
 
 
 def test_case_flag_serialises_as_flag_and_reason():
-    assert CaseFlag(flag="out_of_distribution", reason="x").model_dump() == {"flag": "out_of_distribution", "reason": "x"}
+    flag = CaseFlag(flag="out_of_distribution", reason="x")
+    assert flag.model_dump() == {"flag": "out_of_distribution", "reason": "x"}

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
 from deconvseg.pipeline.domain import CaseFlag, TrainingDomain, output_flags
 from deconvseg.pipeline.errors import InputError
-from deconvseg.pipeline.files import atomic_folder
 from deconvseg.pipeline.export.dicom_seg import write_dicom_seg
 from deconvseg.pipeline.export.dicom_series import SeriesReference, prepare_reference
 from deconvseg.pipeline.export.grid import align_to_image
@@ -42,9 +42,9 @@ from deconvseg.pipeline.export.rtstruct import write_rtstruct
 from deconvseg.pipeline.pacs.naming import result_description
 from deconvseg.pipeline.export.seg_nrrd import write_seg_nrrd
 from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
-from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
 from deconvseg.pipeline.export.shape_qa import flag_structures, shape_entry, write_qa
 from deconvseg.pipeline.export.stats import StatsConfig, compute_stats, write_stats
+from deconvseg.pipeline.files import atomic_folder
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
 from deconvseg.pipeline.sanitize import deidentify_dataset

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import base64
 import html
-from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from deconvseg.pipeline.domain import INTENDED_USE
