@@ -415,8 +415,8 @@ def structure_flags(row: Mapping[str, Any], domain: TrainingDomain) -> list[tupl
         flags.append((IMPLAUSIBLE_VOLUME, f"{row['name']} {volume:.1f} mL ({training})"))
     calibration, uncertainty = structure.calibration, row.get("mean_uncertainty")
     if calibration is not None and uncertainty is not None and uncertainty > calibration.high_uncertainty:
-        flags.append((HIGH_UNCERTAINTY, f"{row['name']} mean uncertainty {uncertainty:.3f} > "
-                                        f"{calibration.high_uncertainty:.3f} (rate {calibration.flag_rate:.0%} on validation)"))
+        limit = f"{calibration.high_uncertainty:.3f} (rate {calibration.flag_rate:.0%} on validation)"
+        flags.append((HIGH_UNCERTAINTY, f"{row['name']} mean uncertainty {uncertainty:.3f} > {limit}"))
     return flags
 
 

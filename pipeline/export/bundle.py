@@ -235,8 +235,9 @@ def write_bundle(
         if isinstance(model, dict) and model:
             notes.append(f"model: {model.get('name') or model.get('dir', '?')} {model.get('version', '')}".strip())
         with _stage(timings, "report"):
-            about = replace(header or ReportHeader(model=notes[-1].removeprefix("model: ") if model else "unknown"),
-                            subject=subject_rows(image.metadata), deidentified=deidentify)
+            named = notes[-1].removeprefix("model: ") if model else "not recorded (a label map made elsewhere)"
+            about = replace(header or ReportHeader(model=named), subject=subject_rows(image.metadata),
+                            deidentified=deidentify)
             write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes,
                          shape=qa.get("shape"), viewer_url=extra.get("viewer_url"), header=about,
                          case_flags=qa["case_flags"])
