@@ -98,3 +98,30 @@ def test_shipped_cardiac_mr_model_refuses_the_totalsegmentator_ct(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {ct}: modality CT but model 'acdc'")
     assert "--allow-domain-mismatch" in lines[0]
     assert not out.exists()
+
+
+def test_batch_fails_a_mismatched_case_with_its_reason_unless_allowed(tmp_path, prefect_env):
+    from flows_support import TINY_SHAPE, TINY_SPACING, run, write_phantom, write_tiny_model
+
+    model = write_tiny_model(tmp_path / "model", members=1)
+    pairs = [make_phantom("CT", shape=TINY_SHAPE, spacing=TINY_SPACING, seed=s) for s in range(2)]
+    domain = fit_domain([p[0] for p in pairs], [p[1] for p in pairs], {1: "liver"}, modality="CT", task="test",
+                        body_region="phantom", dataset="tiny phantoms", spacing=TINY_SPACING)
+    (model / "ensemble.json").write_text(json.dumps({"name": "tiny-ct", "domain": domain.model_dump(mode="json")}))
+    source = tmp_path / "in"
+    write_phantom(source / "ct.nii.gz", seed=3)
+    mr, _ = make_phantom("MR", shape=TINY_SHAPE, spacing=TINY_SPACING, seed=3)
+    write_volume(mr, source / "mr.nii.gz")
+    cli = ["-c", "from deconvseg.flows.cli import app; app()", "batch", str(source), "--model", str(model), "--json"]
+
+    refused = run([*cli, "--out", str(tmp_path / "out")], prefect_env)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    rows = {r["case"]: r for r in json.loads(refused.stdout.strip().splitlines()[-1])["rows"]}
+    assert rows["mr"]["status"] == "failed" and "modality MR but model 'tiny-ct'" in rows["mr"]["reason"]
+    assert rows["ct"]["status"] == "segmented" and not (tmp_path / "out" / "mr").exists()
+
+    allowed = run([*cli, "--out", str(tmp_path / "allowed"), "--allow-domain-mismatch"], prefect_env)
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    summary = json.loads(allowed.stdout.strip().splitlines()[-1])
+    rows = {r["case"]: r for r in summary["rows"]}
+    assert rows["mr"]["case_flags"][0]["flag"] == "domain_mismatch" and "mr" in summary["needs_review"]
