@@ -116,12 +116,12 @@ def test_batch_fails_a_mismatched_case_with_its_reason_unless_allowed(tmp_path, 
 
     refused = run([*cli, "--out", str(tmp_path / "out")], prefect_env)
     assert refused.returncode == 1, refused.stderr[-2000:]
-    rows = {r["case"]: r for r in json.loads(refused.stdout.strip().splitlines()[-1])["rows"]}
+    rows = {r["case"]: r for r in json.loads((tmp_path / "out" / "batch.json").read_text())["rows"]}
     assert rows["mr"]["status"] == "failed" and "modality MR but model 'tiny-ct'" in rows["mr"]["reason"]
     assert rows["ct"]["status"] == "segmented" and not (tmp_path / "out" / "mr").exists()
 
     allowed = run([*cli, "--out", str(tmp_path / "allowed"), "--allow-domain-mismatch"], prefect_env)
     assert allowed.returncode == 0, allowed.stderr[-2000:]
-    summary = json.loads(allowed.stdout.strip().splitlines()[-1])
+    summary = json.loads((tmp_path / "allowed" / "batch.json").read_text())
     rows = {r["case"]: r for r in summary["rows"]}
     assert rows["mr"]["case_flags"][0]["flag"] == "domain_mismatch" and "mr" in summary["needs_review"]
