@@ -400,4 +400,5 @@ def train_ensemble(
             ensemble["postprocess"], ensemble["metrics"] = _fit_plan(config, data, ensemble)
     write_json_atomic(out / ENSEMBLE, ensemble)
     return write_domain(out, [c.original for c in data.train], [c.original for c in data.val],
-                        dataset=data.description["dataset"], config=InferenceConfig(threads=config.threads))
+                        dataset=data.description["dataset"],
+                        config=InferenceConfig(threads=config.threads, device=config.device))
