@@ -91,7 +91,8 @@ def phantom_fresh(work: Path, count: int, threads: int) -> dict:
         raise SystemExit(done.stderr)
     flags = {p.name.split(".")[0]: case_flags(work / "phantom-out" / p.name.split(".")[0]) for p in paths}
     return {"check": "phantom_fresh", "cases": count, "seeds": [300, 300 + count - 1],
-            "cases_with_case_flags": sum(bool(f) for f in flags.values()), "case_flags": {k: v for k, v in flags.items() if v}}
+            "cases_with_case_flags": sum(bool(f) for f in flags.values()),
+            "case_flags": {k: v for k, v in flags.items() if v}}
 
 
 def totalsegmentator_ct(work: Path, threads: int) -> dict:
@@ -101,7 +102,8 @@ def totalsegmentator_ct(work: Path, threads: int) -> dict:
     result["phantom_ct"] = {"exit": done.returncode, "line": done.stderr.strip().splitlines()[-1],
                             "case_flags": case_flags(work / "ts-phantom" / "example_ct")}
     refused = segment([ct], work / "ts-acdc", "acdc", threads)
-    result["acdc"] = {"exit": refused.returncode, "written": (work / "ts-acdc").exists(), "stderr": refused.stderr.strip()}
+    result["acdc"] = {"exit": refused.returncode, "written": (work / "ts-acdc").exists(),
+                      "stderr": refused.stderr.strip()}
     allowed = segment([ct], work / "ts-acdc-allowed", "acdc", threads, "--allow-domain-mismatch")
     result["acdc_allowed"] = {"exit": allowed.returncode, "line": allowed.stderr.strip().splitlines()[-1],
                               "case_flags": case_flags(work / "ts-acdc-allowed" / "example_ct")}

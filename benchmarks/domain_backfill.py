@@ -54,23 +54,30 @@ def card_section(domain: dict) -> str:
 
     record = TrainingDomain.model_validate(domain)
     t = record.thresholds
+    unit = "HU" if record.modality == "CT" else "SD after z-score"
+    checks = (
+        "Before inference a CT model refuses MR input and the reverse, and any input with another number of "
+        "channels (exit 2; `--allow-domain-mismatch` turns the refusal into a `domain_mismatch` flag). "
+        f"`out_of_distribution`: a fingerprint feature beyond its training range widened by {t.feature_margin:g} x "
+        f"the range + {t.feature_floor:g} ({unit}), or a spacing axis more than {t.spacing_factor:g}x outside the "
+        f"training range. `implausible_volume`: outside the training range by a factor {1 + t.volume_margin:g}. "
+        f"`missing_structure`: empty where at least {t.presence_for_missing:.0%} of training labels had it. "
+        f"`high_uncertainty` (a structure flag): above the {t.uncertainty_quantile:g} quantile of the structure's "
+        "mean uncertainty on the validation predictions.")
     lines = [CARD_START, "## Training domain and QA thresholds (`ensemble.json` key `domain`)", "",
-             f"**Made for:** {domain_summary(record)}. **Intended use:** {INTENDED_USE}.", "",
-             "Before inference a CT model refuses MR input and the reverse, and any input with another number of "
-             "channels (exit 2; `--allow-domain-mismatch` turns the refusal into a `domain_mismatch` flag). "
-             f"`out_of_distribution`: a fingerprint feature beyond its training range widened by {t.feature_margin:g} x "
-             f"the range + {t.feature_floor:g} ({'HU' if record.modality == 'CT' else 'SD after z-score'}), or a spacing "
-             f"axis more than {t.spacing_factor:g}x outside the training range. `implausible_volume`: outside the "
-             f"training range by a factor {1 + t.volume_margin:g}. `missing_structure`: empty where at least "
-             f"{t.presence_for_missing:.0%} of training labels had it. `high_uncertainty` (a structure flag): above the "
-             f"{t.uncertainty_quantile:g} quantile of the structure's mean uncertainty on the validation predictions.", "",
-             "| structure | training volume (mL) | presence | high_uncertainty above | val flag rate | Dice flagged / unflagged |",
+             f"**Made for:** {domain_summary(record)}. **Intended use:** {INTENDED_USE}.", "", checks, "",
+             "| structure | training volume (mL) | presence | high_uncertainty above | val flag rate "
+             "| Dice flagged / unflagged |",
              "|---|---|---|---|---|---|"]
     for name, s in record.structures.items():
         c = s.calibration
-        dice = "n/a" if c is None else f"{c.dice_flagged if c.dice_flagged is not None else 'n/a'} / {c.dice_unflagged}"
+        if c is None:
+            threshold = rate = dice = "n/a"
+        else:
+            threshold, rate = f"{c.high_uncertainty:.3f}", f"{c.flag_rate:.0%}"
+            dice = f"{c.dice_flagged if c.dice_flagged is not None else 'n/a'} / {c.dice_unflagged}"
         lines.append(f"| {name} | {s.volume_ml.low:.1f}-{s.volume_ml.high:.1f} | {s.presence:.0%} | "
-                     f"{'n/a' if c is None else f'{c.high_uncertainty:.3f}'} | {'n/a' if c is None else f'{c.flag_rate:.0%}'} | {dice} |")
+                     f"{threshold} | {rate} | {dice} |")
     rates = ", ".join(f"{flag} {rate:.0%}" for flag, rate in record.flag_rates.items())
     lines += ["", f"Case flags on the {record.val_cases} validation cases: {rates}. The thresholds were set on these "
               "same cases, so the rates are in-sample. Recompute: `.venv/bin/python benchmarks/domain_backfill.py`.",
@@ -102,7 +109,8 @@ def backfill(model: str, data: Path, cases_out: Path | None = None) -> dict:
     train, val, dataset = cases_for(model, data)
     start = time.perf_counter()
     measures = []
-    domain = fit_model_domain(train, val, ensemble, dataset=dataset, config=InferenceConfig(threads=torch.get_num_threads()), on_case=measures.append)
+    domain = fit_model_domain(train, val, ensemble, dataset=dataset,
+                              config=InferenceConfig(threads=torch.get_num_threads()), on_case=measures.append)
     if cases_out is not None:
         cases_out.mkdir(parents=True, exist_ok=True)
         (cases_out / f"{model}.json").write_text(json.dumps([
@@ -116,7 +124,8 @@ def backfill(model: str, data: Path, cases_out: Path | None = None) -> dict:
         "threshold": s.calibration.high_uncertainty, "flag_rate": s.calibration.flag_rate,
         "dice_flagged": s.calibration.dice_flagged, "dice_unflagged": s.calibration.dice_unflagged}
         for name, s in domain.structures.items()}
-    return {"model": model, "modality": domain.modality, "val_cases": domain.val_cases, "case_flag_rates": domain.flag_rates,
+    return {"model": model, "modality": domain.modality, "val_cases": domain.val_cases,
+            "case_flag_rates": domain.flag_rates,
             "high_uncertainty": per_structure, "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -140,7 +140,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              f"**{len(review)} need review** (case flags: the model may not apply).", ""]
     if review:
         lines += ["## Needs review (case flags)", ""]
-        lines += [f"- `{r['case']}`: " + "; ".join(f"{f['flag']} ({f['reason']})" for f in r["case_flags"]) for r in review]
+        lines += [f"- `{r['case']}`: " + "; ".join(f"{f['flag']} ({f['reason']})" for f in r["case_flags"])
+                  for r in review]
         lines += [""]
     failures = [r for r in rows if r["status"] == "failed"]
     if failures:

@@ -169,7 +169,8 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
     out_dir = Path(out).expanduser().resolve()
     cases = discover_cases(Path(source).expanduser())
     # A bundle made despite a domain mismatch must not be served from the cache to a run that refuses it.
-    overrides = {**settings.inference, "allow_domain_mismatch": True} if settings.allow_domain_mismatch else settings.inference
+    overrides = ({**settings.inference, "allow_domain_mismatch": True} if settings.allow_domain_mismatch
+                 else settings.inference)
     versions = {"model": model_version(model_dir), "config": config_version(overrides)}
     with batch_lock(out_dir):
         sweep_partial(out_dir, [item.case_id for item in cases])

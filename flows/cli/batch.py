@@ -78,7 +78,8 @@ def batch(
                                         "python -m http.server -d OUT), so the dashboard's report links open."),
     allow_domain_mismatch: bool = typer.Option(
         False, "--allow-domain-mismatch",
-        help="Segment inputs the model was not made for (other modality or channels), flagged, instead of failing them."),
+        help="Segment inputs the model was not made for (other modality or channels), flagged, "
+             "instead of failing them."),
 ) -> None:
     """Segment every case of SOURCE through the Prefect batch flow (cached, retried, isolated).
 

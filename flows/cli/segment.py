@@ -41,7 +41,8 @@ def segment(
                                   help="Fail a case whose reading and inference take longer (seconds)."),
     allow_domain_mismatch: bool = typer.Option(
         False, "--allow-domain-mismatch",
-        help="Segment an input the model was not made for (other modality or channels) and flag it, instead of refusing it."),
+        help="Segment an input the model was not made for (other modality or channels) and flag it, "
+             "instead of refusing it."),
 ) -> None:
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
     import torch

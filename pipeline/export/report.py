@@ -27,7 +27,8 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:90%}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f3f3f3}td.name{text-align:left}.swatch{display:inline-block;width:.9em;height:.9em;margin-right:.4em}
 .flag{color:#b00;font-weight:600}#case-flags{border:3px solid #c00;background:#fee;padding:.5em 1em;margin:1em 0}
-#about th{text-align:left}#about td{text-align:left}#empty{font-weight:600}figure{display:inline-block;margin:.5em}img{max-width:100%;border:1px solid #999}
+#about th{text-align:left}#about td{text-align:left}#empty{font-weight:600}
+figure{display:inline-block;margin:.5em}img{max-width:100%;border:1px solid #999}
 """
 
 
@@ -86,7 +87,8 @@ def _header_html(header: ReportHeader) -> str:
     subject = list(header.subject) if not header.deidentified else [("patient ID", "none (de-identified)")]
     rows = [("model", header.model), ("trained on", header.trained_on or "not recorded for this model"),
             ("intended use", header.intended_use), *(subject or [("patient ID", "none in the input")])]
-    return "<table id='about'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows) + "</table>"
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table id='about'>{cells}</table>"
 
 
 def _case_flags_html(case_flags: list[Mapping[str, str]]) -> str:
