@@ -257,7 +257,7 @@ def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_
         case_task = pacs_series.with_options(retries=settings.retries,
                                              retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
         case_config = {"inference": {**settings.case_inference(settings.max_workers), "threads": settings.threads},
-                       "timeout_s": settings.case_timeout_s}
+                       "timeout_s": settings.case_timeout_s, "allow_domain_mismatch": settings.allow_domain_mismatch}
         futures = {}
         for case, series in cases.items():
             future = case_task.submit(series, case, url, auth, verify_tls, str(out_dir), model_dir, versions,
