@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from deconvseg.pipeline.autoencoding.guard_training import (
     refinement_study,
     train_shape_guard,
 )
+from deconvseg.pipeline.volume import Volume
 
 
 @task(name="read-mnist")
@@ -91,7 +92,7 @@ def autoencoder_comparison(
 @task(name="read-acdc-labels")
 def read_labels_task(root: str, split: str) -> list[np.ndarray]:
     """Label arrays ``[z, y, x]`` of an ACDC split (wraps ``read_acdc``)."""
-    return [case.label.array for case in read_acdc(root, split)]
+    return [cast(Volume, case.label).array for case in read_acdc(root, split)]  # ACDC cases always carry a label
 
 
 @task(name="train-shape-guard")

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
 from deconvseg.pipeline.files import write_json_atomic
 
 if TYPE_CHECKING:
+    from uuid import UUID
+
     from deconvseg.pipeline.case import CaseSummary
 
 
@@ -186,8 +188,8 @@ class Progress:
         from prefect.artifacts import create_progress_artifact
 
         self.total, self.done = max(total, 1), 0
-        self.artifact_id = create_progress_artifact(
-            0.0, key=f"{key}-progress", description=f"cases finished of {total}")
+        self.artifact_id = cast("UUID", create_progress_artifact(  # sync context: not a coroutine
+            0.0, key=f"{key}-progress", description=f"cases finished of {total}"))
 
     def advance(self) -> None:
         from prefect.artifacts import update_progress_artifact

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from deconvseg.flows.inputs import BatchConfig
 from deconvseg.pipeline.config import Settings
@@ -44,8 +44,7 @@ class PacsAuth(Settings):
             ConfigError: the variable is unset or the block cannot be loaded.
         """
         secret = None
-        if self.password_env or self.token_env:
-            name = self.password_env or self.token_env
+        if name := self.password_env or self.token_env:
             secret = os.environ.get(name)
             if not secret:
                 raise ConfigError(f"environment variable {name} is unset or empty; export it with the "
@@ -54,7 +53,7 @@ class PacsAuth(Settings):
             from prefect.blocks.system import Secret
 
             try:
-                secret = Secret.load(self.secret_block).get()
+                secret = cast(Secret, Secret.load(self.secret_block)).get()  # sync context: not a coroutine
             except ValueError as err:
                 raise ConfigError(f"Prefect Secret block {self.secret_block!r} not found; create it with "
                                   "prefect.blocks.system.Secret(value=...).save(NAME)") from err

@@ -26,7 +26,7 @@ def triple(size: Size3, name: str = "size") -> tuple[int, int, int]:
     values = (size,) * 3 if isinstance(size, int) else tuple(int(s) for s in size)
     if len(values) != 3 or min(values) < 1:
         raise ValueError(f"{name} must be a positive int or three positive ints (z, y, x), got {size!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def per_level(sizes: Sequence[Size3] | None, count: int, default: int, name: str) -> list[tuple[int, int, int]]:
@@ -89,7 +89,7 @@ class ConvBlock(nn.Sequential):
         kernel = triple(kernel_size, "kernel_size")
         if any(k % 2 == 0 for k in kernel) or n_convs < 1:
             raise ValueError(f"kernel sizes must be odd and n_convs >= 1, got {kernel}, {n_convs}")
-        padding = tuple(k // 2 for k in kernel)
+        padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
         conv = nn.ConvTranspose3d if transposed else nn.Conv3d
         mid = mid_channels or out_channels
         layers: list[nn.Module] = []

@@ -20,6 +20,8 @@ Wiener estimate rather than the whole image. ``forward`` returns the image estim
 from __future__ import annotations
 
 
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -59,8 +61,10 @@ class DeblurCNN(nn.Module):
         )
         self.residual = residual
         if residual:  # start from the deconvolution estimate itself
-            nn.init.zeros_(self.outlier[-1].weight)
-            nn.init.zeros_(self.outlier[-1].bias)
+            last = cast(nn.Conv2d, self.outlier[-1])
+            nn.init.zeros_(last.weight)
+            assert last.bias is not None  # nn.Conv2d's default bias=True
+            nn.init.zeros_(last.bias)
         self.crop = (outlier_kernel + out_kernel - 2) // 2
         self.shrink = length - 1 + 2 * self.crop
 

@@ -17,6 +17,7 @@ so the two differ only in how they upsample.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -69,9 +70,10 @@ class FCN3d(nn.Module):
         self.score = nn.ModuleList(nn.Conv3d(w, fuse, kernel_size=1) for w in widths)
         self.up = nn.ModuleList(nn.ConvTranspose3d(fuse, fuse, p, stride=p, bias=False) for p in self.pool_sizes)
         for up in self.up:  # start as nearest-neighbour upsampling, as FCN starts from bilinear
+            weight = cast(nn.ConvTranspose3d, up).weight
             with torch.no_grad():
-                up.weight.zero_()
-                up.weight[torch.arange(fuse), torch.arange(fuse)] = 1.0
+                weight.zero_()
+                weight[torch.arange(fuse), torch.arange(fuse)] = 1.0
         self.head = nn.Identity() if fuse_channels is None else nn.Conv3d(fuse, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

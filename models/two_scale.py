@@ -20,6 +20,7 @@ features and fused by a conv block into logits of ``local``'s shape.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class TwoScaleNet(nn.Module):
         super().__init__()
         self.context_factor = list(triple(context_factor, "context_factor"))
         context_widths = list(context_widths or widths)
-        shared = dict(in_channels=in_channels, kernel_sizes=kernel_sizes, norm=norm, skip=skip,
+        shared: dict[str, Any] = dict(in_channels=in_channels, kernel_sizes=kernel_sizes, norm=norm, skip=skip,
                       convs_per_block=convs_per_block)
         self.local = DeconvNet3d(widths=widths, pool_sizes=pool_sizes, **shared)
         self.context = DeconvNet3d(

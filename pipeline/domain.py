@@ -206,7 +206,7 @@ def _range(values: Iterable[float]) -> Range:
     return Range(low=float(min(values)), high=float(max(values)))
 
 
-def _quantiles(values: Sequence[float]) -> dict[str, float]:
+def _quantiles(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     array = np.asarray(values, dtype=float)
     return {"p50": round(float(np.quantile(array, 0.5)), 5), "p90": round(float(np.quantile(array, 0.9)), 5),
             "max": round(float(array.max()), 5)}

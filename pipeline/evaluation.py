@@ -22,6 +22,7 @@ from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.metrics import aggregate, label_metrics
 from deconvseg.pipeline.postprocess import apply_plan, choose_steps
 from deconvseg.pipeline.segment import InferenceConfig, segment_case
+from deconvseg.pipeline.volume import Volume
 
 
 def read_eval_cases(data: str | Path, split: str | Path | None = None) -> list[Case]:
@@ -51,6 +52,13 @@ def read_eval_cases(data: str | Path, split: str | Path | None = None) -> list[C
     if missing:
         raise InputError(data, f"{len(missing)} cases have no label (e.g. {missing[0]})", "evaluate on labelled cases")
     return cases
+
+
+def _label(case: Case) -> Volume:
+    """``case.label``, which evaluation needs (``read_eval_cases`` rejects unlabelled cases)."""
+    if case.label is None:
+        raise InputError(case.case_id, "case has no label map", "evaluate on labelled cases")
+    return case.label
 
 
 def predict_cases(
@@ -88,7 +96,7 @@ def fit_postprocess(
     """
     unrefined = config.model_copy(update={"refine": False})
     predictions, seconds = predict_cases(cases, ensemble, unrefined)
-    references = [case.label.array for case in cases]
+    references = [_label(case).array for case in cases]
     spacings = [case.image.spacing for case in cases]
     plan = choose_steps(predictions, references, spacings, candidates)
     refined = [apply_plan(p, plan, s) for p, s in zip(predictions, spacings)]
@@ -101,7 +109,7 @@ def score_predictions(cases: Sequence[Case], predictions: Sequence[np.ndarray], 
     """``deconvseg.pipeline.metrics.aggregate`` of per-case ``label_metrics``, plus ``per_case`` Dice."""
     results, per_case = [], {}
     for case, pred in zip(cases, predictions):
-        metrics = label_metrics(pred, case.label.array, table, case.image.spacing)
+        metrics = label_metrics(pred, _label(case).array, table, case.image.spacing)
         results.append(metrics)
         per_case[case.case_id] = {"dice": metrics["dice"], "mean_dice": metrics["mean_dice"]}
     summary = aggregate(results)

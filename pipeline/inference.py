@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -146,12 +147,14 @@ def sliding_window(
             if context_factor is not None:
                 centers = [[s + p // 2 - b for s, p, b in zip(start, patch, before)] for start in group]
                 inputs.append(torch.from_numpy(np.stack([context_crop(source, c, patch, context_factor) for c in centers])))
-            out = sum(_flip(predictor(*[_flip(x, f) for x in inputs]).float(), f) for f in flips) / len(flips)
+            total = cast(torch.Tensor, sum(_flip(predictor(*[_flip(x, f) for x in inputs]).float(), f) for f in flips))
+            out = total / len(flips)
             if acc is None:
                 acc = torch.zeros((out.shape[1], *full), dtype=torch.float32)
             for box, window in zip(boxes, out):
                 acc[(slice(None), *box)] += window * weight
                 norm[box] += weight
+        assert acc is not None  # window_starts gives at least one window per axis
         acc /= norm
     crop = tuple(slice(b, b + s) for b, s in zip(before, shape))
     return acc[(slice(None), *crop)].contiguous()

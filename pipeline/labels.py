@@ -10,6 +10,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -133,7 +134,7 @@ def palette() -> tuple[tuple[int, int, int], ...]:
         pick = int(np.argmax(distance))
         chosen.append(pick)
         distance = np.minimum(distance, np.linalg.norm(lab - lab[pick], axis=1))
-    return tuple(tuple(int(v) for v in grid[i]) for i in chosen)
+    return tuple(cast(tuple[int, int, int], tuple(int(v) for v in grid[i])) for i in chosen)  # rows of 3 channels
 
 
 PALETTE_SIZE = 128

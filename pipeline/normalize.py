@@ -109,7 +109,7 @@ def normalize(volume: Volume, spec: dict) -> Volume:
     scheme = spec.get("scheme")
     # float32 arithmetic (in place on one new array) unless the input carries more precision.
     wide = volume.array.dtype.itemsize > 4 or (volume.array.dtype.itemsize == 4 and volume.array.dtype.kind != "f")
-    out = volume.array.astype(np.float64 if wide else np.float32)
+    out: np.ndarray = volume.array.astype(np.float64 if wide else np.float32)
     if scheme == "ct":
         np.clip(out, *spec["clip"], out=out)
         out -= spec["mean"]

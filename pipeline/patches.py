@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from types import EllipsisType
+from typing import cast
 
 import numpy as np
 
@@ -41,7 +43,8 @@ def crop_patch(array: np.ndarray, center: Sequence[int], size: Sequence[int], pa
     """
     spatial = array.shape[-3:]
     out = np.full(array.shape[:-3] + tuple(size), pad_value, dtype=array.dtype)
-    src, dst = [], []
+    src: list[slice] = []
+    dst: list[slice] = []
     for c, s, n in zip(center, size, spatial):
         start = int(c) - int(s) // 2
         lo, hi = max(start, 0), min(start + int(s), n)
@@ -49,7 +52,9 @@ def crop_patch(array: np.ndarray, center: Sequence[int], size: Sequence[int], pa
             return out
         src.append(slice(lo, hi))
         dst.append(slice(lo - start, hi - start))
-    out[(..., *dst)] = array[(..., *src)]
+    to: tuple[EllipsisType | slice, ...] = (..., *dst)
+    frm: tuple[EllipsisType | slice, ...] = (..., *src)
+    out[to] = array[frm]
     return out
 
 
@@ -169,7 +174,7 @@ class PatchSampler:
         items = [self.sample(rng, foreground=i < n_fg) for i in range(batch_size)]
         images = np.stack([it[0] for it in items])[:, None].astype(np.float32)
         labels = np.stack([it[1] for it in items]).astype(np.int64)
-        context = np.stack([it[2] for it in items])[:, None] if self.context_factor else None
+        context = np.stack([cast(np.ndarray, it[2]) for it in items])[:, None] if self.context_factor else None
         fg = np.arange(batch_size) < n_fg
         return Batch(images, labels, context, fg, tuple(it[3] for it in items))
 

@@ -19,7 +19,7 @@ standard deviation ``blur_mm``) and carry additive Gaussian noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -181,7 +181,7 @@ def make_phantom(
     else:
         image = np.abs(image)  # magnitude images are non-negative (Rician-like background)
 
-    geometry = {"spacing": spacing, "origin": (x[0], y[0], z[0]), "direction": np.eye(3)}
+    geometry: dict[str, Any] = {"spacing": spacing, "origin": (x[0], y[0], z[0]), "direction": np.eye(3)}
     common = {"modality": modality, "source": f"phantom:{modality}:seed={seed}", "seed": seed}
     volumes = {PHANTOM_LABELS[o.value].name: o.volume_ml for o in organs}
     return (

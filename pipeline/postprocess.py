@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import cc3d
 import numpy as np
@@ -157,7 +157,8 @@ def choose_steps(
         ``{"steps": [...accepted, with dice_before/dice_after...], "rejected": [...], "dice": {class: dice}}``,
         JSON-able, for ``model.json``/``ensemble.json`` ``postprocess``.
     """
-    spacings = [tuple(spacing)] * len(predictions) if np.ndim(spacing) == 1 else [tuple(s) for s in spacing]
+    spacings: list[Spacing] = ([cast(Spacing, tuple(spacing))] * len(predictions) if np.ndim(spacing) == 1
+                               else [cast(Spacing, tuple(s)) for s in cast(Sequence[Spacing], spacing)])
     if classes is None:
         classes = sorted({int(v) for ref in references for v in np.unique(ref) if v != 0})
     current = [np.asarray(p) for p in predictions]

@@ -82,7 +82,7 @@ def resample_to_spacing(
     # Pass 1: in-plane to the target spacing, the thick axis untouched (samples on its slices).
     partial_spacing = list(spacing)
     partial_spacing[thick] = volume.spacing[thick]
-    partial = grid_at_spacing(volume, tuple(partial_spacing))
+    partial = grid_at_spacing(volume, (partial_spacing[0], partial_spacing[1], partial_spacing[2]))
     in_plane = resample_to_grid(volume, partial, order=order, threads=threads)
     # Pass 2: along the thick axis only, with its own order.
     return resample_to_grid(in_plane, target, order=order_thick, threads=threads)
@@ -180,7 +180,8 @@ def _slab(values: np.ndarray, axes: list[_Axis], part: slice, rows: slice = slic
     if y.scale and x.scale:
         channels, depth = block.shape[:2]
         flat = block.reshape(1, channels * depth, *block.shape[2:])
-        short = [max(math.ceil(a.size / a.scale) - n, 0) for a, n in zip((y, x), flat.shape[2:])]
+        short = [max(math.ceil(a.size / scale) - n, 0)
+                 for a, scale, n in zip((y, x), (y.scale, x.scale), flat.shape[2:])]
         if any(short):  # one replicated voxel lets floor(n * scale) reach the target size
             flat = F.pad(flat, (0, short[1], 0, short[0]), mode="replicate")
         plane = F.interpolate(flat, scale_factor=(y.scale, x.scale), mode="bilinear", align_corners=False,
@@ -190,11 +191,11 @@ def _slab(values: np.ndarray, axes: list[_Axis], part: slice, rows: slice = slic
             return plane.numpy()
         torch.from_numpy(out).copy_(plane)
         return out
-    block = block.numpy()
-    block = torch.lerp(torch.from_numpy(np.take(block, y.lower[rows], axis=2)),
-                       torch.from_numpy(np.take(block, y.upper[rows], axis=2)), torch.from_numpy(y.weight[rows][:, None]))
-    block = block.numpy()
-    low, high = torch.from_numpy(np.take(block, x.lower[cols], axis=3)), torch.from_numpy(np.take(block, x.upper[cols], axis=3))
+    array = block.numpy()
+    block = torch.lerp(torch.from_numpy(np.take(array, y.lower[rows], axis=2)),
+                       torch.from_numpy(np.take(array, y.upper[rows], axis=2)), torch.from_numpy(y.weight[rows][:, None]))
+    array = block.numpy()
+    low, high = torch.from_numpy(np.take(array, x.lower[cols], axis=3)), torch.from_numpy(np.take(array, x.upper[cols], axis=3))
     if out is None:
         return torch.lerp(low, high, torch.from_numpy(x.weight[cols])).numpy()
     torch.lerp(low, high, torch.from_numpy(x.weight[cols]), out=torch.from_numpy(out))
@@ -268,7 +269,7 @@ def restore_labels(
         block = _gather(labels, axes, part)
         boundary = ~_gather(uniform, axes, part)
         if boundary.mean() > dense_fraction:
-            rows, cols = (_span(boundary.any(axis=axis)) for axis in ((0, 2), (0, 1)))
+            rows, cols = (_span(np.asarray(boundary.any(axis=axis))) for axis in ((0, 2), (0, 1)))
             block[:, rows, cols] = values[_slab(scores, axes, part, rows, cols).argmax(0)]
         elif boundary.any():
             index = np.nonzero(boundary)

@@ -204,13 +204,13 @@ def member_probabilities(image: Volume, ensemble: Ensemble, config: InferenceCon
             logits = sliding_window(volume.array[box], predictor, spec.patch_size, overlap=config.overlap,
                                     batch_size=config.batch_size, mirror_axes=config.mirror_axes,
                                     context_factor=spec.context_factor)
-            member = np.zeros((logits.shape[0], *volume.shape), dtype=np.float32)
-            member[0] = 1.0
-            member[(slice(None), *box)] = torch.softmax(logits, dim=0).numpy()
+            probs = np.zeros((logits.shape[0], *volume.shape), dtype=np.float32)
+            probs[0] = 1.0
+            probs[(slice(None), *box)] = torch.softmax(logits, dim=0).numpy()
         if not volume.same_grid(grid):
             with _timed(timings, "resample"):
-                member = restore_map(member, volume, grid, config.slab)
-        probabilities.append(member)
+                probs = restore_map(probs, volume, grid, config.slab)
+        probabilities.append(probs)
     return np.stack(probabilities), grid  # type: ignore[return-value]
 
 
@@ -250,7 +250,7 @@ def segment_case(
 
     with _timed(timings, "fusion"):
         rule = config.fusion or settings.fusion
-        weights = settings.weights
+        weights: list[float] | list[list[float]] | np.ndarray | None = settings.weights
         if rule == "weighted_mean" and weights is None:
             weights = dice_weights([spec.metrics for spec in ensemble.specs], table.names)
         fused = fuse(stack, rule, None if weights is None else np.asarray(weights, dtype=np.float32))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 Kind = Literal["image", "label"]
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -51,12 +52,12 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """Array shape, ``(z, y, x)``."""
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        return tuple(self.array.shape)
 
     @property
     def size(self) -> tuple[int, int, int]:
         """Number of voxels along x, y, z (SimpleITK's ``GetSize``)."""
-        return tuple(reversed(self.array.shape))  # type: ignore[return-value]
+        return tuple(reversed(self.array.shape))
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -80,7 +81,7 @@ class Volume:
         affine[:3, :] = LPS_TO_RAS @ affine[:3, :]
         return affine
 
-    def index_to_world(self, ijk: np.ndarray) -> np.ndarray:
+    def index_to_world(self, ijk: npt.ArrayLike) -> np.ndarray:
         """World (LPS) points of voxel indices given as rows of ``(i, j, k)`` in x, y, z order."""
         ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
         return ijk @ (self.direction @ np.diag(self.spacing)).T + np.asarray(self.origin)

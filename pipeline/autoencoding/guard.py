@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cc3d
 import numpy as np
@@ -276,7 +276,7 @@ def load_shape_guard(folder: str | Path) -> ShapeGuard:
     meta = json.loads(meta_path.read_text())
     if meta.get("arch") != "shape_autoencoder3d":
         raise InputError(meta_path, f"arch is {meta.get('arch')!r}, not 'shape_autoencoder3d'", "pass a shape-guard folder")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["arch_kwargs"].items()}
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["arch_kwargs"].items()}
     model = ShapeAutoencoder3D(**kwargs)
     try:
         model.load_state_dict(load_file(str(weights_path)))

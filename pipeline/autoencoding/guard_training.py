@@ -145,7 +145,7 @@ def plausibility_study(
     return result
 
 
-def _terms(p: Plausibility) -> tuple:
+def _terms(p: Plausibility) -> tuple[dict[int, float], dict[int, float], float, float, float, dict[int, float]]:
     """The arguments of ``combine`` held by ``p``."""
     return p.dice, p.stray_ml, p.enclosed_background_ml, p.exposed_wall_ml, p.concavity_ml, p.disagreement_ml
 
@@ -182,7 +182,7 @@ def calibrate_plausibility(
         update = {"volume_scale_ml": scale, "wall_weight": wall, "concavity_weight": concave, "disagreement_weight": weight}
         config = guard.plausibility.model_copy(update=update)
         scores = {kind: [combine(*_terms(p), config) for p in ps] for kind, ps in terms.items()}
-        auc = {kind: roc_auc(scores["reference"], scores[kind]) for kind in KINDS}
+        auc: dict[str, float] = {kind: roc_auc(scores["reference"], scores[kind]) for kind in KINDS}
         auc["all"] = roc_auc(scores["reference"], [v for kind in KINDS for v in scores[kind]])
         grid.append((config, auc))
     worst = max(min(auc[kind] for kind in KINDS) for _, auc in grid)

@@ -8,6 +8,7 @@ lecture: ``y = x * k``). ``parse_psf("disk:7")`` turns the CLI/config spelling i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +108,7 @@ def parse_psf(spec: str) -> np.ndarray:
         except ValueError as err:
             raise InputError(path, f"not a usable PSF ({err})", "save a 2D non-negative array with odd sides") from err
     kind, _, rest = spec.partition(":")
-    builders = {"disk": disk_psf, "gaussian": gaussian_psf, "motion": motion_psf}
+    builders: dict[str, Callable[..., np.ndarray]] = {"disk": disk_psf, "gaussian": gaussian_psf, "motion": motion_psf}
     forms = "disk:7, gaussian:2.0, motion:15:30 or a .npy file"
     if kind not in builders or not rest:
         raise ConfigError(f"psf '{spec}': unknown form; use {forms}")

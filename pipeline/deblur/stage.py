@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, cast
 
 import numpy as np
 
@@ -78,10 +78,11 @@ def make_restorer(
         logger.info("k† %s, rank %d keeps %.5f of its energy", kdag.shape, sep.rank, sep.retained)
         return lambda image: classical.apply_separable(image, sep)
     if method == "dcnn":
-        from deconvseg.models.deblur_cnn import deblur_cnn_image
+        from deconvseg.models.deblur_cnn import DeblurCNN, deblur_cnn_image
         from deconvseg.pipeline.checkpoints import load_checkpoint
 
-        model, _ = load_checkpoint(config.weights or find_dcnn_weights(psf))
+        network, _ = load_checkpoint(config.weights or find_dcnn_weights(psf))
+        model = cast(DeblurCNN, network)  # a deblur checkpoint holds a DeblurCNN
         return lambda image: deblur_cnn_image(model, image)
     restorers: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "wiener": lambda image: classical.wiener(image, psf, config.nsr),

@@ -96,7 +96,7 @@ def _training_pairs(
         y0, x0 = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
         for _ in range(cfg.copies):
             turn = rng.integers(8)  # one of the 8 flips/rotations of the square
-            sharp = np.rot90(image[y0 : y0 + h, x0 : x0 + w], turn % 4)
+            sharp = np.rot90(image[y0 : y0 + h, x0 : x0 + w], int(turn % 4))
             degraded, reference = degrade(sharp.T if turn >= 4 else sharp, rng)
             with torch.inference_mode():
                 features = model.deconvolve(torch.from_numpy(degraded.astype(np.float32))[None, None])[0]
@@ -150,7 +150,8 @@ def train_deblur_cnn(
     model.to(device)
     optimiser = torch.optim.Adam(model.outlier.parameters(), lr=cfg.lr)
     scaler = amp.scaler()
-    step, losses = 0, []
+    step = 0
+    losses: list[float] = []
 
     def metadata() -> dict[str, Any]:
         return {"degradation": cfg.degradation, "training": {

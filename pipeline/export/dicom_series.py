@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.files import array_digest, file_digest
@@ -154,7 +154,7 @@ def assign_uids(datasets: list[Dataset], content_hashes: list[str]) -> list[Data
             meta_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
             ds.SOPClassUID = meta_class or _SOP_CLASS.get(str(ds.get("Modality", "")), CTImageStorage)
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         out.append(ds)
     return out
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -85,7 +85,8 @@ def read_cases(config: DataConfig) -> tuple[list[Case], list[Case], LabelTable, 
         root = Path(config.root)
         train = read_acdc(root, _split_path(root, config.train_split))
         val = read_acdc(root, _split_path(root, config.val_split))
-        desc = {"dataset": "ACDC (SSL4MIS HDF5)", "train_split": config.train_split, "val_split": config.val_split}
+        desc: dict[str, Any] = {"dataset": "ACDC (SSL4MIS HDF5)", "train_split": config.train_split,
+                                "val_split": config.val_split}
         return train, val, ACDC, desc
     p = config.phantom
     seeds = list(range(p.seed, p.seed + p.n_train + p.n_val))
@@ -116,12 +117,12 @@ def load_training_data(config: DataConfig) -> TrainingData:
     """Read the cases, fit the normalisation on the training images, prepare every case."""
     train, val, labels, desc = read_cases(config)
     spec = fit_normalization(config.normalization, [c.image for c in train], [c.label for c in train])
-    spacing = tuple(config.spacing) if config.spacing else train[0].image.spacing
+    spacing = cast(tuple[float, float, float], tuple(config.spacing)) if config.spacing else train[0].image.spacing
     return TrainingData(
         train=[prepare_case(c, spec, spacing) for c in train],
         val=[prepare_case(c, spec, spacing) for c in val],
         labels=labels,
-        spacing=spacing,  # type: ignore[arg-type]
+        spacing=spacing,
         normalization=spec,
         description=desc,
     )
