@@ -133,7 +133,8 @@ def test_truncated_dicom_pixel_data(tmp_path):
     write_series(tmp_path / "s", np.zeros((3, 64, 64), np.int16))
     victim = sorted((tmp_path / "s").iterdir())[1]
     victim.write_bytes(victim.read_bytes()[:-4000])
-    refused(tmp_path / "s", r"pixel data of the series cannot be decoded")
+    message = refused(tmp_path / "s", r"pixel data cannot be decoded")
+    assert message.startswith(f"{victim}: "), message  # the damaged slice, not the folder
 
 
 def test_writes_that_fail_leave_nothing_behind(tmp_path):

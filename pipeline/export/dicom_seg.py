@@ -15,6 +15,7 @@ from pydicom.sr.codedict import codes
 
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.export.dicom_series import SeriesReference, deterministic_uid
+from deconvseg.pipeline.export.dense import dense_labels, index_of
 from deconvseg.pipeline.files import array_digest, atomic_file
 from deconvseg.pipeline.labels import Label, LabelTable
 from deconvseg.pipeline.volume import Volume
@@ -79,10 +80,11 @@ def write_dicom_seg(
     if labels.shape != (len(reference.datasets), rows, cols):
         raise InputError(path, f"label map shape {labels.shape} does not match the series "
                          f"({len(reference.datasets)}, {rows}, {cols})", "resample the labels onto the image grid")
-    lut = np.zeros(int(labels.array.max()) + 1, dtype=np.uint8 if len(present) < 256 else np.uint16)
+    index, keys = dense_labels(labels.array)
+    lut = np.zeros(len(keys), dtype=np.uint8 if len(present) < 256 else np.uint16)
     for number, label in enumerate(present, start=1):
-        lut[label.value] = number
-    segment_map = lut[labels.array]
+        lut[index_of(keys, label.value)] = number
+    segment_map = lut[index]
     algorithm = hd.AlgorithmIdentificationSequence(
         name="deconvseg", family=codes.cid7162.ArtificialIntelligence, version=software_version
     )

@@ -12,21 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from deconvseg.pipeline.files import atomic_file
+from deconvseg.pipeline.io.checks import check_label_values, label_dtype
 from deconvseg.pipeline.io.volumes import write_volume
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.volume import Volume
 
 
-def label_dtype(labels: Volume) -> type[np.integer]:
-    """The smallest unsigned type that holds every label value."""
-    return np.uint8 if int(labels.array.max(initial=0)) < 256 else np.uint16
-
-
 def write_labels_nifti(path: str | Path, labels: Volume) -> Path:
-    """Write the label map as an unsigned-integer NIfTI (``labels.nii.gz``)."""
-    if int(labels.array.min(initial=0)) < 0:
-        raise ValueError("label maps must not hold negative values")
-    return write_volume(labels.with_array(labels.array.astype(label_dtype(labels))), path)
+    """Write the label map as ``labels.nii.gz`` in the smallest unsigned type that holds every value.
+
+    Raises:
+        InputError: a negative value or one above uint32 (nothing is written).
+    """
+    _, high = check_label_values(labels.array, labels.metadata.get("source", path))
+    return write_volume(labels.with_array(labels.array.astype(label_dtype(high))), path)
 
 
 def write_uncertainty_nifti(path: str | Path, uncertainty: Volume) -> Path:

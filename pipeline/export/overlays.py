@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
+from deconvseg.pipeline.export.dense import dense_labels, index_of
 from deconvseg.pipeline.files import atomic_file
 from deconvseg.pipeline.io.sitk_bridge import to_sitk
 from deconvseg.pipeline.labels import LabelTable
@@ -99,10 +100,11 @@ def write_overlays(
     folder.mkdir(parents=True, exist_ok=True)
     grey, spacing = _lps(image)
     window = CT_WINDOW if image.modality == "CT" else tuple(np.percentile(grey[::4, ::4, ::4], (1, 99)))
-    lab, _ = _lps(labels)
-    palette = np.zeros((max(int(lab.max(initial=0)), max(table.values, default=0)) + 1, 3), dtype=np.float32)
+    index, keys = dense_labels(labels.array, table.values)
+    lab, _ = _lps(labels.with_array(index))
+    palette = np.zeros((len(keys), 3), dtype=np.float32)
     for label in table:
-        palette[label.value] = np.asarray(label.color) / 255.0
+        palette[index_of(keys, label.value)] = np.asarray(label.color) / 255.0
     unc = _lps(uncertainty)[0].astype(np.float32) if uncertainty is not None else None
     heat = colormaps["inferno"]
     written = {}

@@ -19,6 +19,7 @@ from pydantic import Field
 from scipy import ndimage
 
 from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.export.dense import dense_labels, index_of
 from deconvseg.pipeline.files import atomic_file
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.volume import Volume
@@ -74,35 +75,37 @@ def compute_stats(
     ``bbox_min_mm``/``bbox_max_mm`` (LPS), ``bbox_voxels`` (``[i0, i1, j0, j1, k0, k1]``), ``flags``.
     """
     foreground = labels.array > 0  # background voxels never enter a sum: memory follows the structures
-    lab = labels.array[foreground].astype(np.int64)
-    n = max(int(lab.max(initial=0)), max(table.values, default=0)) + 1
+    index, keys = dense_labels(labels.array, table.values)  # sums per index, not per value up to the largest
+    lab = index[foreground].astype(np.int64)
+    n = len(keys)
     counts = np.bincount(lab, minlength=n)
     values = image.array[foreground].astype(np.float64)
     sums = np.bincount(lab, weights=values, minlength=n)
     squares = np.bincount(lab, weights=values * values, minlength=n)
     unc = (np.bincount(lab, weights=uncertainty.array[foreground].astype(np.float64), minlength=n)
            if uncertainty is not None else None)
-    boxes = ndimage.find_objects(labels.array, max_label=n - 1)
+    boxes = ndimage.find_objects(index, max_label=n - 1)
     border = _border_values(labels.array)
     unit = "HU" if image.modality == "CT" else "a.u."
     expected = set(config.expected) if config.expected is not None else set(table.names)
     rows = []
     for label in table:
-        v, count = label.value, int(counts[label.value])
+        v, i = label.value, index_of(keys, label.value)
+        count = int(counts[i])
         volume_ml = count * labels.voxel_volume_ml
-        mean = sums[v] / count if count else None
+        mean = sums[i] / count if count else None
         row: dict[str, Any] = {
             "value": v, "name": label.name, "color": list(label.color), "voxels": count,
             "volume_ml": round(volume_ml, 4),
             "mean_intensity": round(float(mean), 3) if count else None,
-            "std_intensity": round(float(np.sqrt(max(squares[v] / count - mean * mean, 0.0))), 3) if count else None,
+            "std_intensity": round(float(np.sqrt(max(squares[i] / count - mean * mean, 0.0))), 3) if count else None,
             "intensity_unit": unit,
-            "mean_uncertainty": round(float(unc[v] / count), 4) if count and unc is not None else None,
+            "mean_uncertainty": round(float(unc[i] / count), 4) if count and unc is not None else None,
             "touches_border": v in border,
             "bbox_min_mm": None, "bbox_max_mm": None, "bbox_voxels": None, "flags": [],
         }
         if count:
-            box = boxes[v - 1]
+            box = boxes[i - 1]
             row["bbox_min_mm"], row["bbox_max_mm"] = _bbox_mm(labels, box)
             row["bbox_voxels"] = [box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1,
                                   box[0].start, box[0].stop - 1]

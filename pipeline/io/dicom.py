@@ -26,11 +26,12 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from deconvseg.pipeline.errors import InputError
-from deconvseg.pipeline.io.checks import check_size
+from deconvseg.pipeline.io.checks import check_geometry, check_size
 from deconvseg.pipeline.volume import Kind, Volume
 
 log = logging.getLogger(__name__)
 
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory: the only DICOM file without a SOP Class UID
 SPACING_TOLERANCE_MM = 0.01  # plus 1 % of the step: what rounding in exported headers produces
 
 
@@ -63,7 +64,11 @@ def read_dicom_series(
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     if path.is_file() and series_uid is None:
-        series_uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", "") or "")
+        try:
+            series_uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", "") or "")
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
+            raise InputError(path, f"corrupt DICOM file: its header cannot be read ({type(err).__name__})",
+                             "re-copy or re-export the file") from err
     images, others = _scan(folder)
     if not images:
         found = f"found only non-image objects ({', '.join(sorted(others))})" if others else "found no DICOM files"
@@ -76,16 +81,29 @@ def read_dicom_series(
     first = slices[0].header
     rows, cols = int(first.Rows), int(first.Columns)
     check_size(folder, (cols, rows, len(slices)), 1, max_voxels)
+    geometry = _geometry(slices)
+    check_geometry(folder, geometry["spacing"], geometry["direction"])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(s.path) for s in slices])
     try:
         array = sitk.GetArrayFromImage(reader.Execute())
     except RuntimeError as err:
-        raise InputError(folder, "pixel data of the series cannot be decoded (truncated or corrupt file)",
-                         "re-export or re-copy the series") from err
+        bad = _first_undecodable(slices)
+        raise InputError(bad or folder, "pixel data cannot be decoded (truncated or corrupt file)",
+                         "re-copy or re-export this file" if bad else "re-export or re-copy the series") from err
     if array.shape != (len(slices), rows, cols):
         raise InputError(folder, f"pixel data shape {array.shape} does not match the headers", "re-export the series")
-    return Volume(array, kind=kind, metadata=_metadata(folder, slices), **_geometry(slices))
+    return Volume(array, kind=kind, metadata=_metadata(folder, slices), **geometry)
+
+
+def _first_undecodable(slices: list[_Slice]) -> Path | None:
+    """The first slice whose pixels GDCM cannot decode on their own (searched only after a series failed)."""
+    for item in slices:
+        try:
+            sitk.ReadImage(str(item.path))
+        except RuntimeError:
+            return item.path
+    return None
 
 
 def _scan(folder: Path) -> tuple[list[_Slice], dict[str, int]]:
@@ -95,14 +113,33 @@ def _scan(folder: Path) -> tuple[list[_Slice], dict[str, int]]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
+        except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
+            if _has_dicom_magic(path):  # claims to be DICOM: a damaged slice, not a stray file
+                raise InputError(path, f"corrupt DICOM file: its header cannot be read ({type(err).__name__})",
+                                 "re-copy or re-export this file, or remove it from the series folder") from err
             continue  # not DICOM (a README, a DICOMDIR index without preamble, ...)
+        if "SOPClassUID" not in header and _media_class(header) != DICOMDIR_CLASS:
+            raise InputError(path, "corrupt or truncated DICOM file: its header ends before the SOP Class UID",
+                             "re-copy or re-export this file, or remove it from the series folder")
         has_geometry = all(key in header for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
         if has_geometry and "Rows" in header and int(header.get("NumberOfFrames", 1) or 1) == 1:
             images.append(_Slice(path, header))
         else:
             others[_kind_name(header)] += 1
     return images, {f"{name} x{n}": n for name, n in others.items()}
+
+
+def _media_class(header: pydicom.Dataset) -> str:
+    return str(getattr(header.get("file_meta", None), "MediaStorageSOPClassUID", "") or "")
+
+
+def _has_dicom_magic(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _kind_name(header: pydicom.Dataset) -> str:
@@ -136,7 +173,31 @@ def _normal(header: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return row, col, np.cross(row, col)
 
 
+def _check_slice_header(item: _Slice) -> None:
+    """Refuse a slice whose geometry tags are malformed, zero, NaN, singular or not orthonormal."""
+    h = item.header
+    try:
+        iop = np.asarray(h.ImageOrientationPatient, dtype=float)
+        ipp = np.asarray(h.ImagePositionPatient, dtype=float)
+        pixel = np.asarray(h.PixelSpacing, dtype=float)
+        size = (int(h.Rows), int(h.Columns))
+    except (ValueError, TypeError) as err:
+        raise InputError(item.path, "malformed geometry tags (ImageOrientationPatient, ImagePositionPatient, "
+                                    "PixelSpacing, Rows or Columns)", "re-export the series") from err
+    if iop.shape != (6,) or ipp.shape != (3,) or pixel.shape != (2,):
+        raise InputError(item.path, f"geometry tags have the wrong number of values (orientation {iop.size}, "
+                                    f"position {ipp.size}, pixel spacing {pixel.size})", "re-export the series")
+    if not np.all(np.isfinite(ipp)):
+        raise InputError(item.path, "ImagePositionPatient is not a finite number", "re-export the series")
+    check_size(item.path, (size[1], size[0], 1), 1, max_voxels=2**62)
+    row, col = iop[:3], iop[3:]
+    check_geometry(item.path, (pixel[1], pixel[0], 1.0), np.column_stack([row, col, np.cross(row, col)]),
+                   where=" (PixelSpacing)")
+
+
 def _sort_and_check(folder: Path, slices: list[_Slice]) -> list[_Slice]:
+    for item in slices:
+        _check_slice_header(item)
     first = slices[0].header
     layout = (int(first.Rows), int(first.Columns), tuple(np.round(first.ImageOrientationPatient, 4)))
     for item in slices:

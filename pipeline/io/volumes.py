@@ -22,7 +22,11 @@ import SimpleITK as sitk
 
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.files import atomic_file
-from deconvseg.pipeline.io.checks import DEFAULT_MAX_VOXELS, IMAGE_SUFFIXES, check_finite, check_size, suffix_of
+from deconvseg.pipeline.io.checks import (
+    DEFAULT_MAX_VOXELS, IMAGE_SUFFIXES, check_finite, check_geometry, check_label_values, check_size, label_dtype,
+    suffix_of,
+)
+from deconvseg.pipeline.io.headers import check_header_geometry
 from deconvseg.pipeline.io.dicom import read_dicom_series
 from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
 from deconvseg.pipeline.volume import Kind, Volume
@@ -65,12 +69,19 @@ def read_volume(
     else:
         volume = _read_image_file(path, kind, channel, max_voxels)
     check_finite(volume, path)
-    if kind == "label" and not np.issubdtype(volume.array.dtype, np.integer):
-        rounded = np.rint(volume.array)
-        if not np.array_equal(rounded, volume.array):
-            raise InputError(path, "label map holds non-integer values", "pass a label map, or read it as kind='image'")
-        volume = volume.with_array(rounded.astype(np.int32))
+    if kind == "label":
+        volume = _as_labels(volume, path)
     return volume
+
+
+def _as_labels(volume: Volume, path: Path) -> Volume:
+    """Labels checked (whole, 0..uint32) before any cast; floats become the smallest unsigned type that holds them."""
+    array = volume.array
+    integer = np.issubdtype(array.dtype, np.integer)
+    if not integer and not np.array_equal(np.rint(array), array):
+        raise InputError(path, "label map holds non-integer values", "pass a label map, or read it as kind='image'")
+    _, high = check_label_values(array, path)
+    return volume if integer else volume.with_array(array.astype(label_dtype(high)))
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -82,6 +93,7 @@ def _is_dicom_file(path: Path) -> bool:
 def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: int) -> Volume:
     if path.stat().st_size == 0:
         raise InputError(path, "empty file (0 bytes)", "re-export or re-copy the file")
+    check_header_geometry(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -97,6 +109,8 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
     size = tuple(int(n) for n in reader.GetSize())
     components = int(reader.GetNumberOfComponents())
     check_size(path, size, components, max_voxels)
+    n = len(size)
+    check_geometry(path, reader.GetSpacing()[:3], np.asarray(reader.GetDirection()).reshape(n, n)[:3, :3])
     if len(size) == 4 and size[3] == 1:
         channel = 0 if channel is None else channel
     channels = size[3] if len(size) == 4 else components
@@ -112,7 +126,6 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
         if np.issubdtype(proxy.dtype, np.floating):
             # ITK's NIfTI reader turns NaN into 0; nibabel keeps them, so check_finite can see them.
             data = np.asarray(proxy[..., channel] if len(size) == 4 else proxy[...], dtype=proxy.dtype)
-            n = len(size)
             return Volume(
                 np.ascontiguousarray(data.T),  # NIfTI's [i, j, k] -> [z, y, x]
                 spacing=reader.GetSpacing()[:3],
