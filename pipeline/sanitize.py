@@ -137,3 +137,33 @@ def identifying_values(dataset: Dataset) -> list[str]:
             values.append(text)
             values += [part for part in text.split("^") if len(part) >= 3 and part != text]
     return sorted(set(values))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` with control, bidirectional and line-breaking characters shown as escapes (``\\x1b``).
+
+    Text from an input (a file name, a label name, a DICOM tag) can carry ANSI escape sequences
+    or carriage returns that rewrite what a terminal shows; escaped, it stays one visible line.
+    """
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection).
+
+    Text starting with ``= + - @`` (or a tab or carriage return) gets a leading apostrophe;
+    numbers and other text are returned unchanged.
+    """
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def dicom_text(text: str, max_length: int = 64) -> str:
+    """``text`` as a DICOM LO value: no control characters or backslashes (the value separator), at most
+    ``max_length`` characters."""
+    return _CONTROL.sub(" ", text).replace("\\", "/")[:max_length].strip()

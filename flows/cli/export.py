@@ -15,7 +15,7 @@ from deconvseg.flows.cli.app import app, one_line_errors
 def export(
     labels: Path = typer.Argument(..., help="Label map (NIfTI/NRRD/MHA/DICOM), e.g. nnU-Net/TotalSegmentator output."),
     image: Path = typer.Option(..., "--image", help="The image the labels belong to: a file or a DICOM series folder."),
-    out: Path = typer.Option(..., "--out", help="Bundle folder to write (replaced atomically if it exists)."),
+    out: Path = typer.Option(..., "--out", help="Bundle folder to write (a bundle written earlier is replaced atomically; nothing else is)."),
     label_file: Path | None = typer.Option(None, "--labels", help="Names: labels.json, {value: name} or a class map."),
     labels_key: str | None = typer.Option(None, "--labels-key", help="Which map of a class-map JSON, e.g. 'total'."),
     uncertainty: Path | None = typer.Option(None, "--uncertainty", help="Voxel uncertainty (0..1) on the image grid."),
@@ -38,7 +38,9 @@ def export(
     from deconvseg.pipeline.io.volumes import read_volume
     from deconvseg.pipeline.labels import LabelTable
     from deconvseg.pipeline.normalize import with_modality
+    from deconvseg.pipeline.outputs import check_bundle_target
 
+    check_bundle_target(out)
     image_volume = read_volume(image)
     try:  # intensities are reported in HU only for CT
         image_volume = with_modality(image_volume, modality)

@@ -14,10 +14,11 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from deconvseg.pipeline.errors import InputError
-from deconvseg.pipeline.export.dicom_series import SeriesReference, deterministic_uid
 from deconvseg.pipeline.export.dense import dense_labels, index_of
+from deconvseg.pipeline.export.dicom_series import SeriesReference, deterministic_uid
 from deconvseg.pipeline.files import array_digest, atomic_file
 from deconvseg.pipeline.labels import Label, LabelTable
+from deconvseg.pipeline.sanitize import dicom_text
 from deconvseg.pipeline.volume import Volume
 
 ANATOMY_CATEGORY = codes.SCT.AnatomicalStructure
@@ -91,13 +92,13 @@ def write_dicom_seg(
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=label.name[:64],
+            segment_label=dicom_text(label.name) or f"label {label.value}",
             segmented_property_category=ANATOMY_CATEGORY,
             segmented_property_type=coded(label),
             algorithm_type=algorithm_type,
             algorithm_identification=algorithm,
             tracking_uid=deterministic_uid("tracking", reference.series_instance_uid, label.name),
-            tracking_id=f"{label.value}:{label.name}"[:64],
+            tracking_id=dicom_text(f"{label.value}:{label.name}"),
             display_color=hd.color.CIELabColor.from_rgb(*label.color),
         )
         for number, label in enumerate(present, start=1)

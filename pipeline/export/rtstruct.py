@@ -27,6 +27,7 @@ from deconvseg.pipeline.export.dicom_seg import present_labels
 from deconvseg.pipeline.export.dicom_series import SeriesReference, deterministic_uid
 from deconvseg.pipeline.files import array_digest, atomic_file
 from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.sanitize import dicom_text
 from deconvseg.pipeline.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference
     for number, label in enumerate(present, start=1):
         roi = Dataset()
         roi.ROINumber, roi.ReferencedFrameOfReferenceUID = number, for_uid
-        roi.ROIName, roi.ROIGenerationAlgorithm = label.name[:64], "AUTOMATIC"
+        roi.ROIName, roi.ROIGenerationAlgorithm = dicom_text(label.name) or f"label {label.value}", "AUTOMATIC"
         rois.append(roi)
         contours = []
         for k in np.flatnonzero((labels.array == label.value).any(axis=(1, 2))):

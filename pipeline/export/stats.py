@@ -22,6 +22,7 @@ from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.export.dense import dense_labels, index_of
 from deconvseg.pipeline.files import atomic_file
 from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.sanitize import csv_cell
 from deconvseg.pipeline.volume import Volume
 
 CSV_COLUMNS = ("value", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity", "intensity_unit",
@@ -140,8 +141,9 @@ def write_stats(folder: str | Path, rows: list[dict[str, Any]]) -> tuple[Path, P
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "bbox_min_mm": _join(row["bbox_min_mm"]), "bbox_max_mm": _join(row["bbox_max_mm"]),
-                             "flags": ";".join(row["flags"])})
+            cells = {**row, "bbox_min_mm": _join(row["bbox_min_mm"]), "bbox_max_mm": _join(row["bbox_max_mm"]),
+                     "flags": ";".join(row["flags"])}
+            writer.writerow({key: csv_cell(value) for key, value in cells.items()})
     return folder / "stats.json", folder / "stats.csv"
 
 

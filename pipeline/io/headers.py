@@ -54,7 +54,7 @@ def _check_nifti(path: Path) -> None:
     dim, pixdim = header["dim"], header["pixdim"]
     ndim = int(dim[0])
     if not 1 <= ndim <= 7:
-        raise InputError(path, f"NIfTI header declares {ndim} dimensions (dim[0])", _HEADER_FIX)
+        raise InputError(path, f"NIfTI header dim[0] = {ndim} is not a number of dimensions (1 to 7)", _HEADER_FIX)
     sizes = [int(n) for n in dim[1 : ndim + 1]]
     if any(n <= 0 for n in sizes):
         axis = next(i for i, n in enumerate(sizes, 1) if n <= 0)

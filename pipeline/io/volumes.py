@@ -26,8 +26,8 @@ from deconvseg.pipeline.io.checks import (
     DEFAULT_MAX_VOXELS, IMAGE_SUFFIXES, check_finite, check_geometry, check_label_values, check_size, label_dtype,
     suffix_of,
 )
-from deconvseg.pipeline.io.headers import check_header_geometry
 from deconvseg.pipeline.io.dicom import read_dicom_series
+from deconvseg.pipeline.io.headers import check_header_geometry
 from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
 from deconvseg.pipeline.volume import Kind, Volume
 
