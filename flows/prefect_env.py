@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from deconvseg.flows.lifeline import PARENT_PID_VARIABLE, supervised
 from deconvseg.pipeline.errors import ResourceError
 
 STARTUP_TIMEOUT_S = 180
@@ -61,10 +62,12 @@ def offline_settings(home: str | Path | None = None, api_url: str | None = None)
 def prefect_environment(
     home: str | Path | None = None, api_url: str | None = None, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """A complete environment for a child process: ``base`` (default: this process's) plus the
-    offline settings."""
+    """A complete environment for a child process: ``base`` (default: this process's), the offline
+    settings, and this process's PID, which a child that calls
+    ``deconvseg.flows.lifeline.watch_parent_from_environment`` outlives by well under a second."""
     env = dict(os.environ if base is None else base)
     env.update(offline_settings(home, api_url))
+    env[PARENT_PID_VARIABLE] = str(os.getpid())  # the child ends with this process (deconvseg.flows.lifeline)
     return env
 
 
@@ -127,7 +130,8 @@ def local_server(
 ) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1 for the duration of the block; yield its API URL.
 
-    The server is stopped by its PID (terminate, then kill after 10 s).
+    The server is stopped by its PID (terminate, then kill after 10 s), and it runs under
+    ``deconvseg.flows.lifeline``: if this process dies, even by SIGKILL, the server ends too.
 
     Args:
         home: its ``PREFECT_HOME`` (the database lives there).
@@ -138,8 +142,8 @@ def local_server(
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = prefect_environment(home, api_url="")
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-               "--port", str(port), "--analytics-off", "--log-level", "WARNING"]
+    command = supervised([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                          "--port", str(port), "--analytics-off", "--log-level", "WARNING"])
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(open(log_path, "ab")) if log_path else subprocess.DEVNULL
         process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)

@@ -20,6 +20,7 @@ import json
 import sys
 from typing import Any
 
+from deconvseg.flows.lifeline import watch_parent_from_environment
 from deconvseg.pipeline.config import Settings, validate_config
 from deconvseg.pipeline.errors import DeconvsegError
 
@@ -82,7 +83,12 @@ def serve(request: BatchRequest) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the child process: ``argv[0]`` is the request as JSON."""
+    """Entry point of the child process: ``argv[0]`` is the request as JSON.
+
+    The process, and everything it starts (Prefect's temporary server, Dask workers, scheduled
+    flow runs), ends when the CLI that started it ends (``deconvseg.flows.lifeline``).
+    """
+    watch_parent_from_environment()
     try:
         request = validate_config(json.loads(argv[0]), BatchRequest, source="batch request")
         if request.cron:
