@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import field_validator
+
 from deconvseg.models import WEIGHTS_ROOT
 from deconvseg.pipeline.case import CaseInput
 from deconvseg.pipeline.config import Settings
@@ -59,6 +61,15 @@ class BatchConfig(Settings):
     inference: dict[str, Any] = {}
     report_base_url: str | None = None
     allow_domain_mismatch: bool = False
+
+    @field_validator("inference")
+    @classmethod
+    def _inference_is_complete(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Validate ``inference`` against ``InferenceConfig`` now, before any flow, server or child starts."""
+        from deconvseg.pipeline.segment import InferenceConfig
+
+        InferenceConfig.model_validate(value)  # an unknown or invalid key fails here, named by pydantic
+        return value
 
     def case_inference(self, cases_at_once: int) -> dict[str, Any]:
         """``inference`` with each case's share of the memory budget when ``cases_at_once`` run together."""

@@ -33,13 +33,40 @@ def validate_config(data: dict[str, Any], model: type[M], source: str = "config"
         raise ConfigError(f"{source}: key '{key}': {first['msg']}; fix the value or remove the key") from err
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen lines; anything near this is not one
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases: a config never needs ``&a``/``*a``, and aliases are how a
+    small YAML document expands to gigabytes once it is copied or validated ("billion laughs")."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
-    """Read a YAML file (a mapping) and validate it against ``model``."""
+    """Read a YAML file (a mapping) and validate it against ``model``.
+
+    Raises:
+        InputError: the file is missing or larger than ``MAX_CONFIG_BYTES``.
+        ConfigError: not YAML, uses aliases, not a mapping, or a key is unknown or invalid.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "config file not found", "check the path (see configs/ for examples)")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise InputError(path, f"config of {path.stat().st_size} bytes is larger than {MAX_CONFIG_BYTES}",
+                         "pass a config file (a few YAML keys), not data")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_PlainLoader) or {}  # noqa: S506 (safe loader)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from err
+    except yaml.composer.ComposerError as err:
+        raise ConfigError(f"{path}: {err.problem}; write the values out") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__}); fix the syntax") from err
     if not isinstance(data, dict):

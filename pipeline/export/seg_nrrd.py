@@ -21,9 +21,6 @@ from deconvseg.pipeline.io.checks import label_dtype
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.volume import Volume
 
-NRRD_TYPES = {np.uint8: "unsigned char", np.uint16: "unsigned short", np.uint32: "unsigned int"}
-
-
 def _extent(mask_slices: tuple[slice, slice, slice] | None) -> str:
     """Slicer's extent ``i0 i1 j0 j1 k0 k1`` (inclusive, x y z order) of a ``find_objects`` box."""
     if mask_slices is None:
@@ -67,7 +64,6 @@ def write_seg_nrrd(path: str | Path, labels: Volume, table: LabelTable) -> Path:
     """
     dtype = label_dtype(int(labels.array.max(initial=0)))
     header = {
-        "type": NRRD_TYPES[dtype],
         "dimension": 3,
         "space": "left-posterior-superior",
         "space directions": (labels.direction @ np.diag(labels.spacing)).T,
