@@ -77,8 +77,10 @@ def measure(runner: str, request: dict, env: dict[str, str], cases: int) -> dict
     """Run one batch child process and sample its memory until it exits."""
     out = Path(request["out"])
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve", json.dumps(request)], env=env, cwd=REPO,
+    process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve"], env=env, cwd=REPO, stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process.stdin.write(json.dumps(request))  # the request travels on stdin, never on the command line
+    process.stdin.close()
     after_10 = after_all = None
     peak = 0.0
     while process.poll() is None:

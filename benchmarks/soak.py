@@ -51,9 +51,12 @@ def main() -> None:
                    "config": {"threads": 2, "dashboard_key": "soak"}}
         with local_server(root / "prefect-home") as api_url:
             start = time.perf_counter()
-            process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve", json.dumps(request)], cwd=REPO,
+            process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve"], cwd=REPO,
                                        env=prefect_environment(root / "prefect-home", api_url=api_url),
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                       stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                       text=True)
+            process.stdin.write(json.dumps(request))  # on stdin, never on the command line
+            process.stdin.close()
             samples: list[tuple[int, float]] = []
             while process.poll() is None:
                 done = len(list(out.glob("*/manifest.json"))) if out.exists() else 0

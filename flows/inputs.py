@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from deconvseg.models import WEIGHTS_ROOT
 from deconvseg.pipeline.case import CaseInput
@@ -49,6 +49,8 @@ class BatchConfig(Settings):
             dashboard shows the reports' paths (browsers refuse ``file://`` links from the Prefect UI).
         allow_domain_mismatch: segment inputs the model was not made for (other modality or channel
             count), flagged ``domain_mismatch``, instead of failing them with the reason.
+        deidentify: bundles without the patient's identity (``deconvseg.pipeline.case.CaseConfig``).
+        channel: which channel of 4D/multi-component inputs to segment.
     """
 
     threads: int = 1
@@ -61,6 +63,8 @@ class BatchConfig(Settings):
     inference: dict[str, Any] = {}
     report_base_url: str | None = None
     allow_domain_mismatch: bool = False
+    deidentify: bool = False
+    channel: int | None = Field(None, ge=0)
 
     @field_validator("inference")
     @classmethod
@@ -70,6 +74,11 @@ class BatchConfig(Settings):
 
         InferenceConfig.model_validate(value)  # an unknown or invalid key fails here, named by pydantic
         return value
+
+    def case_settings(self) -> dict[str, Any]:
+        """What changes a bundle besides input and model: the part of the config that keys the cache."""
+        return {"inference": self.inference, "deidentify": self.deidentify, "channel": self.channel,
+                "allow_domain_mismatch": self.allow_domain_mismatch}  # a mismatch bundle is never served to a refusing run
 
     def case_inference(self, cases_at_once: int) -> dict[str, Any]:
         """``inference`` with each case's share of the memory budget when ``cases_at_once`` run together."""

@@ -168,10 +168,7 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
     model_dir = str(Path(model).expanduser().resolve()) if model else str(DEFAULT_MODEL)
     out_dir = Path(out).expanduser().resolve()
     cases = discover_cases(Path(source).expanduser())
-    # A bundle made despite a domain mismatch must not be served from the cache to a run that refuses it.
-    overrides = ({**settings.inference, "allow_domain_mismatch": True} if settings.allow_domain_mismatch
-                 else settings.inference)
-    versions = {"model": model_version(model_dir), "config": config_version(overrides)}
+    versions = {"model": model_version(model_dir), "config": config_version(settings.case_settings())}
     with batch_lock(out_dir):
         sweep_partial(out_dir, [item.case_id for item in cases])
         progress = dashboard.Progress(settings.dashboard_key, len(cases))
@@ -188,7 +185,8 @@ def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: 
         retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
     inference = {**settings.case_inference(cases_at_once), "threads": settings.threads}
     config = {"inference": inference, "timeout_s": settings.case_timeout_s,
-              "allow_domain_mismatch": settings.allow_domain_mismatch}
+              "allow_domain_mismatch": settings.allow_domain_mismatch, "deidentify": settings.deidentify,
+              "channel": settings.channel}
     rows: list[dict[str, Any]] = []
     futures = {}
     for item in cases:

@@ -1,6 +1,6 @@
 """Run a batch once or serve it on a cron schedule; the process the ``deconvseg batch`` CLI starts.
 
-``python -m deconvseg.flows.serve '<request JSON>'`` runs in a child process whose environment
+``python -m deconvseg.flows.serve < request.json`` runs in a child process whose environment
 ``deconvseg.flows.prefect_env`` prepared (offline, quiet, its own ``PREFECT_HOME``), so nothing here touches
 ``os.environ``. One-off runs without ``PREFECT_API_URL`` use Prefect's embedded server;
 schedules need a real one::
@@ -22,7 +22,7 @@ from typing import Any
 
 from deconvseg.flows.lifeline import watch_parent_from_environment
 from deconvseg.pipeline.config import Settings, validate_config
-from deconvseg.pipeline.errors import DeconvsegError
+from deconvseg.pipeline.errors import ConfigError, DeconvsegError
 
 
 class BatchRequest(Settings):
@@ -83,14 +83,22 @@ def serve(request: BatchRequest) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the child process: ``argv[0]`` is the request as JSON.
+    """Entry point of the child process: the request is one JSON document on standard input (never on
+    the command line, where ``ps`` shows it to every user); ``argv`` must be empty.
 
     The process, and everything it starts (Prefect's temporary server, Dask workers, scheduled
     flow runs), ends when the CLI that started it ends (``deconvseg.flows.lifeline``).
     """
     watch_parent_from_environment()
     try:
-        request = validate_config(json.loads(argv[0]), BatchRequest, source="batch request")
+        if argv:
+            raise ConfigError("python -m deconvseg.flows.serve takes no arguments; pass the request as JSON on "
+                              "standard input")
+        try:
+            data = json.loads(sys.stdin.read())
+        except ValueError as err:
+            raise ConfigError(f"batch request on standard input is not JSON ({err}); pass one JSON object") from err
+        request = validate_config(data, BatchRequest, source="batch request")
         if request.cron:
             serve(request)
             return 0

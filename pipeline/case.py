@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.domain import CaseFlag, check_applicability, domain_summary, input_flags
 from deconvseg.pipeline.ensemble import Ensemble
@@ -30,6 +32,7 @@ from deconvseg.pipeline.files import path_digest
 from deconvseg.pipeline.guards import time_limit
 from deconvseg.pipeline.io.volumes import read_volume
 from deconvseg.pipeline.normalize import with_modality
+from deconvseg.pipeline.outputs import check_bundle_target
 from deconvseg.pipeline.segment import InferenceConfig, SegmentationResult, segment_case
 from deconvseg.pipeline.viewer import check_viewer_base
 
@@ -65,11 +68,17 @@ class CaseConfig(Settings):
             (``None``: no limit; ``deconvseg.pipeline.guards.time_limit``).
         allow_domain_mismatch: segment an input the model was not made for (other modality or
             channel count) and flag it ``domain_mismatch`` instead of refusing it.
+        deidentify: SEG, RTSTRUCT and manifest without the patient's identity, as ``deconvseg export
+            --deidentify`` writes them (``deconvseg.pipeline.export.bundle.write_bundle``).
+        channel: which channel of a 4D or multi-component input to segment (``None``: the input
+            must have one).
     """
 
     inference: InferenceConfig = InferenceConfig()
     timeout_s: float | None = None
     allow_domain_mismatch: bool = False
+    deidentify: bool = False
+    channel: int | None = Field(None, ge=0)
 
 
 @dataclass(frozen=True)
@@ -149,17 +158,21 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
         The case's summary.
 
     Raises:
-        InputError: unreadable input. DomainMismatchError (an InputError): the model's modality or
-            channel count is not the input's (unless ``config.allow_domain_mismatch``); nothing is
-            written. ResourceError: over the memory budget or the time limit.
+        InputError: unreadable input, or a bundle folder that may not be written
+            (``deconvseg.pipeline.outputs.check_bundle_target``). DomainMismatchError (an InputError):
+            the model's modality or channel count is not the input's (unless
+            ``config.allow_domain_mismatch``); nothing is written.
+        ResourceError: over the memory budget or the time limit.
         ConfigError: the model cannot segment this input.
     """
     if viewer_base is not None:
         check_viewer_base(viewer_base)  # before minutes of segmentation, not after
     start = time.perf_counter()
+    target = Path(out_dir) / case.case_id
+    check_bundle_target(target)  # before the work: a user's file or folder there is refused, not replaced
     limit = f"{case.path}: case {case.case_id} (timeout_s={config.timeout_s:g})" if config.timeout_s else case.case_id
     with time_limit(config.timeout_s, limit):
-        image = with_modality(read_volume(case.path), case.modality)
+        image = with_modality(read_volume(case.path, channel=config.channel), case.modality)
         domain = ensemble.settings.domain
         flags: list[CaseFlag] = []
         if domain is not None:
@@ -168,9 +181,10 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
         result = segment_case(image, ensemble, config.inference)
         header = ReportHeader(model=f"{ensemble.name} (version {ensemble.version[:12]})",
                               trained_on=domain_summary(domain) if domain is not None else None)
-        bundle = write_bundle(Path(out_dir) / case.case_id, image, result.labels, result.table,
+        bundle = write_bundle(target, image, result.labels, result.table,
                               uncertainty=result.uncertainty, shape=result.shape, domain=domain, case_flags=flags,
-                              header=header, manifest=case_manifest(case, ensemble, config, result, record),
+                              header=header, deidentify=config.deidentify,
+                              manifest=case_manifest(case, ensemble, config, result, record),
                               viewer_base=viewer_base)
     return CaseSummary(case.case_id, bundle.path, time.perf_counter() - start, bundle.stats, bundle.qa,
                        bundle.flags, result.structure_uncertainty, bundle.manifest.get("viewer_url"),

@@ -206,7 +206,7 @@ def batch(corpus, model, tmp_path_factory, prefect_env):
     env = {**prefect_env, "PREFECT_LOGGING_LEVEL": "INFO"}
     request = {"source": str(manifest), "out": str(out), "model": str(model),
                "config": {"threads": 1, "retries": 0}, "print_json": True}
-    done = run(["-m", "deconvseg.flows.serve", json.dumps(request)], env)
+    done = run(["-m", "deconvseg.flows.serve"], env, input=json.dumps(request))
     summary = json.loads((out / "batch.json").read_text())
     return {"done": done, "out": out, "root": root, "summary": summary, "corpus": corpus, "failing": failing}
 

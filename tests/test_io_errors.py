@@ -66,7 +66,7 @@ def test_truncated_file(tmp_path, rng, suffix):
 
 def test_4d_without_channel_and_channel_out_of_range(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 3), np.float32), np.eye(4)), tmp_path / "four.nii.gz")
-    refused(tmp_path / "four.nii.gz", r"image has 3 channels \(4D or multi-component\); choose one with channel=N")
+    refused(tmp_path / "four.nii.gz", r"image has 3 channels \(4D or multi-component\); choose one with --channel N")
     refused(tmp_path / "four.nii.gz", r"channel 3 does not exist \(image has 3\)", channel=3)
     assert read_volume(tmp_path / "four.nii.gz", channel=2).shape == (6, 5, 4)
 

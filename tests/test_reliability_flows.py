@@ -48,7 +48,7 @@ def _request(source, out, model, **config):
 
 
 def _serve(env, request):
-    return run(["-m", "deconvseg.flows.serve", request], env)
+    return run(["-m", "deconvseg.flows.serve"], env, input=request)
 
 
 def _malformed_corpus(folder):
@@ -125,8 +125,10 @@ def test_sigkill_midway_then_rerun_gives_the_clean_runs_bundles(server, model, t
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     assert _serve(server, _request(source, clean, model)).returncode == 0
     env = prefect_environment(server["PREFECT_HOME"], api_url=server["PREFECT_API_URL"])
-    process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve", _request(source, crashed, model)], env=env,
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "deconvseg.flows.serve"], env=env, cwd=REPO, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process.stdin.write(_request(source, crashed, model))
+    process.stdin.close()
     try:  # kill while a bundle is being written, once at least one is complete
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:

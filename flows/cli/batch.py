@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from deconvseg.flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors, release_stderr
 
 _HOME_HELP = "Prefect home (run history, results); default: $PREFECT_HOME or ~/.prefect."
 _DEMO_SHAPE, _DEMO_SPACING = (64, 128, 128), (2.0, 2.0, 3.0)  # the default model's training grid
@@ -29,18 +29,23 @@ def _run_child(request: dict, home: Path | None, api_url: str | None, local_clus
     """
     from deconvseg.flows.prefect_env import local_server, prefect_environment
 
-    command = [sys.executable, "-m", "deconvseg.flows.serve", json.dumps(request)]
+    release_stderr()  # the refusals are over: the child's lines (failed cases, Prefect) stream as they come
+    command = [sys.executable, "-m", "deconvseg.flows.serve"]
     if local_cluster and not api_url:
         with local_server(home) as url:
-            return _wait_child(command, prefect_environment(home, api_url=url))
-    return _wait_child(command, prefect_environment(home, api_url=api_url))
+            return _wait_child(command, json.dumps(request), prefect_environment(home, api_url=url))
+    return _wait_child(command, json.dumps(request), prefect_environment(home, api_url=api_url))
 
 
-def _wait_child(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command``; when this process is interrupted or terminated, stop the child too."""
+def _wait_child(command: list[str], request: str, env: dict[str, str]) -> int:
+    """Run ``command`` with ``request`` on its standard input (settings never travel on a command line,
+    where ``ps`` shows them); when this process is interrupted or terminated, stop the child too. The
+    child ends by itself when this process dies (``deconvseg.flows.lifeline``)."""
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, text=True)
     try:
+        process.stdin.write(request)
+        process.stdin.close()
         return process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -50,13 +55,20 @@ def _wait_child(command: list[str], env: dict[str, str]) -> int:
             stop_process(process, grace_s=30)
 
 
-def _check(source: Path, model: Path | None) -> None:
-    """Fail fast, before Prefect starts: the inputs must exist and the model must load and validate."""
+def _check(source: Path, out: Path, model: str | None) -> Path:
+    """Fail fast, before Prefect starts: the inputs must exist, every bundle folder must be writable
+    (``deconvseg.pipeline.outputs``) and the model must load and validate; the model folder."""
     from deconvseg.flows.inputs import DEFAULT_MODEL, discover_cases
     from deconvseg.pipeline.ensemble import load_ensemble
+    from deconvseg.pipeline.model_paths import resolve_model
+    from deconvseg.pipeline.outputs import check_bundle_target, check_output_root
 
-    discover_cases(source)
-    load_ensemble(model or DEFAULT_MODEL)
+    check_output_root(out)
+    for case in discover_cases(source):
+        check_bundle_target(out / case.case_id)
+    folder = resolve_model(model) if model else DEFAULT_MODEL
+    load_ensemble(folder)
+    return folder.expanduser().resolve()
 
 
 @app.command()
@@ -64,7 +76,8 @@ def _check(source: Path, model: Path | None) -> None:
 def batch(
     source: Path = typer.Argument(..., help="Folder of NIfTI/NRRD/MHA files and DICOM series folders, or a manifest CSV."),
     out: Path = typer.Option(..., "--out", help="Output folder: one review bundle per case, batch.json."),
-    model: Path = typer.Option(None, "--model", help="Checkpoint or ensemble folder (default: bundled phantom-ct)."),
+    model: str = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
+                              "as a path (default: the shipped phantom-ct)."),
     config: Path = typer.Option(None, "--config", help="YAML overriding BatchConfig (see configs/batch.yaml)."),
     cron: str = typer.Option(None, "--cron", help='Serve on a schedule, e.g. "0 2 * * *" (needs a server).'),
     name: str = typer.Option("nightly", "--name", help="Deployment name when serving with --cron."),
@@ -80,19 +93,25 @@ def batch(
         False, "--allow-domain-mismatch",
         help="Segment inputs the model was not made for (other modality or channels), flagged, "
              "instead of failing them."),
+    channel: int = typer.Option(None, "--channel", min=0, help="Which channel of 4D/multi-component inputs to "
+                                "segment (overrides the config)."),
+    deidentify: bool = typer.Option(None, "--deidentify/--identified", help="SEG/RTSTRUCT without patient name, "
+                                    "ID, birth date; manifest without input paths (default: the config's, off)."),
 ) -> None:
     """Segment every case of SOURCE through the Prefect batch flow (cached, retried, isolated).
 
     Exit status 0 when every case finished, 1 when a case failed (see OUT/batch.json), 2 on bad input.
     """
     from deconvseg.flows.inputs import BatchConfig
-    from deconvseg.pipeline.config import load_config
+    from deconvseg.pipeline.config import load_config, validate_config
     from deconvseg.pipeline.errors import ConfigError
 
     if dask and workers:
         raise ConfigError("--dask and --workers: give one (an existing scheduler or a local cluster)")
-    _check(source, model)
-    settings = load_config(config, BatchConfig) if config else BatchConfig()
+    overrides = {k: v for k, v in {"channel": channel, "deidentify": deidentify}.items() if v is not None}
+    settings = (load_config(config, BatchConfig, overrides) if config
+                else validate_config(overrides, BatchConfig, "command line"))
+    model_dir = _check(source, out, model)
     api_url = api_url or os.environ.get("PREFECT_API_URL") or None
     if cron and not api_url:
         raise ConfigError("--cron needs a running Prefect server: start 'prefect server start --host 127.0.0.1' "
@@ -104,7 +123,7 @@ def batch(
     if workers and config is None:
         settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // workers)})
     request = {"source": str(source.resolve()), "out": str(out.resolve()),
-               "model": str(model.resolve()) if model else None, "config": settings.model_dump(),
+               "model": str(model_dir), "config": settings.model_dump(),
                "dask_address": dask, "dask_workers": workers, "cron": cron, "name": name, "print_json": as_json}
     raise typer.Exit(_run_child(request, prefect_home, api_url, local_cluster=bool(workers)))
 
@@ -114,7 +133,8 @@ def batch(
 def demo(
     out: Path = typer.Option(Path("deconvseg-demo"), "--out", help="Output folder (bundles; inputs in OUT/inputs)."),
     cases: int = typer.Option(3, "--cases", min=1, max=20, help="Number of phantom CT volumes (one as DICOM)."),
-    model: Path = typer.Option(None, "--model", help="Checkpoint or ensemble folder (default: bundled phantom-ct)."),
+    model: str = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
+                              "as a path (default: the shipped phantom-ct)."),
     prefect_home: Path = typer.Option(None, "--prefect-home", help=_HOME_HELP),
 ) -> None:
     """Generate phantom CTs, segment them with the bundled model on the embedded Prefect server,
@@ -124,10 +144,10 @@ def demo(
     from deconvseg.flows.inputs import BatchConfig
 
     inputs = write_demo_inputs(out / "inputs", cases, _DEMO_SHAPE, _DEMO_SPACING)
-    _check(inputs, model)
+    model_dir = _check(inputs, out, model)
     settings = BatchConfig(dashboard_key="deconvseg-demo")
     request = {"source": str(inputs.resolve()), "out": str(out.resolve()),
-               "model": str(model.resolve()) if model else None, "config": settings.model_dump()}
+               "model": str(model_dir), "config": settings.model_dump()}
     api_url = os.environ.get("PREFECT_API_URL") or None
     status = _run_child(request, prefect_home, api_url, local_cluster=False)
     if status != 0:

@@ -9,22 +9,6 @@ import typer
 
 from deconvseg.flows.cli.app import app, one_line_errors
 from deconvseg.flows.inputs import case_id_of
-from deconvseg.models import WEIGHTS_ROOT as WEIGHTS
-
-
-def resolve_model(model: str) -> Path:
-    """A checkpoint/ensemble folder given as a path or as a name under ``models/weights``.
-
-    Raises:
-        InputError: when neither exists.
-    """
-    from deconvseg.pipeline.errors import InputError
-
-    for candidate in (Path(model), WEIGHTS / model):
-        if candidate.is_dir():
-            return candidate
-    names = sorted(p.name for p in WEIGHTS.iterdir() if p.is_dir()) if WEIGHTS.is_dir() else []
-    raise InputError(model, "no such model folder", f"pass a checkpoint/ensemble folder or one of {names}")
 
 
 @app.command()
@@ -32,7 +16,8 @@ def resolve_model(model: str) -> Path:
 def segment(
     inputs: list[Path] = typer.Argument(..., help="NIfTI/NRRD/MHA files or DICOM series folders."),
     out: Path = typer.Option(..., "--out", help="Output folder; each input gets OUT/<case-id>/ (a review bundle)."),
-    model: str = typer.Option("phantom-ct", "--model", help="Checkpoint or ensemble folder, or a name under models/weights."),
+    model: str = typer.Option("phantom-ct", "--model", help="A shipped model's name (acdc, phantom-ct, ...) or a "
+                              "checkpoint/ensemble folder given as a path (./mine, /models/mine)."),
     config: Path = typer.Option(None, "--config", help="YAML overriding InferenceConfig (threads, bf16, fusion, ...)."),
     threads: int = typer.Option(None, "--threads", min=1, help="Torch threads (overrides the config)."),
     fusion: str = typer.Option(None, "--fusion", help="mean, weighted_mean, majority or staple (default: the model's)."),
@@ -43,6 +28,9 @@ def segment(
         False, "--allow-domain-mismatch",
         help="Segment an input the model was not made for (other modality or channels) and flag it, "
              "instead of refusing it."),
+    channel: int = typer.Option(None, "--channel", min=0, help="Which channel of a 4D/multi-component input to segment."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="SEG/RTSTRUCT without patient name, ID, birth "
+                                    "date (PatientID = case id); manifest without input paths (as export's)."),
 ) -> None:
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
     import torch
@@ -52,11 +40,14 @@ def segment(
     from deconvseg.pipeline.config import load_config, validate_config
     from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.errors import InputError
+    from deconvseg.pipeline.model_paths import resolve_model
+    from deconvseg.pipeline.outputs import check_bundle_target, check_output_root
     from deconvseg.pipeline.segment import InferenceConfig
 
     overrides = {k: v for k, v in {"threads": threads, "fusion": fusion}.items() if v is not None}
     settings = (load_config(config, InferenceConfig, overrides) if config
                 else validate_config(overrides, InferenceConfig, "command line"))
+    check_output_root(out)
     cases: dict[str, CaseInput] = {}
     for path in inputs:
         if not path.exists():
@@ -66,9 +57,11 @@ def segment(
             raise InputError(path, f"gives the same case id {case.case_id!r} as {cases[case.case_id].path}",
                              "rename one of them")
         cases[case.case_id] = case
+        check_bundle_target(out / case.case_id)  # every target before the first case is written
     ensemble = load_ensemble(resolve_model(model))
     torch.set_num_threads(settings.threads)
-    case_config = CaseConfig(inference=settings, timeout_s=timeout, allow_domain_mismatch=allow_domain_mismatch)
+    case_config = CaseConfig(inference=settings, timeout_s=timeout, allow_domain_mismatch=allow_domain_mismatch,
+                             deidentify=deidentify, channel=channel)
     summaries = []
     for case in track(list(cases.values()), description="segmenting", transient=True):
         summary = run_case(case, ensemble, case_config, out)

@@ -45,7 +45,9 @@ from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
 from deconvseg.pipeline.export.shape_qa import flag_structures, shape_entry, write_qa
 from deconvseg.pipeline.export.stats import StatsConfig, compute_stats, write_stats
 from deconvseg.pipeline.files import atomic_folder
+from deconvseg.pipeline.io.checks import check_label_values, label_dtype
 from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.outputs import check_bundle_target
 from deconvseg.pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
 from deconvseg.pipeline.sanitize import deidentify_dataset
 from deconvseg.pipeline.viewer import check_viewer_base, viewer_url
@@ -84,17 +86,16 @@ def _stage(timings: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _label_map(labels: Volume) -> Volume:
-    """``labels`` with an integer array; float maps must hold whole non-negative numbers."""
+    """``labels`` with an integer array (0..uint32, ``deconvseg.pipeline.io.checks.check_label_values``); float
+    maps must hold whole numbers and become the smallest unsigned type that holds them."""
+    source = labels.metadata.get("source", "label map")
     array = labels.array
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.array_equal(array, np.round(array)):
-            raise InputError(labels.metadata.get("source", "label map"), "holds non-integer values",
-                             "pass a label map (integers), not probabilities")
-        array = array.astype(np.int32)
-    if array.size and int(array.min()) < 0:
-        raise InputError(labels.metadata.get("source", "label map"), "holds negative values",
-                         "label values must be 0 (background) or positive")
-    return labels if array is labels.array else labels.with_array(array, kind="label")
+    if not np.issubdtype(array.dtype, np.integer) and not np.array_equal(array, np.round(array)):
+        raise InputError(source, "holds non-integer values", "pass a label map (integers), not probabilities")
+    _, high = check_label_values(array, source)
+    if np.issubdtype(array.dtype, np.integer):
+        return labels
+    return labels.with_array(array.astype(label_dtype(high)), kind="label")
 
 
 def _input_files(image: Volume, labels: Volume) -> dict[str, list[str]]:
@@ -180,9 +181,11 @@ def write_bundle(
         The summary, with the per-structure stats and flags.
 
     Raises:
-        InputError: labels off the image grid, non-integer labels, or values the table lacks.
+        InputError: ``out_dir`` may not be written (``deconvseg.pipeline.outputs.check_bundle_target``),
+            labels off the image grid, non-integer, negative or above uint32, or values the table lacks.
     """
     out_dir = Path(out_dir)
+    check_bundle_target(out_dir)  # a file, a link or a folder of the user's is never replaced
     timings: dict[str, float] = {}
     labels = align_to_image(_label_map(labels), image)
     uncertainty = align_to_image(uncertainty, image) if uncertainty is not None else None

@@ -118,7 +118,7 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
         raise InputError(path, f"{len(size)}D image of size {list(size)}", "pass a 3D volume (or a 4D one with channel=)")
     if channels > 1 or len(size) == 4:
         if channel is None:
-            raise InputError(path, f"image has {channels} channels (4D or multi-component)", "choose one with channel=N")
+            raise InputError(path, f"image has {channels} channels (4D or multi-component)", "choose one with --channel N (channel=N in Python)")
         if not 0 <= channel < channels:
             raise InputError(path, f"channel {channel} does not exist (image has {channels})", f"choose 0..{channels - 1}")
     if suffix_of(path) in (".nii", ".nii.gz"):
