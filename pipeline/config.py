@@ -48,6 +48,15 @@ class _PlainLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def _parse(text: str) -> Any:
+    """One YAML document through ``_PlainLoader`` (safe constructors, no aliases)."""
+    loader = _PlainLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
     """Read a YAML file (a mapping) and validate it against ``model``.
 
@@ -62,7 +71,7 @@ def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | No
         raise InputError(path, f"config of {path.stat().st_size} bytes is larger than {MAX_CONFIG_BYTES}",
                          "pass a config file (a few YAML keys), not data")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_PlainLoader) or {}  # noqa: S506 (safe loader)
+        data = _parse(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from err
     except yaml.composer.ComposerError as err:
