@@ -29,7 +29,8 @@ from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.export.bundle import write_bundle
 from deconvseg.pipeline.export.report import ReportHeader
 from deconvseg.pipeline.files import path_digest
-from deconvseg.pipeline.guards import time_limit
+from deconvseg.pipeline.guards import max_input_voxels, time_limit
+from deconvseg.pipeline.io.checks import DEFAULT_MAX_VOXELS
 from deconvseg.pipeline.io.volumes import read_volume
 from deconvseg.pipeline.normalize import with_modality
 from deconvseg.pipeline.outputs import check_bundle_target
@@ -172,7 +173,8 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
     check_bundle_target(target)  # before the work: a user's file or folder there is refused, not replaced
     limit = f"{case.path}: case {case.case_id} (timeout_s={config.timeout_s:g})" if config.timeout_s else case.case_id
     with time_limit(config.timeout_s, limit):
-        image = with_modality(read_volume(case.path, channel=config.channel), case.modality)
+        max_voxels = min(DEFAULT_MAX_VOXELS, max_input_voxels(config.inference.memory_budget_mib))
+        image = with_modality(read_volume(case.path, channel=config.channel, max_voxels=max_voxels), case.modality)
         domain = ensemble.settings.domain
         flags: list[CaseFlag] = []
         if domain is not None:

@@ -112,6 +112,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
         raise InputError(weights, "missing weights file", hint + "save the model with save_checkpoint")
     if "weights_sha256" in meta and file_digest(weights) != meta["weights_sha256"]:
         raise InputError(weights, "content does not match weights_sha256 in model.json", "re-save the checkpoint")
+    _check_declared_size(folder, meta, weights)
     try:
         model = build_model(meta["arch"], **meta["arch_kwargs"])
     except (TypeError, ValueError) as err:
@@ -125,6 +126,28 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
         raise InputError(folder, problem, "check arch_kwargs in model.json or re-save the checkpoint") from err
     meta["checkpoint_dir"] = str(folder)
     return model.to(device).eval(), meta
+
+
+SIZE_SLACK = 64 << 20  # bytes a declared network may exceed twice its weights file by before it is refused
+
+
+def _check_declared_size(folder: Path, meta: dict[str, Any], weights: Path) -> None:
+    """Refuse ``arch_kwargs`` that declare far more parameters than the weights file holds, before allocating them.
+
+    The network is first built on PyTorch's ``meta`` device, which records shapes and allocates
+    nothing, so ``widths: [1000000, ...]`` in a hostile ``model.json`` costs no memory.
+    """
+    try:
+        with torch.device("meta"):
+            shapes = build_model(meta["arch"], **meta["arch_kwargs"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(folder / META, f"cannot build {meta['arch']}: {err}", "fix arch_kwargs") from err
+    declared = sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+    held = weights.stat().st_size
+    if declared > 2 * held + SIZE_SLACK:  # a safetensors file holds every tensor's bytes (a small mismatch is
+        # left to the strict load, whose message names the tensors)
+        raise InputError(folder / META, f"arch_kwargs declare a network of {declared / 2**20:.1f} MiB but "
+                         f"{WEIGHTS} holds {held / 2**20:.1f} MiB", "fix arch_kwargs or re-save the checkpoint")
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

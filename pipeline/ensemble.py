@@ -26,6 +26,7 @@ from deconvseg.pipeline.errors import ConfigError, InputError
 from deconvseg.pipeline.files import file_digest
 from deconvseg.pipeline.fusion import Rule
 from deconvseg.pipeline.labels import LabelTable
+from deconvseg.pipeline.model_paths import model_reference
 
 Triple = tuple[float, float, float]
 
@@ -183,10 +184,15 @@ class Ensemble:
         return replace(self, settings=settings)
 
     def shape_guard_folder(self) -> Path | None:
-        """The folder ``settings.shape_guard`` names, resolved against the model folder, or ``None``."""
+        """The folder ``settings.shape_guard`` names, resolved against the model folder, or ``None``.
+
+        Raises:
+            InputError: it lies outside the model folder and outside the shipped weights
+                (``deconvseg.pipeline.model_paths.model_reference``).
+        """
         if not self.settings.shape_guard:
             return None
-        return (self.folder / self.settings.shape_guard).resolve()
+        return model_reference(self.folder, self.settings.shape_guard, "shape_guard")
 
 
 def load_ensemble(folder: str | Path, device: str | torch.device = "cpu") -> Ensemble:
@@ -200,6 +206,8 @@ def load_ensemble(folder: str | Path, device: str | torch.device = "cpu") -> Ens
     if not folder.is_dir():
         raise InputError(folder, "no such model folder", "pass a checkpoint or ensemble folder, e.g. models/weights/acdc")
     paths = [folder] if (folder / META).is_file() else sorted(p for p in folder.iterdir() if (p / META).is_file())
+    for path in paths if paths != [folder] else []:  # a member linked in from elsewhere is not opened
+        model_reference(folder, path.name, "member")
     if not paths:
         raise InputError(folder, f"no {META} in it or its subfolders", "pass a checkpoint or ensemble folder")
     members = tuple(_load_member(path, device) for path in paths)

@@ -144,6 +144,15 @@ def estimate_peak_memory(image: Volume, ensemble: Ensemble, *, batch_size: int =
     })
 
 
+def max_input_voxels(budget_mib: float | None = None) -> int:
+    """The most input voxels a case can have within the budget, before the model is even considered:
+    each input voxel costs at least 4 bytes (float32) plus the 13 of restoring and exporting the labels
+    (``estimate_peak_memory``). Readers refuse larger headers before allocating or decompressing
+    anything (``deconvseg.pipeline.io.volumes.read_volume``'s ``max_voxels``)."""
+    budget = budget_mib * MIB if budget_mib else default_budget_bytes()
+    return max(1, int(budget // (4 + 13)))
+
+
 def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
     """``fraction`` of this machine's physical memory."""
     return int(psutil.virtual_memory().total * fraction)

@@ -63,12 +63,12 @@ def model_reference(folder: Path, reference: str, key: str, root: Path = WEIGHTS
         root: the shipped weights, which shipped models may reference among themselves.
 
     Raises:
-        InputError: the reference is absolute, or resolves outside ``folder`` and outside ``root``.
+        InputError: the reference resolves (links followed) outside ``folder`` and outside ``root``.
     """
     base = Path(folder).resolve()
     target = (base / reference).resolve()
     allowed = [base, root.resolve()]
-    if Path(reference).is_absolute() or not any(target == a or a in target.parents for a in allowed):
+    if not any(target == a or a in target.parents for a in allowed):
         raise InputError(base, f"'{key}' names {reference!r}, outside the model folder",
                          "copy it into the model folder, or pass it explicitly on the command line")
     return target

@@ -47,3 +47,64 @@ def test_a_model_folder_cannot_point_outside_itself(tmp_path, reference):
     with pytest.raises(InputError, match=r"'shape_guard' names .*, outside the model folder"):
         model_reference(tmp_path / "model", reference, "shape_guard")
     assert model_reference(tmp_path / "model", "guard", "shape_guard") == (tmp_path / "model" / "guard").resolve()
+
+
+def _tiny_checkpoint(folder):
+    from flows_support import write_tiny_model
+
+    return write_tiny_model(folder, members=1) / "member0"
+
+
+def test_a_hostile_shape_guard_reference_is_refused_by_name(tmp_path):
+    from deconvseg.pipeline.ensemble import load_ensemble
+
+    model = _tiny_checkpoint(tmp_path / "m").parent
+    (tmp_path / "elsewhere").mkdir()
+    (model / "ensemble.json").write_text(json.dumps({"shape_guard": "../elsewhere"}))
+    with pytest.raises(InputError, match=r"'shape_guard' names '../elsewhere', outside the model folder"):
+        load_ensemble(model).shape_guard_folder()
+
+
+def test_a_member_linked_in_from_outside_is_not_opened(tmp_path):
+    from deconvseg.pipeline.ensemble import load_ensemble
+
+    model = _tiny_checkpoint(tmp_path / "m").parent
+    other = _tiny_checkpoint(tmp_path / "other")
+    (model / "member1").symlink_to(other, target_is_directory=True)
+    with pytest.raises(InputError, match=r"'member' names 'member1', outside the model folder"):
+        load_ensemble(model)
+
+
+def test_network_widths_beyond_the_weights_file_are_refused_before_allocation(tmp_path):
+    import resource
+
+    from deconvseg.pipeline.checkpoints import load_checkpoint
+
+    member = _tiny_checkpoint(tmp_path / "m")
+    meta = json.loads((member / "model.json").read_text())
+    meta["arch_kwargs"]["widths"] = [400_000, 800_000]  # terabytes of weights if allocated
+    meta.pop("weights_sha256", None)
+    (member / "model.json").write_text(json.dumps(meta))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))  # an allocation would fail, not swap
+    try:
+        with pytest.raises(InputError, match=r"arch_kwargs declare a network of [\d.]+ MiB but weights.safetensors "
+                                             r"holds [\d.]+ MiB"):
+            load_checkpoint(member)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_an_input_larger_than_the_memory_budget_is_refused_from_its_header(tmp_path):
+    from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
+    from deconvseg.pipeline.ensemble import load_ensemble
+    from deconvseg.pipeline.segment import InferenceConfig
+
+    model = _tiny_checkpoint(tmp_path / "m").parent
+    header = tmp_path / "big.mha"  # declares 2000^3 float voxels, holds none
+    header.write_text("ObjectType = Image\nNDims = 3\nDimSize = 2000 2000 2000\nElementSpacing = 1 1 1\n"
+                      "ElementType = MET_FLOAT\nElementDataFile = LOCAL\n")
+    config = CaseConfig(inference=InferenceConfig(memory_budget_mib=512))
+    with pytest.raises(InputError, match=r"big.mha: 8e\+09 voxels exceed the limit of 3.16e\+07"):
+        run_case(CaseInput("big", header), load_ensemble(model), config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -34,7 +34,7 @@ def check_size(path: str | Path, size: tuple[int, ...], components: int, max_vox
     if voxels > max_voxels:
         raise InputError(
             path, f"{voxels:.3g} voxels exceed the limit of {max_voxels:.3g}",
-            "crop or downsample the volume, or raise max_voxels",
+            "crop or downsample the volume, or raise the limit (max_voxels, memory_budget_mib)",
         )
 
 
