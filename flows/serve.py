@@ -23,6 +23,7 @@ from typing import Any
 from deconvseg.flows.lifeline import watch_parent_from_environment
 from deconvseg.pipeline.config import Settings, validate_config
 from deconvseg.pipeline.errors import ConfigError, DeconvsegError
+from deconvseg.pipeline.sanitize import terminal_text
 
 
 class BatchRequest(Settings):
@@ -62,11 +63,11 @@ def run_once(request: BatchRequest) -> int:
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
         reason = summary if isinstance(summary, BaseException) else state.message
-        print(f"error: batch failed: {reason}", file=sys.stderr)
+        print(f"error: batch failed: {terminal_text(str(reason))}", file=sys.stderr)
         return 2 if isinstance(summary, DeconvsegError) else 1
     for row in summary["rows"]:
         if row["status"] == "failed":
-            print(f"failed: {row['case']}: {row['reason']}", file=sys.stderr)
+            print(f"failed: {row['case']}: {terminal_text(str(row['reason']))}", file=sys.stderr)
     print(f"{state.message}; {summary['seconds']:.1f} s, {summary['cases_per_min']:.1f} cases/min; "
           f"bundles and batch.json in {summary['out']}")
     if request.print_json:
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> int:
             return 0
         return run_once(request)
     except DeconvsegError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {terminal_text(str(err))}", file=sys.stderr)
         return 2
 
 

@@ -156,3 +156,22 @@ def test_batch_configs_are_validated_completely_before_anything_starts(tmp_path,
                                       "--config", str(tmp_path / "batch.yaml")])
     _refused(result, pattern)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(case):
+    """The file-size limit stands in for a full disk: the write fails half-way with an OSError."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    before = _listing(case)
+    result = subprocess.run([*CLI, "export", str(case / "labels.nii.gz"), "--image", str(case / "image.nii.gz"),
+                             "--out", str(case / "bundle")], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            preexec_fn=limit)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: while writing: file too large; the file is larger than this "
+                                          "system allows (ulimit -f): raise the limit or write elsewhere"]
+    assert _listing(case) == before  # no bundle, no temporary folder

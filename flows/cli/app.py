@@ -39,6 +39,7 @@ F = TypeVar("F", bound=Callable)
 
 _OS_FIXES = {
     errno.ENOSPC: "free space on that disk or choose another output folder",
+    errno.EFBIG: "the file is larger than this system allows (ulimit -f): raise the limit or write elsewhere",
     errno.EDQUOT: "free space within your quota or choose another output folder",
     errno.EACCES: "choose a folder you can write to, or change its permissions",
     errno.EPERM: "choose a folder you can write to, or change its permissions",
@@ -54,7 +55,7 @@ def refusal(err: BaseException) -> str | None:
     if isinstance(err, DeconvsegError):
         return f"error: {terminal_text(str(err))}"
     if isinstance(err, OSError) and err.errno in _OS_FIXES:  # the environment failed: not retried, not a bug
-        where = err.filename if err.filename is not None else "output"
+        where = err.filename if err.filename is not None else "while writing"
         return f"error: {terminal_text(str(where))}: {err.strerror.lower()}; {_OS_FIXES[err.errno]}"
     return None
 

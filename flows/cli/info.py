@@ -29,6 +29,7 @@ def info(
     from deconvseg.pipeline.io.checks import DEFAULT_MAX_VOXELS
     from deconvseg.pipeline.io.volumes import read_volume
     from deconvseg.pipeline.normalize import detect_modality
+    from deconvseg.pipeline.sanitize import terminal_text
 
     if kind not in ("image", "label"):
         raise InputError(path, f"unknown kind '{kind}'", "use --kind image or --kind label")
@@ -54,4 +55,4 @@ def info(
         typer.echo(json.dumps(summary))
     else:
         for key, value in summary.items():
-            typer.echo(f"{key:>16}: {value}")
+            typer.echo(f"{key:>16}: {terminal_text(str(value))}")  # a path or UID from the input: no escapes
