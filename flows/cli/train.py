@@ -56,7 +56,8 @@ def train(
 @app.command()
 @one_line_errors
 def evaluate(
-    model: Path = typer.Option(..., "--model", help="A checkpoint folder or an ensemble folder."),
+    model: str = typer.Option(..., "--model", help="A shipped model's name (acdc, ...) or a checkpoint/ensemble "
+                              "folder given as a path."),
     data: Path = typer.Option(..., "--data", help="ACDC folder (volumes/), MSD/nnU-Net folder or CSV manifest."),
     split: Optional[Path] = typer.Option(None, "--split", help="List file of case names to score."),
     threads: int = typer.Option(2, "--threads", help="Torch threads."),
@@ -64,8 +65,9 @@ def evaluate(
 ) -> None:
     """Per-class Dice and HD95 of a model (ensemble: mean of the members' softmax) on labelled data."""
     from deconvseg.flows.evaluate import run_evaluation
+    from deconvseg.pipeline.model_paths import resolve_model
 
-    result = run_evaluation(model, data, split, threads=threads, progress=not as_json)
+    result = run_evaluation(resolve_model(model), data, split, threads=threads, progress=not as_json)
     if as_json:
         typer.echo(json.dumps({k: v for k, v in result.items() if k != "per_case"}))
         return
