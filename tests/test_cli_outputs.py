@@ -175,3 +175,23 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(case):
     assert result.stderr.splitlines() == ["error: while writing: file too large; the file is larger than this "
                                           "system allows (ulimit -f): raise the limit or write elsewhere"]
     assert _listing(case) == before  # no bundle, no temporary folder
+
+
+def test_label_values_past_16_bits_reach_the_seg_and_rtstruct(tmp_path):
+    import pydicom
+
+    from deconvseg.pipeline.io.volumes import read_volume, write_volume
+    from tests.test_io_dicom import write_series
+
+    write_series(tmp_path / "series", np.random.default_rng(0).integers(-100, 200, size=(6, 16, 16)).astype(np.int16))
+    image = read_volume(tmp_path / "series")
+    labels = np.zeros(image.shape, np.uint32)
+    labels[1:5, 3:12, 3:12], labels[2:4, 5:9, 5:9] = 70000, 3
+    write_volume(image.with_array(labels, kind="label"), tmp_path / "labels.nii.gz")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "labels.nii.gz"), "--image", str(tmp_path / "series"),
+                                      "--out", str(tmp_path / "bundle")])
+    assert result.exit_code == 0, result.output
+    seg = pydicom.dcmread(tmp_path / "bundle" / "seg.dcm")
+    assert sorted(s.TrackingID.split(":")[0] for s in seg.SegmentSequence) == ["3", "70000"]
+    rtstruct = pydicom.dcmread(tmp_path / "bundle" / "rtstruct.dcm")
+    assert len(rtstruct.StructureSetROISequence) == 2
