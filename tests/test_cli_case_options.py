@@ -99,3 +99,14 @@ def test_batch_deidentifies_through_the_case_api(tmp_path, model, prefect_env):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out" / "series" / "seg.dcm").is_file()
     assert _grep(tmp_path / "out" / "series", secrets + [str(series)]) == []
+
+
+def test_a_second_batch_on_the_same_output_is_one_line_before_anything_starts(tmp_path, model):
+    from deconvseg.flows.outputs import batch_lock
+
+    write_phantom(tmp_path / "in" / "p1.nii.gz", 1)
+    with batch_lock(tmp_path / "out"):  # the first batch, still running
+        result = CliRunner().invoke(app, ["batch", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                          "--model", str(model)])
+    _one_line(result, r"out: another batch is writing into this folder")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".deconvseg-batch.lock"]

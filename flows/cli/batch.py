@@ -57,8 +57,10 @@ def _wait_child(command: list[str], request: str, env: dict[str, str]) -> int:
 
 def _check(source: Path, out: Path, model: str | None) -> Path:
     """Fail fast, before Prefect starts: the inputs must exist, every bundle folder must be writable
-    (``deconvseg.pipeline.outputs``) and the model must load and validate; the model folder."""
+    (``deconvseg.pipeline.outputs``), the model must load and validate, and no other batch may be
+    writing into ``out``; the model folder."""
     from deconvseg.flows.inputs import DEFAULT_MODEL, discover_cases
+    from deconvseg.flows.outputs import batch_lock
     from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.model_paths import resolve_model
     from deconvseg.pipeline.outputs import check_bundle_target, check_output_root
@@ -68,6 +70,8 @@ def _check(source: Path, out: Path, model: str | None) -> Path:
         check_bundle_target(out / case.case_id)
     folder = resolve_model(model) if model else DEFAULT_MODEL
     load_ensemble(folder)
+    with batch_lock(out.expanduser().absolute()):  # a second batch on the same output: refused here, in one line
+        pass
     return folder.expanduser().resolve()
 
 
