@@ -34,9 +34,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-F = TypeVar("F", bound=Callable)
-
-
 _OS_FIXES = {
     errno.ENOSPC: "free space on that disk or choose another output folder",
     errno.EFBIG: "the file is larger than this system allows (ulimit -f): raise the limit or write elsewhere",
