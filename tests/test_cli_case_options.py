@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -44,7 +45,7 @@ def _segment(inputs: list[Path], out: Path, model: Path, *extra: str):
 
 def _one_line(result, pattern: str) -> None:
     assert result.exit_code == 2, result.output
-    assert len(result.stderr.splitlines()) == 1 and __import__("re").search(pattern, result.stderr), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and re.search(pattern, result.stderr), result.stderr
 
 
 def test_segment_deidentifies_seg_rtstruct_and_manifest(tmp_path, model):

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import resource
+import signal
 import struct
 import subprocess
 import sys
@@ -46,7 +49,7 @@ def _refused(result, pattern: str) -> str:
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert __import__("re").search(pattern, lines[0]), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
     return lines[0]
 
 
@@ -96,8 +99,7 @@ def test_label_values_near_2_to_the_31_do_not_allocate_by_value(case):
     nib.save(nib.Nifti1Image(labels, np.eye(4)), case / "labels.nii.gz")
     result = subprocess.run([*CLI, "export", str(case / "labels.nii.gz"), "--image", str(case / "image.nii.gz"),
                              "--out", str(case / "bundle")], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            preexec_fn=lambda: __import__("resource").setrlimit(
-                                __import__("resource").RLIMIT_AS, (3 << 30, 3 << 30)))  # 3 GiB: no 16 GiB table
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)))  # no 16 GiB table
     assert result.returncode == 0, result.stderr
     assert int(np.asarray(nib.load(case / "bundle" / "labels.nii.gz").dataobj).max()) == 2**31 + 5
 
@@ -160,9 +162,6 @@ def test_batch_configs_are_validated_completely_before_anything_starts(tmp_path,
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(case):
     """The file-size limit stands in for a full disk: the write fails half-way with an OSError."""
-    import resource
-    import signal
-
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
         resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))

@@ -4,6 +4,7 @@ cannot make the pipeline open files outside itself (issue 17)."""
 from __future__ import annotations
 
 import json
+import resource
 
 import pytest
 
@@ -76,8 +77,6 @@ def test_a_member_linked_in_from_outside_is_not_opened(tmp_path):
 
 
 def test_network_widths_beyond_the_weights_file_are_refused_before_allocation(tmp_path):
-    import resource
-
     from deconvseg.pipeline.checkpoints import load_checkpoint
 
     member = _tiny_checkpoint(tmp_path / "m")
