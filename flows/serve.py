@@ -20,9 +20,9 @@ import json
 import sys
 from typing import Any
 
-from deconvseg.flows.lifeline import watch_parent_from_environment
-from deconvseg.pipeline.config import Settings, validate_config
-from deconvseg.pipeline.errors import ConfigError, DeconvsegError
+from deconvseg.flows.runners import read_child_request
+from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.errors import DeconvsegError
 from deconvseg.pipeline.sanitize import terminal_text
 
 
@@ -90,16 +90,8 @@ def main(argv: list[str]) -> int:
     The process, and everything it starts (Prefect's temporary server, Dask workers, scheduled
     flow runs), ends when the CLI that started it ends (``deconvseg.flows.lifeline``).
     """
-    watch_parent_from_environment()
     try:
-        if argv:
-            raise ConfigError("python -m deconvseg.flows.serve takes no arguments; pass the request as JSON on "
-                              "standard input")
-        try:
-            data = json.loads(sys.stdin.read())
-        except ValueError as err:
-            raise ConfigError(f"batch request on standard input is not JSON ({err}); pass one JSON object") from err
-        request = validate_config(data, BatchRequest, source="batch request")
+        request = read_child_request("deconvseg.flows.serve", argv, BatchRequest)
         if request.cron:
             serve(request)
             return 0

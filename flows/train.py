@@ -28,8 +28,8 @@ from typing import Any
 
 from prefect import flow, task
 
-from deconvseg.flows.runners import make_task_runner
-from deconvseg.pipeline.config import Settings, load_config, validate_config
+from deconvseg.flows.runners import make_task_runner, read_child_request
+from deconvseg.pipeline.config import Settings, load_config
 from deconvseg.pipeline.devices import check_device_name, resolve_device
 from deconvseg.pipeline.errors import ConfigError, DeconvsegError
 from deconvseg.pipeline.training.data import DataConfig, TrainingData, load_training_data
@@ -178,10 +178,10 @@ class TrainRequest(Settings):
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the child process: ``argv[0]`` is a ``TrainRequest`` as JSON; prints
-    ``ensemble.json``'s content as one line."""
+    """Entry point of the child process: a ``TrainRequest`` as JSON on standard input (``argv`` empty);
+    prints ``ensemble.json``'s content as one line. Ends with the CLI that started it."""
     try:
-        request = validate_config(json.loads(argv[0]), TrainRequest, source="train request")
+        request = read_child_request("deconvseg.flows.train", argv, TrainRequest)
         summary = train_flow(request.config_path, request.overrides, request.dask_address, request.dask_workers)
     except DeconvsegError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,11 +6,7 @@ process (``python -m deconvseg.flows.serve``) whose environment is offline and q
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import typer
@@ -22,37 +18,12 @@ _DEMO_SHAPE, _DEMO_SPACING = (64, 128, 128), (2.0, 2.0, 3.0)  # the default mode
 
 
 def _run_child(request: dict, home: Path | None, api_url: str | None, local_cluster: bool) -> int:
-    """Run ``deconvseg.flows.serve`` with ``request`` in an offline child process; its exit status.
-
-    A local Dask cluster gets a loopback ``prefect server start`` for the run when no API URL is
-    given (otherwise every worker would start its own embedded server).
-    """
-    from deconvseg.flows.prefect_env import local_server, prefect_environment
+    """Run ``deconvseg.flows.serve`` with ``request`` in an offline child process; its exit status
+    (``deconvseg.flows.runners.run_flow_child``: the request on stdin, the child ends with this process)."""
+    from deconvseg.flows.runners import run_flow_child
 
     release_stderr()  # the refusals are over: the child's lines (failed cases, Prefect) stream as they come
-    command = [sys.executable, "-m", "deconvseg.flows.serve"]
-    if local_cluster and not api_url:
-        with local_server(home) as url:
-            return _wait_child(command, json.dumps(request), prefect_environment(home, api_url=url))
-    return _wait_child(command, json.dumps(request), prefect_environment(home, api_url=api_url))
-
-
-def _wait_child(command: list[str], request: str, env: dict[str, str]) -> int:
-    """Run ``command`` with ``request`` on its standard input (settings never travel on a command line,
-    where ``ps`` shows them); when this process is interrupted or terminated, stop the child too. The
-    child ends by itself when this process dies (``deconvseg.flows.lifeline``)."""
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, text=True)
-    try:
-        process.stdin.write(request)
-        process.stdin.close()
-        return process.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if process.poll() is None:
-            from deconvseg.flows.prefect_env import stop_process
-
-            stop_process(process, grace_s=30)
+    return run_flow_child("deconvseg.flows.serve", request, home, api_url, local_cluster)
 
 
 def _check(source: Path, out: Path, model: str | None) -> Path:

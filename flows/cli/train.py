@@ -40,11 +40,13 @@ def train(
     if workers or dask:
         if member:
             raise typer.BadParameter("--member trains in this process; leave it out with --workers/--dask")
+        from deconvseg.flows.cli.app import release_stderr
         from deconvseg.flows.runners import run_flow_child
 
         load_train_config(config, overrides, local=not dask)  # bad keys or devices fail here, before Prefect starts
         request = {"config_path": str(config.resolve()), "overrides": overrides, "dask_address": dask,
                    "dask_workers": workers}
+        release_stderr()  # the refusals are over: the child's output streams
         code = run_flow_child("deconvseg.flows.train", request, prefect_home, api_url, local_cluster=bool(workers))
         if code:
             raise typer.Exit(code=code)
