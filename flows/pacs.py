@@ -38,7 +38,7 @@ from deconvseg.flows import dashboard
 from deconvseg.flows.inputs import DEFAULT_MODEL, cache_key, config_version
 from deconvseg.flows.outputs import batch_lock, sweep_partial
 from deconvseg.flows.pacs_settings import PacsAuth, PacsConfig, PacsRequest
-from deconvseg.flows.runners import make_task_runner
+from deconvseg.flows.runners import make_task_runner, read_child_request
 from deconvseg.flows.segment import _ensemble, one_line
 from deconvseg.pipeline.config import validate_config
 from deconvseg.pipeline.ensemble import model_version
@@ -205,6 +205,7 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
         ``Completed`` or ``Failed`` (a case failed); its data is the summary (``<out>/batch.json``).
     """
     settings = validate_config(config or {}, PacsConfig, source="pacs config")
+    deidentify = deidentify or settings.deidentify  # the flag, or the config's default
     validate_config(auth or {}, PacsAuth, source="pacs auth")
     started = dt.datetime.now()
     model_dir = str(Path(model).expanduser().resolve()) if model else str(DEFAULT_MODEL)
@@ -219,7 +220,8 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
     mark = time.perf_counter()
     found = find_series(client, search)
     query_s = time.perf_counter() - mark
-    versions = {"model": model_version(model_dir), "config": config_version(settings.inference)}
+    versions = {"model": model_version(model_dir),
+                "config": config_version({**settings.case_settings(), "deidentify": deidentify})}
     description = result_description(_ensemble(model_dir, versions["model"]).name, versions["model"])
     cases = {case_id(s, pseudonymous=deidentify): s.to_json() for s in found}
     viewer_base = check_viewer_base(viewer_url) if viewer_url and "{" not in viewer_url else None
@@ -257,7 +259,8 @@ def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_
         case_task = pacs_series.with_options(retries=settings.retries,
                                              retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
         case_config = {"inference": {**settings.case_inference(settings.max_workers), "threads": settings.threads},
-                       "timeout_s": settings.case_timeout_s, "allow_domain_mismatch": settings.allow_domain_mismatch}
+                       "timeout_s": settings.case_timeout_s, "allow_domain_mismatch": settings.allow_domain_mismatch,
+                       "deidentify": deidentify, "channel": settings.channel}
         futures = {}
         for case, series in cases.items():
             future = case_task.submit(series, case, url, auth, verify_tls, str(out_dir), model_dir, versions,
@@ -302,9 +305,10 @@ def run_once(request: PacsRequest) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the child process: ``argv[0]`` is the ``PacsRequest`` as JSON."""
+    """Entry point of the child process: the ``PacsRequest`` as JSON on standard input (``argv`` empty).
+    Ends with the CLI that started it (``deconvseg.flows.lifeline``)."""
     try:
-        request = validate_config(json.loads(argv[0]), PacsRequest, source="pacs request")
+        request = read_child_request("deconvseg.flows.pacs", argv, PacsRequest)
         if request.cron:
             pacs_pass.serve(name=request.name, cron=request.cron, parameters=request.parameters(),
                             description=f"deconvseg PACS pass over {public_url(request.url)} into {request.out}")

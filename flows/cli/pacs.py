@@ -103,16 +103,14 @@ def pacs(
 
 
 def _run_child(request: dict, home: Path | None, api_url: str | None) -> int:
-    """Run ``python -m deconvseg.flows.pacs`` with ``request`` in an offline child process; its exit status.
+    """Run ``python -m deconvseg.flows.pacs`` with ``request`` in an offline child process; its exit status
+    (``deconvseg.flows.runners.run_flow_child``: the request on stdin, the child ends with this process).
 
     The child inherits this environment (the variable named by ``--password-env`` included);
     the request names the variable, never its value.
     """
-    import json
-    import sys
+    from deconvseg.flows.cli.app import release_stderr
+    from deconvseg.flows.runners import run_flow_child
 
-    from deconvseg.flows.cli.batch import _wait_child
-    from deconvseg.flows.prefect_env import prefect_environment
-
-    command = [sys.executable, "-m", "deconvseg.flows.pacs", json.dumps(request)]
-    return _wait_child(command, prefect_environment(home, api_url=api_url))
+    release_stderr()  # the refusals are over: the child's lines stream as they come
+    return run_flow_child("deconvseg.flows.pacs", request, home, api_url, local_cluster=False)
