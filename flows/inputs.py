@@ -64,7 +64,7 @@ class BatchConfig(Settings):
     report_base_url: str | None = None
     allow_domain_mismatch: bool = False
     deidentify: bool = False
-    channel: int | None = Field(None, ge=0)
+    channel: int | None = Field(default=None, ge=0)
 
     @field_validator("inference")
     @classmethod

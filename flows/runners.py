@@ -77,9 +77,8 @@ def run_flow_child(module: str, request: dict[str, Any], home: Path | None, api_
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
         process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, text=True)
         try:
-            process.stdin.write(json.dumps(request))
-            process.stdin.close()
-            return process.wait()
+            process.communicate(json.dumps(request))  # writes, closes stdin, waits
+            return process.returncode
         finally:
             signal.signal(signal.SIGTERM, previous)
             if process.poll() is None:

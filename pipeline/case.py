@@ -79,7 +79,7 @@ class CaseConfig(Settings):
     timeout_s: float | None = None
     allow_domain_mismatch: bool = False
     deidentify: bool = False
-    channel: int | None = Field(None, ge=0)
+    channel: int | None = Field(default=None, ge=0)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def check_output_root(path: str | Path) -> Path:
     try:  # a real probe: permission bits say nothing about root, read-only mounts or quotas
         os.rmdir(tempfile.mkdtemp(prefix=".deconvseg-probe-", dir=existing))
     except OSError as err:
-        raise InputError(existing, f"folder is not writable ({err.strerror.lower()})",
+        raise InputError(existing, f"folder is not writable ({(err.strerror or 'error').lower()})",
                          "choose a folder you can write to, or change its permissions") from err
     return path
 

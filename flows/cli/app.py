@@ -53,7 +53,7 @@ def refusal(err: BaseException) -> str | None:
         return f"error: {terminal_text(str(err))}"
     if isinstance(err, OSError) and err.errno in _OS_FIXES:  # the environment failed: not retried, not a bug
         where = err.filename if err.filename is not None else "while writing"
-        return f"error: {terminal_text(str(where))}: {err.strerror.lower()}; {_OS_FIXES[err.errno]}"
+        return f"error: {terminal_text(str(where))}: {(err.strerror or 'error').lower()}; {_OS_FIXES[err.errno]}"
     return None
 
 

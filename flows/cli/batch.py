@@ -51,7 +51,7 @@ def _check(source: Path, out: Path, model: str | None) -> Path:
 def batch(
     source: Path = typer.Argument(..., help="Folder of NIfTI/NRRD/MHA files and DICOM series folders, or a manifest CSV."),
     out: Path = typer.Option(..., "--out", help="Output folder: one review bundle per case, batch.json."),
-    model: str = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
+    model: str | None = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
                               "as a path (default: the shipped phantom-ct)."),
     config: Path = typer.Option(None, "--config", help="YAML overriding BatchConfig (see configs/batch.yaml)."),
     cron: str = typer.Option(None, "--cron", help='Serve on a schedule, e.g. "0 2 * * *" (needs a server).'),
@@ -108,7 +108,7 @@ def batch(
 def demo(
     out: Path = typer.Option(Path("deconvseg-demo"), "--out", help="Output folder (bundles; inputs in OUT/inputs)."),
     cases: int = typer.Option(3, "--cases", min=1, max=20, help="Number of phantom CT volumes (one as DICOM)."),
-    model: str = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
+    model: str | None = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
                               "as a path (default: the shipped phantom-ct)."),
     prefect_home: Path = typer.Option(None, "--prefect-home", help=_HOME_HELP),
 ) -> None:

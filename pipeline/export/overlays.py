@@ -100,8 +100,8 @@ def write_overlays(
     folder.mkdir(parents=True, exist_ok=True)
     grey, spacing = _lps(image)
     window = CT_WINDOW if image.modality == "CT" else tuple(np.percentile(grey[::4, ::4, ::4], (1, 99)))
-    index, keys = dense_labels(labels.array, table.values)
-    lab, _ = _lps(labels.with_array(index))
+    dense, keys = dense_labels(labels.array, table.values)
+    lab, _ = _lps(labels.with_array(dense))
     palette = np.zeros((len(keys), 3), dtype=np.float32)
     for label in table:
         palette[index_of(keys, label.value)] = np.asarray(label.color) / 255.0
