@@ -24,13 +24,9 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from deconvseg.pipeline.autoencoding.report import comparison_markdown, write_comparison
-from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, FitResult, fit_and_evaluate
-from deconvseg.pipeline.io.datasets import ACDC_NOMINAL_SPACING, read_acdc
 from deconvseg.pipeline.autoencoding.corruption import KINDS, corrupt_labels
-from deconvseg.pipeline.autoencoding.mnist import read_mnist
+from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, FitResult, fit_and_evaluate
 from deconvseg.pipeline.autoencoding.guard import ShapeGuard, save_shape_guard
-from deconvseg.pipeline.autoencoding.score import PlausibilityConfig
 from deconvseg.pipeline.autoencoding.guard_training import (
     ShapeGuardTrainConfig,
     calibrate_plausibility,
@@ -38,6 +34,10 @@ from deconvseg.pipeline.autoencoding.guard_training import (
     refinement_study,
     train_shape_guard,
 )
+from deconvseg.pipeline.autoencoding.mnist import read_mnist
+from deconvseg.pipeline.autoencoding.report import comparison_markdown, write_comparison
+from deconvseg.pipeline.autoencoding.score import PlausibilityConfig
+from deconvseg.pipeline.io.datasets import ACDC_NOMINAL_SPACING, read_acdc
 from deconvseg.pipeline.volume import Volume
 
 
@@ -53,7 +53,11 @@ def fit_task(name: str, train: torch.Tensor, test: torch.Tensor, code_size: int,
     """Train and score one model (wraps ``fit_and_evaluate``)."""
     logger = get_run_logger()
     result = fit_and_evaluate(
-        name, train, test, code_size, AutoencoderTrainConfig(**config),
+        name,
+        train,
+        test,
+        code_size,
+        AutoencoderTrainConfig(**config),
         progress=lambda epoch, loss: logger.info("%s epoch %d loss %.5f", name, epoch, loss),
     )
     logger.info("%s: %s", name, json.dumps(result.row))
@@ -155,11 +159,21 @@ def shape_guard_training(root: str, train_list: str, val_list: str, out_dir: str
     meta = {
         "labels": {"1": "RV", "2": "MYO", "3": "LV"},
         "metrics": metrics,
-        "training": {"data": f"ACDC {train_list}", "volumes": len(train_labels), "seconds": round(seconds, 1),
-                     "loss_per_epoch": losses, "config": cfg.model_dump(mode="json")},
+        "training": {
+            "data": f"ACDC {train_list}",
+            "volumes": len(train_labels),
+            "seconds": round(seconds, 1),
+            "loss_per_epoch": losses,
+            "config": cfg.model_dump(mode="json"),
+        },
     }
-    arch = {"n_classes": cfg.grid.n_classes, "grid": list(cfg.grid.grid), "channels": list(cfg.channels),
-            "code_size": cfg.code_size, "bottleneck": cfg.bottleneck}
+    arch = {
+        "n_classes": cfg.grid.n_classes,
+        "grid": list(cfg.grid.grid),
+        "channels": list(cfg.channels),
+        "code_size": cfg.code_size,
+        "bottleneck": cfg.bottleneck,
+    }
     save_guard_task(out_dir, guard, arch, meta)
     return metrics
 

@@ -43,8 +43,15 @@ def _flags(stats: list[dict[str, Any]], qa: dict[str, Any] | None) -> list[str]:
     return flags
 
 
-def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stats: list[dict[str, Any]],
-             structure_uncertainty: dict[Any, float] | None = None, qa: dict[str, Any] | None = None) -> dict[str, Any]:
+def case_row(
+    case_id: str,
+    status: str,
+    seconds: float,
+    bundle: str | Path,
+    stats: list[dict[str, Any]],
+    structure_uncertainty: dict[Any, float] | None = None,
+    qa: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The dashboard row of a finished case (``summary_row`` makes it from a ``CaseSummary``).
 
     Args:
@@ -60,9 +67,17 @@ def case_row(case_id: str, status: str, seconds: float, bundle: str | Path, stat
     scores = [float(s["mean_uncertainty"]) for s in stats if s.get("mean_uncertainty") is not None]
     if not scores and structure_uncertainty:
         scores = [float(v) for v in structure_uncertainty.values()]
-    return {"case": case_id, "status": status, "seconds": round(seconds, 2), "volumes_ml": _volumes(stats),
-            "uncertainty": round(max(scores), 4) if scores else None, "flags": _flags(stats, qa),
-            "case_flags": list((qa or {}).get("case_flags") or []), "bundle": str(bundle), "reason": ""}
+    return {
+        "case": case_id,
+        "status": status,
+        "seconds": round(seconds, 2),
+        "volumes_ml": _volumes(stats),
+        "uncertainty": round(max(scores), 4) if scores else None,
+        "flags": _flags(stats, qa),
+        "case_flags": list((qa or {}).get("case_flags") or []),
+        "bundle": str(bundle),
+        "reason": "",
+    }
 
 
 def summary_row(summary: CaseSummary, status: str = "segmented") -> dict[str, Any]:
@@ -70,8 +85,15 @@ def summary_row(summary: CaseSummary, status: str = "segmented") -> dict[str, An
 
     A PACS case segmented with a viewer base carries ``link``: the study in OHIF with our SEG shown.
     """
-    row = case_row(summary.case_id, status, summary.seconds, summary.bundle, summary.stats,
-                   summary.structure_uncertainty, qa=summary.qa)
+    row = case_row(
+        summary.case_id,
+        status,
+        summary.seconds,
+        summary.bundle,
+        summary.stats,
+        summary.structure_uncertainty,
+        qa=summary.qa,
+    )
     if summary.viewer_url:
         row["link"] = summary.viewer_url
     return row
@@ -79,8 +101,17 @@ def summary_row(summary: CaseSummary, status: str = "segmented") -> dict[str, An
 
 def failed_row(case_id: str, reason: str) -> dict[str, Any]:
     """The dashboard row of a case that failed, with its one-line reason."""
-    return {"case": case_id, "status": "failed", "seconds": None, "volumes_ml": {}, "uncertainty": None,
-            "flags": [], "case_flags": [], "bundle": "", "reason": reason}
+    return {
+        "case": case_id,
+        "status": "failed",
+        "seconds": None,
+        "volumes_ml": {},
+        "uncertainty": None,
+        "flags": [],
+        "case_flags": [],
+        "bundle": "",
+        "reason": reason,
+    }
 
 
 def row_from_bundle(case_id: str, bundle: Path, status: str = "cached") -> dict[str, Any]:
@@ -104,11 +135,20 @@ def table_rows(rows: list[dict[str, Any]], report_base_url: str | None = None) -
     ``<structure> mL`` column per structure seen, and ``link``: the study in the PACS UI, else the
     served report (``report_link``), else the report's path."""
     names = list(dict.fromkeys(name for row in rows for name in row["volumes_ml"]))
-    return [{"case": r["case"], "status": r["status"], "case_flags": _case_flag_names(r), "seconds": r["seconds"],
-             **{f"{name} mL": r["volumes_ml"].get(name) for name in names},
-             "uncertainty": r["uncertainty"], "qa_flags": "; ".join(r["flags"]), "reason": r["reason"],
-             "link": _row_link(r, report_base_url)}
-            for r in sorted(rows, key=lambda row: row["case"])]
+    return [
+        {
+            "case": r["case"],
+            "status": r["status"],
+            "case_flags": _case_flag_names(r),
+            "seconds": r["seconds"],
+            **{f"{name} mL": r["volumes_ml"].get(name) for name in names},
+            "uncertainty": r["uncertainty"],
+            "qa_flags": "; ".join(r["flags"]),
+            "reason": r["reason"],
+            "link": _row_link(r, report_base_url),
+        }
+        for r in sorted(rows, key=lambda row: row["case"])
+    ]
 
 
 def _row_link(row: dict[str, Any], base_url: str | None) -> str:
@@ -127,23 +167,29 @@ def counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 def state_message(tally: dict[str, int]) -> str:
     """The flow's final message, e.g. ``1 of 4 cases failed (3 segmented, 0 cached)``."""
-    return (f"{tally['failed']} of {tally['cases']} cases failed "
-            f"({tally['segmented']} segmented, {tally['cached']} cached)")
+    return (
+        f"{tally['failed']} of {tally['cases']} cases failed ({tally['segmented']} segmented, {tally['cached']} cached)"
+    )
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The markdown summary: throughput, failures with reasons, links to the review bundles."""
     tally, rows = summary["counts"], sorted(summary["rows"], key=lambda r: r["case"])
     review = needs_review(rows)
-    lines = [f"# Batch {summary['out']}", "",
-             f"**{tally['cases']} cases** in {summary['seconds']:.1f} s "
-             f"({summary['cases_per_min']:.1f} cases/min): {tally['segmented']} segmented, "
-             f"{tally['cached']} cached, {tally['failed']} failed; "
-             f"**{len(review)} need review** (case flags: the model may not apply).", ""]
+    lines = [
+        f"# Batch {summary['out']}",
+        "",
+        f"**{tally['cases']} cases** in {summary['seconds']:.1f} s "
+        f"({summary['cases_per_min']:.1f} cases/min): {tally['segmented']} segmented, "
+        f"{tally['cached']} cached, {tally['failed']} failed; "
+        f"**{len(review)} need review** (case flags: the model may not apply).",
+        "",
+    ]
     if review:
         lines += ["## Needs review (case flags)", ""]
-        lines += [f"- `{r['case']}`: " + "; ".join(f"{f['flag']} ({f['reason']})" for f in r["case_flags"])
-                  for r in review]
+        lines += [
+            f"- `{r['case']}`: " + "; ".join(f"{f['flag']} ({f['reason']})" for f in r["case_flags"]) for r in review
+        ]
         lines += [""]
     failures = [r for r in rows if r["status"] == "failed"]
     if failures:
@@ -188,8 +234,12 @@ class Progress:
         from prefect.artifacts import create_progress_artifact
 
         self.total, self.done = max(total, 1), 0
-        self.artifact_id = cast("UUID", create_progress_artifact(  # sync context: not a coroutine
-            0.0, key=f"{key}-progress", description=f"cases finished of {total}"))
+        self.artifact_id = cast(
+            "UUID",
+            create_progress_artifact(  # sync context: not a coroutine
+                0.0, key=f"{key}-progress", description=f"cases finished of {total}"
+            ),
+        )
 
     def advance(self) -> None:
         from prefect.artifacts import update_progress_artifact
@@ -198,8 +248,9 @@ class Progress:
         update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total)
 
 
-def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str,
-            report_base_url: str | None = None) -> dict[str, Any]:
+def publish(
+    rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str, report_base_url: str | None = None
+) -> dict[str, Any]:
     """Publish the table and markdown artifacts and write ``<out>/batch.json``; return the summary.
 
     ``report_base_url``: where ``out_dir`` is served over HTTP, so the reports' links open
@@ -208,10 +259,15 @@ def publish(rows: list[dict[str, Any]], out_dir: Path, seconds: float, key: str,
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     tally = counts(rows)
-    summary = {"out": str(out_dir), "seconds": round(seconds, 2), "counts": tally,
-               "cases_per_min": round(60.0 * tally["cases"] / max(seconds, 1e-9), 2),
-               "needs_review": [r["case"] for r in needs_review(rows)],
-               "rows": sorted(rows, key=lambda r: r["case"]), "report_base_url": report_base_url}
+    summary = {
+        "out": str(out_dir),
+        "seconds": round(seconds, 2),
+        "counts": tally,
+        "cases_per_min": round(60.0 * tally["cases"] / max(seconds, 1e-9), 2),
+        "needs_review": [r["case"] for r in needs_review(rows)],
+        "rows": sorted(rows, key=lambda r: r["case"]),
+        "report_base_url": report_base_url,
+    }
     create_table_artifact(table_rows(rows, report_base_url), key=f"{key}-cases", description=state_message(tally))
     create_markdown_artifact(summary_markdown(summary), key=f"{key}-summary", description=state_message(tally))
     write_json_atomic(out_dir / "batch.json", summary)

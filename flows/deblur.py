@@ -16,9 +16,9 @@ from typing import Any
 
 from prefect import flow, task
 
+from deconvseg.pipeline.deblur.image2d import IMAGE_SUFFIXES
 from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_file
 from deconvseg.pipeline.errors import InputError
-from deconvseg.pipeline.deblur.image2d import IMAGE_SUFFIXES
 
 
 @task(name="deblur-image")

@@ -11,8 +11,9 @@ from pathlib import Path
 DEMO_SEED = 7000
 
 
-def write_demo_inputs(folder: Path, cases: int, shape: tuple[int, int, int],
-                      spacing: tuple[float, float, float]) -> Path:
+def write_demo_inputs(
+    folder: Path, cases: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> Path:
     """Write ``cases`` phantom CTs into ``folder``: ``phantom-01.nii.gz``, ... and, when there are
     two or more, the last one as the DICOM series folder ``phantom-NN-dicom/``.
 

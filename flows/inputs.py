@@ -18,9 +18,9 @@ from pydantic import Field, field_validator
 from deconvseg.models import WEIGHTS_ROOT
 from deconvseg.pipeline.case import CaseInput
 from deconvseg.pipeline.config import Settings
-from deconvseg.pipeline.io.datasets import read_manifest_rows
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.io.checks import IMAGE_SUFFIXES, strip_suffix
+from deconvseg.pipeline.io.datasets import read_manifest_rows
 from deconvseg.pipeline.sanitize import safe_component
 
 CACHE_FORMAT = "1"  # bump when the bundle layout changes, so old bundles are recomputed
@@ -77,8 +77,12 @@ class BatchConfig(Settings):
 
     def case_settings(self) -> dict[str, Any]:
         """What changes a bundle besides input and model: the part of the config that keys the cache."""
-        return {"inference": self.inference, "deidentify": self.deidentify, "channel": self.channel,
-                "allow_domain_mismatch": self.allow_domain_mismatch}  # a mismatch bundle is never served to a refusing run
+        return {
+            "inference": self.inference,
+            "deidentify": self.deidentify,
+            "channel": self.channel,
+            "allow_domain_mismatch": self.allow_domain_mismatch,
+        }  # a mismatch bundle is never served to a refusing run
 
     def case_inference(self, cases_at_once: int) -> dict[str, Any]:
         """``inference`` with each case's share of the memory budget when ``cases_at_once`` run together."""
@@ -121,27 +125,35 @@ def discover_cases(source: Path) -> list[CaseInput]:
     if source.is_file() and source.suffix.lower() == ".csv":
         cases = _read_manifest(source)
     elif source.is_dir():
-        cases = [CaseInput(case_id_of(p), p.resolve())
-                 for p in sorted(source.iterdir())
-                 if _is_volume_file(p) or (p.is_dir() and not p.name.startswith(".") and _is_dicom_folder(p))]
+        cases = [
+            CaseInput(case_id_of(p), p.resolve())
+            for p in sorted(source.iterdir())
+            if _is_volume_file(p) or (p.is_dir() and not p.name.startswith(".") and _is_dicom_folder(p))
+        ]
     else:
         raise InputError(source, "no such folder or manifest CSV", "pass a folder of scans or a .csv manifest")
     if not cases:
-        raise InputError(source, "no NIfTI/NRRD/MHA file or DICOM series folder found",
-                         f"put scans ({', '.join(IMAGE_SUFFIXES)}) or DICOM folders there")
+        raise InputError(
+            source,
+            "no NIfTI/NRRD/MHA file or DICOM series folder found",
+            f"put scans ({', '.join(IMAGE_SUFFIXES)}) or DICOM folders there",
+        )
     seen: dict[str, Path] = {}
     for case in cases:
         if case.case_id in seen:
-            raise InputError(case.path, f"case id '{case.case_id}' is also used by {seen[case.case_id]}",
-                             "rename one of the inputs")
+            raise InputError(
+                case.path, f"case id '{case.case_id}' is also used by {seen[case.case_id]}", "rename one of the inputs"
+            )
         seen[case.case_id] = case.path
     return cases
 
 
 def _read_manifest(path: Path) -> list[CaseInput]:
     """Rows ``case_id,image[,label][,modality]`` (``deconvseg.pipeline.io.datasets.read_manifest_rows``) as inputs."""
-    return [CaseInput(safe_component(row["case_id"]), Path(row["image"]), (row.get("modality") or "").upper() or None)
-            for row in read_manifest_rows(path)]
+    return [
+        CaseInput(safe_component(row["case_id"]), Path(row["image"]), (row.get("modality") or "").upper() or None)
+        for row in read_manifest_rows(path)
+    ]
 
 
 def config_version(settings: dict[str, Any]) -> str:

@@ -32,8 +32,9 @@ def batch_lock(out_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            raise ResourceError(f"{out_dir}: another batch is writing into this folder; wait for it to "
-                                "finish or choose another --out") from err
+            raise ResourceError(
+                f"{out_dir}: another batch is writing into this folder; wait for it to finish or choose another --out"
+            ) from err
         try:
             yield
         finally:

@@ -59,7 +59,7 @@ INCOMING = ".pacs-incoming"
 def orthanc_study_id(patient_id: str, study_uid: str) -> str:
     """Orthanc's identifier of a study: SHA-1 of ``PatientID|StudyInstanceUID`` in five dashed groups."""
     digest = hashlib.sha1(f"{patient_id}|{study_uid}".encode()).hexdigest()
-    return "-".join(digest[i:i + 8] for i in range(0, 40, 8))
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 def viewer_link(pattern: str | None, url: str, series: SeriesInfo) -> str:
@@ -68,8 +68,11 @@ def viewer_link(pattern: str | None, url: str, series: SeriesInfo) -> str:
     if pattern is None:
         root = url.rstrip("/").removesuffix("/dicom-web")
         pattern = root + "/app/explorer.html#study?uuid={orthanc_study}"
-    return pattern.format(study=series.study_uid, series=series.series_uid,
-                          orthanc_study=orthanc_study_id(series.patient_id, series.study_uid))
+    return pattern.format(
+        study=series.study_uid,
+        series=series.series_uid,
+        orthanc_study=orthanc_study_id(series.patient_id, series.study_uid),
+    )
 
 
 def _retry_transient(task: Any, task_run: Any, state: State) -> bool:
@@ -93,26 +96,53 @@ def _viewer_url(bundle: Path) -> str | None:
         return None
 
 
-def _segment(folder: Path, case: str, modality: str, out_dir: Path, model_dir: str, key: str,
-             versions: dict[str, str], config: dict[str, Any], threads: int, source: dict[str, str],
-             viewer_base: str | None) -> dict[str, Any]:
+def _segment(
+    folder: Path,
+    case: str,
+    modality: str,
+    out_dir: Path,
+    model_dir: str,
+    key: str,
+    versions: dict[str, str],
+    config: dict[str, Any],
+    threads: int,
+    source: dict[str, str],
+    viewer_base: str | None,
+) -> dict[str, Any]:
     """Segment the retrieved series into ``<out_dir>/<case>/`` through the one case API; the dashboard row."""
     import torch
 
     from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
 
     torch.set_num_threads(threads)
-    summary = run_case(CaseInput(case, folder, modality or None), _ensemble(model_dir, versions["model"]),
-                       CaseConfig(**config), out_dir, record={"cache_key": key, "versions": versions, "source": source},
-                       viewer_base=viewer_base)
+    summary = run_case(
+        CaseInput(case, folder, modality or None),
+        _ensemble(model_dir, versions["model"]),
+        CaseConfig(**config),
+        out_dir,
+        record={"cache_key": key, "versions": versions, "source": source},
+        viewer_base=viewer_base,
+    )
     return dashboard.summary_row(summary)
 
 
 @task(name="pacs-series", retry_condition_fn=_retry_transient, task_run_name="pacs-{case}")
-def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any], verify_tls: bool | str,
-                out_dir: str, model_dir: str, versions: dict[str, str], case_config: dict[str, Any],
-                settings: dict[str, Any], description: str, link: str, deidentify: bool,
-                viewer_base: str | None = None) -> dict[str, Any]:
+def pacs_series(
+    series: dict[str, Any],
+    case: str,
+    url: str,
+    auth: dict[str, Any],
+    verify_tls: bool | str,
+    out_dir: str,
+    model_dir: str,
+    versions: dict[str, str],
+    case_config: dict[str, Any],
+    settings: dict[str, Any],
+    description: str,
+    link: str,
+    deidentify: bool,
+    viewer_base: str | None = None,
+) -> dict[str, Any]:
     """One PACS series through skip-check, retrieval, segmentation and storage; its dashboard row.
 
     Args:
@@ -147,8 +177,11 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
     found = stored_results(client, info, description) if store else []
     timings["check"] = time.perf_counter() - start
     if found:
-        row = (dashboard.row_from_bundle(case, bundle, status="cached") if (bundle / "stats.json").is_file()
-               else dashboard.case_row(case, "cached", 0.0, "", []))
+        row = (
+            dashboard.row_from_bundle(case, bundle, status="cached")
+            if (bundle / "stats.json").is_file()
+            else dashboard.case_row(case, "cached", 0.0, "", [])
+        )
         return {**row, "reason": "already in the PACS", "link": link, "stored": [], "timings": timings}
     incoming = out / INCOMING / case
     try:
@@ -161,10 +194,28 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
         if _bundle_key(bundle) == key:
             row = dashboard.row_from_bundle(case, bundle, status="cached")
         else:
-            source = {} if deidentify else {"pacs": public_url(url), "study_instance_uid": info.study_uid,
-                                            "series_instance_uid": info.series_uid}
-            row = _segment(incoming, case, info.modality, out, model_dir, key, case_versions, case_config,
-                           config.threads, source, None if deidentify else viewer_base)
+            source = (
+                {}
+                if deidentify
+                else {
+                    "pacs": public_url(url),
+                    "study_instance_uid": info.study_uid,
+                    "series_instance_uid": info.series_uid,
+                }
+            )
+            row = _segment(
+                incoming,
+                case,
+                info.modality,
+                out,
+                model_dir,
+                key,
+                case_versions,
+                case_config,
+                config.threads,
+                source,
+                None if deidentify else viewer_base,
+            )
         timings["segment"] = time.perf_counter() - mark
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
@@ -177,14 +228,27 @@ def pacs_series(series: dict[str, Any], case: str, url: str, auth: dict[str, Any
         set_series_description(results, description)
         stored = store_instances(client, results)
         timings["store"] = time.perf_counter() - mark
-    return {**row, "seconds": round(time.perf_counter() - start, 2), "link": _viewer_url(bundle) or link, "stored": stored,
-            "timings": {k: round(v, 3) for k, v in timings.items()}}
+    return {
+        **row,
+        "seconds": round(time.perf_counter() - start, 2),
+        "link": _viewer_url(bundle) or link,
+        "stored": stored,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
 
 
 @flow(name="pacs-pass", validate_parameters=True)
-def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any] | None = None,
-              auth: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-              verify_tls: bool | str = True, viewer_url: str | None = None, deidentify: bool = False) -> State:
+def pacs_pass(
+    url: str,
+    out: str,
+    model: str | None = None,
+    query: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    verify_tls: bool | str = True,
+    viewer_url: str | None = None,
+    deidentify: bool = False,
+) -> State:
     """One pass over a DICOMweb PACS: query, then one ``pacs-series`` task per series.
 
     Args:
@@ -215,24 +279,44 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
     key = source_key(source, {"modality": search.modality, "description": search.description})
     if search.since is None and search.until is None:
         search = SeriesQuery(**{**(query or {}), "since": last_success(out_dir, key)})
-    client = connect(url, PacsAuth(**(auth or {})).credentials(), verify_tls=verify_tls,
-                     timeout_s=settings.http_timeout_s)
+    client = connect(
+        url, PacsAuth(**(auth or {})).credentials(), verify_tls=verify_tls, timeout_s=settings.http_timeout_s
+    )
     mark = time.perf_counter()
     found = find_series(client, search)
     query_s = time.perf_counter() - mark
-    versions = {"model": model_version(model_dir),
-                "config": config_version({**settings.case_settings(), "deidentify": deidentify})}
+    versions = {
+        "model": model_version(model_dir),
+        "config": config_version({**settings.case_settings(), "deidentify": deidentify}),
+    }
     description = result_description(_ensemble(model_dir, versions["model"]).name, versions["model"])
     cases = {case_id(s, pseudonymous=deidentify): s.to_json() for s in found}
     viewer_base = check_viewer_base(viewer_url) if viewer_url and "{" not in viewer_url else None
-    links = {case: viewer_link(None if viewer_base else viewer_url, source, SeriesInfo.from_json(s))
-             for case, s in cases.items()}
+    links = {
+        case: viewer_link(None if viewer_base else viewer_url, source, SeriesInfo.from_json(s))
+        for case, s in cases.items()
+    }
     runner = make_task_runner(None, None, settings.max_workers)
     summary = pacs_cases.with_options(task_runner=runner)(
-        cases, url, out_dir, model_dir, auth or {}, verify_tls, settings.model_dump(), versions, description,
-        links, deidentify, viewer_base)
-    summary["pacs"] = {"url": source, "query": {**search.__dict__}, "query_s": round(query_s, 3),
-                       "description": description}
+        cases,
+        url,
+        out_dir,
+        model_dir,
+        auth or {},
+        verify_tls,
+        settings.model_dump(),
+        versions,
+        description,
+        links,
+        deidentify,
+        viewer_base,
+    )
+    summary["pacs"] = {
+        "url": source,
+        "query": {**search.__dict__},
+        "query_s": round(query_s, 3),
+        "description": description,
+    }
     write_json_atomic(out_dir / "batch.json", summary)
     message = dashboard.state_message(summary["counts"])
     if summary["counts"]["failed"]:
@@ -242,9 +326,20 @@ def pacs_pass(url: str, out: str, model: str | None = None, query: dict[str, Any
 
 
 @flow(name="pacs-cases")
-def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_dir: str, auth: dict[str, Any],
-               verify_tls: bool | str, config: dict[str, Any], versions: dict[str, str], description: str,
-               links: dict[str, str], deidentify: bool, viewer_base: str | None = None) -> dict[str, Any]:
+def pacs_cases(
+    cases: dict[str, dict[str, Any]],
+    url: str,
+    out_dir: Path,
+    model_dir: str,
+    auth: dict[str, Any],
+    verify_tls: bool | str,
+    config: dict[str, Any],
+    versions: dict[str, str],
+    description: str,
+    links: dict[str, str],
+    deidentify: bool,
+    viewer_base: str | None = None,
+) -> dict[str, Any]:
     """The body of ``pacs_pass``: one ``pacs-series`` task per series on the pass's task runner
     (``max_workers`` series at once), rows as they finish, the dashboard; see ``pacs_pass``.
 
@@ -256,15 +351,34 @@ def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_
         sweep_partial(out_dir, list(cases))
         progress = dashboard.Progress(settings.dashboard_key, len(cases))
         start = time.perf_counter()
-        case_task = pacs_series.with_options(retries=settings.retries,
-                                             retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
-        case_config = {"inference": {**settings.case_inference(settings.max_workers), "threads": settings.threads},
-                       "timeout_s": settings.case_timeout_s, "allow_domain_mismatch": settings.allow_domain_mismatch,
-                       "deidentify": deidentify, "channel": settings.channel}
+        case_task = pacs_series.with_options(
+            retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s)
+        )
+        case_config = {
+            "inference": {**settings.case_inference(settings.max_workers), "threads": settings.threads},
+            "timeout_s": settings.case_timeout_s,
+            "allow_domain_mismatch": settings.allow_domain_mismatch,
+            "deidentify": deidentify,
+            "channel": settings.channel,
+        }
         futures = {}
         for case, series in cases.items():
-            future = case_task.submit(series, case, url, auth, verify_tls, str(out_dir), model_dir, versions,
-                                      case_config, config, description, links[case], deidentify, viewer_base)
+            future = case_task.submit(
+                series,
+                case,
+                url,
+                auth,
+                verify_tls,
+                str(out_dir),
+                model_dir,
+                versions,
+                case_config,
+                config,
+                description,
+                links[case],
+                deidentify,
+                viewer_base,
+            )
             futures[future.task_run_id] = (future, case)
         rows = []
         for future in as_completed([f for f, _ in futures.values()]):
@@ -280,8 +394,9 @@ def pacs_cases(cases: dict[str, dict[str, Any]], url: str, out_dir: Path, model_
                 rows.append(outcome)
             progress.advance()
         shutil.rmtree(out_dir / INCOMING, ignore_errors=True)
-        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key,
-                                 settings.report_base_url)
+        return dashboard.publish(
+            rows, out_dir, time.perf_counter() - start, settings.dashboard_key, settings.report_base_url
+        )
 
 
 def run_once(request: PacsRequest) -> int:
@@ -290,15 +405,19 @@ def run_once(request: PacsRequest) -> int:
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
         reason = summary if isinstance(summary, BaseException) else state.message
-        print(f"error: {reason}" if isinstance(summary, DeconvsegError) else f"error: pacs pass failed: {reason}",
-              file=sys.stderr)
+        print(
+            f"error: {reason}" if isinstance(summary, DeconvsegError) else f"error: pacs pass failed: {reason}",
+            file=sys.stderr,
+        )
         return 2 if isinstance(summary, DeconvsegError) else 1
     for row in summary["rows"]:
         if row["status"] == "failed":
             print(f"failed: {row['case']}: {row['reason']}", file=sys.stderr)
     stored = sum(len(row.get("stored") or []) for row in summary["rows"])
-    print(f"{state.message}; {stored} instances stored; {summary['seconds']:.1f} s; bundles and batch.json in "
-          f"{summary['out']}")
+    print(
+        f"{state.message}; {stored} instances stored; {summary['seconds']:.1f} s; bundles and batch.json in "
+        f"{summary['out']}"
+    )
     if request.print_json:
         print(json.dumps({k: summary[k] for k in ("out", "seconds", "cases_per_min", "counts")}))
     return 1 if summary["counts"]["failed"] else 0
@@ -310,8 +429,12 @@ def main(argv: list[str]) -> int:
     try:
         request = read_child_request("deconvseg.flows.pacs", argv, PacsRequest)
         if request.cron:
-            pacs_pass.serve(name=request.name, cron=request.cron, parameters=request.parameters(),
-                            description=f"deconvseg PACS pass over {public_url(request.url)} into {request.out}")
+            pacs_pass.serve(
+                name=request.name,
+                cron=request.cron,
+                parameters=request.parameters(),
+                description=f"deconvseg PACS pass over {public_url(request.url)} into {request.out}",
+            )
             return 0
         return run_once(request)
     except DeconvsegError as err:

@@ -47,16 +47,20 @@ class PacsAuth(Settings):
         if name := self.password_env or self.token_env:
             secret = os.environ.get(name)
             if not secret:
-                raise ConfigError(f"environment variable {name} is unset or empty; export it with the "
-                                  f"{'password' if self.password_env else 'token'} (its value is never printed)")
+                raise ConfigError(
+                    f"environment variable {name} is unset or empty; export it with the "
+                    f"{'password' if self.password_env else 'token'} (its value is never printed)"
+                )
         elif self.secret_block:
             from prefect.blocks.system import Secret
 
             try:
                 secret = cast(Secret, Secret.load(self.secret_block)).get()  # sync context: not a coroutine
             except ValueError as err:
-                raise ConfigError(f"Prefect Secret block {self.secret_block!r} not found; create it with "
-                                  "prefect.blocks.system.Secret(value=...).save(NAME)") from err
+                raise ConfigError(
+                    f"Prefect Secret block {self.secret_block!r} not found; create it with "
+                    "prefect.blocks.system.Secret(value=...).save(NAME)"
+                ) from err
         if self.user is not None:
             return Credentials(user=self.user, password=secret)
         return Credentials(token=secret) if secret else Credentials()
@@ -79,6 +83,14 @@ class PacsRequest(Settings):
     print_json: bool = False
 
     def parameters(self) -> dict[str, Any]:
-        return {"url": self.url, "out": self.out, "model": self.model, "query": self.query, "auth": self.auth,
-                "config": self.config, "verify_tls": self.verify_tls, "viewer_url": self.viewer_url,
-                "deidentify": self.deidentify}
+        return {
+            "url": self.url,
+            "out": self.out,
+            "model": self.model,
+            "query": self.query,
+            "auth": self.auth,
+            "config": self.config,
+            "verify_tls": self.verify_tls,
+            "viewer_url": self.viewer_url,
+            "deidentify": self.deidentify,
+        }

@@ -110,8 +110,10 @@ def wait_healthy(api_url: str, timeout_s: float, process: subprocess.Popen | Non
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ResourceError(f"Prefect server exited with status {process.returncode}; run "
-                                "'prefect server start --host 127.0.0.1' by hand to see why")
+            raise ResourceError(
+                f"Prefect server exited with status {process.returncode}; run "
+                "'prefect server start --host 127.0.0.1' by hand to see why"
+            )
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -119,13 +121,17 @@ def wait_healthy(api_url: str, timeout_s: float, process: subprocess.Popen | Non
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.25)
-    raise ResourceError(f"Prefect server at {api_url} did not answer within {timeout_s:.0f} s; "
-                        "raise the timeout or start the server yourself")
+    raise ResourceError(
+        f"Prefect server at {api_url} did not answer within {timeout_s:.0f} s; "
+        "raise the timeout or start the server yourself"
+    )
 
 
 @contextlib.contextmanager
 def local_server(
-    home: str | Path | None = None, port: int | None = None, timeout_s: float = STARTUP_TIMEOUT_S,
+    home: str | Path | None = None,
+    port: int | None = None,
+    timeout_s: float = STARTUP_TIMEOUT_S,
     log_path: str | Path | None = None,
 ) -> Iterator[str]:
     """Run ``prefect server start`` on 127.0.0.1 for the duration of the block; yield its API URL.
@@ -142,8 +148,22 @@ def local_server(
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = prefect_environment(home, api_url="")
-    command = supervised([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(port), "--analytics-off", "--log-level", "WARNING"])
+    command = supervised(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--analytics-off",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(open(log_path, "ab")) if log_path else subprocess.DEVNULL
         process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)

@@ -31,8 +31,12 @@ NON_DAEMON_WORKERS = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
 M = TypeVar("M", bound=BaseModel)
 
 
-def make_task_runner(dask_address: str | None = None, dask_workers: int | None = None,
-                     max_workers: int = 1, worker_resources: dict[str, float] | None = None) -> Any:
+def make_task_runner(
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+    max_workers: int = 1,
+    worker_resources: dict[str, float] | None = None,
+) -> Any:
     """The Prefect task runner for a batch or a training run.
 
     Args:
@@ -49,8 +53,12 @@ def make_task_runner(dask_address: str | None = None, dask_workers: int | None =
 
         if dask_address:
             return DaskTaskRunner(address=dask_address)
-        cluster: dict[str, Any] = {"n_workers": int(dask_workers), "threads_per_worker": 1, "processes": True,
-                   "dashboard_address": None}
+        cluster: dict[str, Any] = {
+            "n_workers": int(dask_workers or 1),
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
         if worker_resources:
             cluster["resources"] = dict(worker_resources)
         return DaskTaskRunner(cluster_kwargs=cluster)
@@ -59,8 +67,9 @@ def make_task_runner(dask_address: str | None = None, dask_workers: int | None =
     return ThreadPoolTaskRunner(max_workers=max_workers)
 
 
-def run_flow_child(module: str, request: dict[str, Any], home: Path | None, api_url: str | None,
-                   local_cluster: bool) -> int:
+def run_flow_child(
+    module: str, request: dict[str, Any], home: Path | None, api_url: str | None, local_cluster: bool
+) -> int:
     """Run ``python -m <module>`` in an offline child process with ``request`` as JSON on its standard
     input (settings never travel on a command line, where ``ps`` shows them); its exit status.
 
@@ -83,7 +92,6 @@ def run_flow_child(module: str, request: dict[str, Any], home: Path | None, api_
             signal.signal(signal.SIGTERM, previous)
             if process.poll() is None:
                 stop_process(process, grace_s=30)
-
 
 
 def read_child_request(module: str, argv: list[str], model: type[M]) -> M:

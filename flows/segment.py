@@ -89,10 +89,22 @@ def _ensemble(model_dir: str, version: str) -> Ensemble:
     return load_ensemble(model_dir)
 
 
-@task(name="segment-case", cache_key_fn=_cache_key_fn, persist_result=True,
-      retry_condition_fn=_retry_transient, task_run_name="segment-{case[case_id]}")
-def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, versions: dict[str, str],
-                 config: dict[str, Any], threads: int) -> dict[str, Any]:
+@task(
+    name="segment-case",
+    cache_key_fn=_cache_key_fn,
+    persist_result=True,
+    retry_condition_fn=_retry_transient,
+    task_run_name="segment-{case[case_id]}",
+)
+def segment_case(
+    case: dict[str, Any],
+    out_dir: str,
+    model_dir: str,
+    key: str,
+    versions: dict[str, str],
+    config: dict[str, Any],
+    threads: int,
+) -> dict[str, Any]:
     """Segment one input into its review bundle through the case API (``deconvseg.pipeline.case.run_case``).
 
     Args:
@@ -117,14 +129,25 @@ def segment_case(case: dict[str, Any], out_dir: str, model_dir: str, key: str, v
     from deconvseg.pipeline.case import CaseConfig, run_case
 
     torch.set_num_threads(threads)
-    summary = run_case(item, _ensemble(model_dir, versions["model"]), CaseConfig(**config), out_dir,
-                       record={"cache_key": key, "versions": versions})
+    summary = run_case(
+        item,
+        _ensemble(model_dir, versions["model"]),
+        CaseConfig(**config),
+        out_dir,
+        record={"cache_key": key, "versions": versions},
+    )
     return dashboard.summary_row(summary)
 
 
 @flow(name="segment-batch", validate_parameters=True)
-def segment_batch(source: str, out: str, model: str | None = None, config: dict[str, Any] | None = None,
-                  dask_address: str | None = None, dask_workers: int | None = None) -> State:
+def segment_batch(
+    source: str,
+    out: str,
+    model: str | None = None,
+    config: dict[str, Any] | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+) -> State:
     """Segment every case of a folder (NIfTI/NRRD/MHA files, DICOM series folders) or manifest CSV.
 
     The cases run in the sub-flow ``segment-cases`` on the task runner chosen here (threads, a
@@ -150,13 +173,17 @@ def segment_batch(source: str, out: str, model: str | None = None, config: dict[
     at_once = 1 if dask_address else dask_workers or settings.max_workers
     summary = segment_cases.with_options(task_runner=runner)(source, out, model, settings.model_dump(), at_once)
     message = dashboard.state_message(summary["counts"])
-    return Failed(message=message, data=summary) if summary["counts"]["failed"] else Completed(message=message,
-                                                                                               data=summary)
+    return (
+        Failed(message=message, data=summary)
+        if summary["counts"]["failed"]
+        else Completed(message=message, data=summary)
+    )
 
 
 @flow(name="segment-cases")
-def segment_cases(source: str, out: str, model: str | None, config: dict[str, Any],
-                  cases_at_once: int = 1) -> dict[str, Any]:
+def segment_cases(
+    source: str, out: str, model: str | None, config: dict[str, Any], cases_at_once: int = 1
+) -> dict[str, Any]:
     """The body of ``segment_batch``: discover, submit one ``segment-case`` task per case, collect
     outcomes as they finish (progress artifact), publish the dashboard; see ``segment_batch``.
     ``cases_at_once`` cases share the memory budget (``BatchConfig.case_inference``).
@@ -174,19 +201,32 @@ def segment_cases(source: str, out: str, model: str | None, config: dict[str, An
         progress = dashboard.Progress(settings.dashboard_key, len(cases))
         start = time.perf_counter()
         rows = _run_cases(cases, out_dir, model_dir, versions, settings, progress, cases_at_once)
-        return dashboard.publish(rows, out_dir, time.perf_counter() - start, settings.dashboard_key,
-                                 settings.report_base_url)
+        return dashboard.publish(
+            rows, out_dir, time.perf_counter() - start, settings.dashboard_key, settings.report_base_url
+        )
 
 
-def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: dict[str, str],
-               settings: BatchConfig, progress: dashboard.Progress, cases_at_once: int) -> list[dict[str, Any]]:
+def _run_cases(
+    cases: list[CaseInput],
+    out_dir: Path,
+    model_dir: str,
+    versions: dict[str, str],
+    settings: BatchConfig,
+    progress: dashboard.Progress,
+    cases_at_once: int,
+) -> list[dict[str, Any]]:
     """Submit one ``segment-case`` task per case; a row per case as each finishes."""
     case_task = segment_case.with_options(
-        retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s))
+        retries=settings.retries, retry_delay_seconds=exponential_backoff(settings.retry_delay_s)
+    )
     inference = {**settings.case_inference(cases_at_once), "threads": settings.threads}
-    config = {"inference": inference, "timeout_s": settings.case_timeout_s,
-              "allow_domain_mismatch": settings.allow_domain_mismatch, "deidentify": settings.deidentify,
-              "channel": settings.channel}
+    config = {
+        "inference": inference,
+        "timeout_s": settings.case_timeout_s,
+        "allow_domain_mismatch": settings.allow_domain_mismatch,
+        "deidentify": settings.deidentify,
+        "channel": settings.channel,
+    }
     rows: list[dict[str, Any]] = []
     futures = {}
     for item in cases:
@@ -197,8 +237,9 @@ def _run_cases(cases: list[CaseInput], out_dir: Path, model_dir: str, versions: 
             progress.advance()
             continue
         case_versions = {**versions, "input": input_version}
-        future = case_task.submit(item.to_json(), str(out_dir), model_dir, cache_key(case_versions),
-                                  case_versions, config, settings.threads)
+        future = case_task.submit(
+            item.to_json(), str(out_dir), model_dir, cache_key(case_versions), case_versions, config, settings.threads
+        )
         futures[future.task_run_id] = (future, item)
     for future in as_completed([future for future, _ in futures.values()]):
         future.wait()

@@ -47,8 +47,14 @@ class BatchRequest(Settings):
 
     def parameters(self) -> dict[str, Any]:
         """The flow's parameters."""
-        return {"source": self.source, "out": self.out, "model": self.model, "config": self.config,
-                "dask_address": self.dask_address, "dask_workers": self.dask_workers}
+        return {
+            "source": self.source,
+            "out": self.out,
+            "model": self.model,
+            "config": self.config,
+            "dask_address": self.dask_address,
+            "dask_workers": self.dask_workers,
+        }
 
 
 def run_once(request: BatchRequest) -> int:
@@ -68,8 +74,10 @@ def run_once(request: BatchRequest) -> int:
     for row in summary["rows"]:
         if row["status"] == "failed":
             print(f"failed: {row['case']}: {terminal_text(str(row['reason']))}", file=sys.stderr)
-    print(f"{state.message}; {summary['seconds']:.1f} s, {summary['cases_per_min']:.1f} cases/min; "
-          f"bundles and batch.json in {summary['out']}")
+    print(
+        f"{state.message}; {summary['seconds']:.1f} s, {summary['cases_per_min']:.1f} cases/min; "
+        f"bundles and batch.json in {summary['out']}"
+    )
     if request.print_json:
         print(json.dumps({k: summary[k] for k in ("out", "seconds", "cases_per_min", "counts")}))
     return 1 if summary["counts"]["failed"] else 0
@@ -79,8 +87,12 @@ def serve(request: BatchRequest) -> None:
     """Register ``segment-batch/<name>`` with a cron schedule and run its flow runs until stopped."""
     from deconvseg.flows.segment import segment_batch
 
-    segment_batch.serve(name=request.name, cron=request.cron, parameters=request.parameters(),
-                        description=f"deconvseg batch of {request.source} into {request.out}")
+    segment_batch.serve(
+        name=request.name,
+        cron=request.cron,
+        parameters=request.parameters(),
+        description=f"deconvseg batch of {request.source} into {request.out}",
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -39,12 +39,23 @@ from deconvseg.pipeline.training.trainer import Callback, TrainConfig, TrainEven
 @contextlib.contextmanager
 def progress_callback(config: TrainConfig) -> Iterator[Callback]:
     """A rich progress bar per member showing step, loss, latest and best validation Dice."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("val Dice {task.fields[dice]} (best {task.fields[best]})"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("val Dice {task.fields[dice]} (best {task.fields[best]})"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
     with Progress(*columns) as bar:
         tasks: dict[str, Any] = {}
@@ -52,7 +63,7 @@ def progress_callback(config: TrainConfig) -> Iterator[Callback]:
         def update(event: TrainEvent) -> None:
             if event.member not in tasks:
                 tasks[event.member] = bar.add_task(event.member, total=event.total, loss="-", dice="-", best="-")
-            fields = {"loss": f"{event.loss:.3f}"}
+            fields: dict[str, Any] = {"loss": f"{event.loss:.3f}"}
             if event.validated:
                 fields.update(dice=f"{event.val_dice:.4f}", best=f"{event.best_dice:.4f}")
             bar.update(tasks[event.member], completed=event.step, **fields)
@@ -60,7 +71,9 @@ def progress_callback(config: TrainConfig) -> Iterator[Callback]:
         yield update
 
 
-def load_train_config(config_path: str | Path, overrides: dict[str, Any] | None = None, local: bool = True) -> TrainConfig:
+def load_train_config(
+    config_path: str | Path, overrides: dict[str, Any] | None = None, local: bool = True
+) -> TrainConfig:
     """The validated config, its device checked on this machine (one line naming the devices that
     exist) when it trains here (``local``), else its device name's form only (a remote cluster's)."""
     config = load_config(config_path, TrainConfig, overrides)
@@ -69,7 +82,10 @@ def load_train_config(config_path: str | Path, overrides: dict[str, Any] | None 
 
 
 def run_training(
-    config_path: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True, only: list[str] | None = None
+    config_path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train the ensemble of a YAML config (or only some members) in this process, one member after
     the other; returns ``ensemble.json``'s content."""
@@ -114,8 +130,10 @@ def train_one(config: TrainConfig, member_name: str, on_dask: bool = False) -> d
     import torch
 
     if config.loader.num_workers and multiprocessing.current_process().daemon:
-        raise ConfigError("loader.num_workers > 0 needs Dask workers that may start processes; start them with "
-                          "DASK_DISTRIBUTED__WORKER__DAEMON=False (deconvseg train --workers does) or set loader.num_workers: 0")
+        raise ConfigError(
+            "loader.num_workers > 0 needs Dask workers that may start processes; start them with "
+            "DASK_DISTRIBUTED__WORKER__DAEMON=False (deconvseg train --workers does) or set loader.num_workers: 0"
+        )
     torch.set_num_threads(config.threads)
     if on_dask:
         config = config.model_copy(update={"device": worker_device(config.device)})
@@ -138,8 +156,12 @@ def train_members(config: TrainConfig, on_dask: bool, gpu: bool) -> list[str]:
 
 
 @flow(name="train")
-def train_flow(config_path: str, overrides: dict[str, Any] | None = None, dask_address: str | None = None,
-               dask_workers: int | None = None) -> dict[str, Any]:
+def train_flow(
+    config_path: str,
+    overrides: dict[str, Any] | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+) -> dict[str, Any]:
     """Train every member of a config as its own task (side by side on Dask), then write ``ensemble.json``.
 
     Args:
@@ -157,8 +179,11 @@ def train_flow(config_path: str, overrides: dict[str, Any] | None = None, dask_a
     config = load_train_config(config_path, overrides, local=not dask_address)
     torch.set_num_threads(config.threads)
     # A remote cluster's devices are not visible here: only an explicit cuda name asks for GPUs there.
-    gpu = (check_device_name(config.device).startswith("cuda") if dask_address
-           else resolve_device(config.device, "device").type == "cuda")
+    gpu = (
+        check_device_name(config.device).startswith("cuda")
+        if dask_address
+        else resolve_device(config.device, "device").type == "cuda"
+    )
     on_dask = bool(dask_address or dask_workers)
     runner = make_task_runner(dask_address, dask_workers, max_workers=1, worker_resources={"GPU": 1} if gpu else None)
     train_members.with_options(task_runner=runner)(config, on_dask, gpu)

@@ -164,9 +164,13 @@ class ShapeAutoencoder3D(nn.Module):
         self.inner = (c2, *(side // 8 for side in grid))
         flat = c2 * (grid[0] // 8) * (grid[1] // 8) * (grid[2] // 8)
         self.encoder = nn.Sequential(
-            nn.Conv3d(n_classes, c0, 2, stride=2), nn.BatchNorm3d(c0), nn.LeakyReLU(0.1),
-            *_conv_bn(c0, c1), nn.MaxPool3d(2),
-            *_conv_bn(c1, c2), nn.MaxPool3d(2),
+            nn.Conv3d(n_classes, c0, 2, stride=2),
+            nn.BatchNorm3d(c0),
+            nn.LeakyReLU(0.1),
+            *_conv_bn(c0, c1),
+            nn.MaxPool3d(2),
+            *_conv_bn(c1, c2),
+            nn.MaxPool3d(2),
         )
         self.dense = bottleneck == "dense"
         if self.dense:
@@ -178,8 +182,10 @@ class ShapeAutoencoder3D(nn.Module):
         else:
             raise ValueError(f"bottleneck must be 'dense' or 'spatial', got {bottleneck!r}")
         self.decoder = nn.Sequential(
-            *_up_bn(c2, c1), *_conv_bn(c1, c1),
-            *_up_bn(c1, c0), *_conv_bn(c0, c0),
+            *_up_bn(c2, c1),
+            *_conv_bn(c1, c1),
+            *_up_bn(c1, c0),
+            *_conv_bn(c0, c0),
             nn.ConvTranspose3d(c0, n_classes, 2, stride=2),
         )
 

@@ -19,7 +19,6 @@ Wiener estimate rather than the whole image. ``forward`` returns the image estim
 
 from __future__ import annotations
 
-
 from typing import cast
 
 import numpy as np
@@ -42,21 +41,34 @@ class DeblurCNN(nn.Module):
     """
 
     def __init__(
-        self, rank: int = 38, length: int = 121, hidden: int = 512, outlier_kernel: int = 16,
-        out_kernel: int = 8, residual: bool = True,
+        self,
+        rank: int = 38,
+        length: int = 121,
+        hidden: int = 512,
+        outlier_kernel: int = 16,
+        out_kernel: int = 8,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         if length % 2 == 0:
             raise ValueError(f"length must be odd, got {length}")
         if (outlier_kernel + out_kernel) % 2 != 0:
             raise ValueError("outlier_kernel + out_kernel must be even so that the output stays centred")
-        self.config = dict(rank=rank, length=length, hidden=hidden, outlier_kernel=outlier_kernel,
-                           out_kernel=out_kernel, residual=residual)
+        self.config = dict(
+            rank=rank,
+            length=length,
+            hidden=hidden,
+            outlier_kernel=outlier_kernel,
+            out_kernel=out_kernel,
+            residual=residual,
+        )
         self.rows = nn.Conv2d(1, rank, (1, length), bias=False)
         self.cols = nn.Conv2d(rank, rank, (length, 1), groups=rank, bias=False)
         self.outlier = nn.Sequential(
-            nn.Conv2d(rank, hidden, outlier_kernel), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(rank, hidden, outlier_kernel),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
             nn.Conv2d(hidden, 1, out_kernel),
         )
         self.residual = residual

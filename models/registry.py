@@ -50,6 +50,6 @@ def build_model(arch: str, **arch_kwargs: Any) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
     model = ARCHITECTURES[arch](**arch_kwargs)
-    setattr(model, "arch", arch)  # plain attribute; nn.Module.__setattr__ is typed for tensors/modules only
+    setattr(model, "arch", arch)  # noqa: B010 (nn.Module.__setattr__ is typed for tensors/modules only)
     model.arch_kwargs = json.loads(json.dumps(arch_kwargs))  # plain JSON values (tuples -> lists)
     return model

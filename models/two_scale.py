@@ -67,8 +67,9 @@ class TwoScaleNet(nn.Module):
         super().__init__()
         self.context_factor = list(triple(context_factor, "context_factor"))
         context_widths = list(context_widths or widths)
-        shared: dict[str, Any] = dict(in_channels=in_channels, kernel_sizes=kernel_sizes, norm=norm, skip=skip,
-                      convs_per_block=convs_per_block)
+        shared: dict[str, Any] = dict(
+            in_channels=in_channels, kernel_sizes=kernel_sizes, norm=norm, skip=skip, convs_per_block=convs_per_block
+        )
         self.local = DeconvNet3d(widths=widths, pool_sizes=pool_sizes, **shared)
         self.context = DeconvNet3d(
             widths=context_widths,

@@ -119,8 +119,13 @@ class CaseSummary:
         return f"{len(self.stats)} structures, {self.non_empty} non-empty" + (f"; {flags}" if flags else "")
 
 
-def case_manifest(case: CaseInput, ensemble: Ensemble, config: CaseConfig, result: SegmentationResult,
-                  record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def case_manifest(
+    case: CaseInput,
+    ensemble: Ensemble,
+    config: CaseConfig,
+    result: SegmentationResult,
+    record: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The provenance that ``manifest.json`` carries for a segmented case (one format for every caller).
 
     Args:
@@ -133,8 +138,12 @@ def case_manifest(case: CaseInput, ensemble: Ensemble, config: CaseConfig, resul
     return {
         "manifest_format": MANIFEST_FORMAT,
         "case_id": case.case_id,
-        "model": {"dir": str(ensemble.folder), "name": ensemble.name, "version": ensemble.version,
-                  "members": [member.name for member in ensemble.members]},
+        "model": {
+            "dir": str(ensemble.folder),
+            "name": ensemble.name,
+            "version": ensemble.version,
+            "members": [member.name for member in ensemble.members],
+        },
         "config": config.model_dump(mode="json"),
         "timings_s": result.timings,
         "structure_uncertainty": {str(value): score for value, score in result.structure_uncertainty.items()},
@@ -142,8 +151,15 @@ def case_manifest(case: CaseInput, ensemble: Ensemble, config: CaseConfig, resul
     }
 
 
-def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: str | Path, *,
-             record: Mapping[str, Any] | None = None, viewer_base: str | None = None) -> CaseSummary:
+def run_case(
+    case: CaseInput,
+    ensemble: Ensemble,
+    config: CaseConfig,
+    out_dir: str | Path,
+    *,
+    record: Mapping[str, Any] | None = None,
+    viewer_base: str | None = None,
+) -> CaseSummary:
     """Read ``case``, segment it with ``ensemble`` and write its review bundle to ``out_dir/<case_id>/``.
 
     Args:
@@ -178,16 +194,36 @@ def run_case(case: CaseInput, ensemble: Ensemble, config: CaseConfig, out_dir: s
         domain = ensemble.settings.domain
         flags: list[CaseFlag] = []
         if domain is not None:
-            flags = check_applicability(image, domain, ensemble.name, modality=case.modality,
-                                        allow_mismatch=config.allow_domain_mismatch) + input_flags(image, domain)
+            flags = check_applicability(
+                image, domain, ensemble.name, modality=case.modality, allow_mismatch=config.allow_domain_mismatch
+            ) + input_flags(image, domain)
         result = segment_case(image, ensemble, config.inference)
-        header = ReportHeader(model=f"{ensemble.name} (version {ensemble.version[:12]})",
-                              trained_on=domain_summary(domain) if domain is not None else None)
-        bundle = write_bundle(target, image, result.labels, result.table,
-                              uncertainty=result.uncertainty, shape=result.shape, domain=domain, case_flags=flags,
-                              header=header, deidentify=config.deidentify,
-                              manifest=case_manifest(case, ensemble, config, result, record),
-                              viewer_base=viewer_base)
-    return CaseSummary(case.case_id, bundle.path, time.perf_counter() - start, bundle.stats, bundle.qa,
-                       bundle.flags, result.structure_uncertainty, bundle.manifest.get("viewer_url"),
-                       bundle.qa["case_flags"])
+        header = ReportHeader(
+            model=f"{ensemble.name} (version {ensemble.version[:12]})",
+            trained_on=domain_summary(domain) if domain is not None else None,
+        )
+        bundle = write_bundle(
+            target,
+            image,
+            result.labels,
+            result.table,
+            uncertainty=result.uncertainty,
+            shape=result.shape,
+            domain=domain,
+            case_flags=flags,
+            header=header,
+            deidentify=config.deidentify,
+            manifest=case_manifest(case, ensemble, config, result, record),
+            viewer_base=viewer_base,
+        )
+    return CaseSummary(
+        case.case_id,
+        bundle.path,
+        time.perf_counter() - start,
+        bundle.stats,
+        bundle.qa,
+        bundle.flags,
+        result.structure_uncertainty,
+        bundle.manifest.get("viewer_url"),
+        bundle.qa["case_flags"],
+    )

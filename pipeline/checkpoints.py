@@ -21,11 +21,13 @@ and ``weights_sha256`` from the model):
 An ensemble is a folder of checkpoint folders with an optional ``ensemble.json``; ``deconvseg.pipeline.ensemble``
 reads both into a typed ``Ensemble``.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +35,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from deconvseg.models.registry import ARCHITECTURES, build_model
+from deconvseg.pipeline.devices import resolve_device
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.files import atomic_file, file_digest, write_json_atomic
 
@@ -72,7 +75,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict[str, Any]) 
     meta.setdefault("in_channels", meta["arch_kwargs"].get("in_channels", 1))
     meta.setdefault("out_channels", meta["arch_kwargs"].get("out_channels", 2))
     if hasattr(model, "context_factor"):
-        meta.setdefault("context_factor", list(model.context_factor))
+        meta.setdefault("context_factor", [int(f) for f in cast(Sequence[int], model.context_factor)])
     try:  # refuse unwritable metadata before touching the folder
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -87,7 +90,8 @@ def save_checkpoint(folder: str | Path, model: nn.Module, meta: dict[str, Any]) 
 
 
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The network (eval mode, on ``device``) and its metadata from a checkpoint folder.
+    """The network (eval mode, on ``device``: ``auto | cpu | cuda[:N] | mps``) and its metadata from a
+    checkpoint folder.
 
     Only safetensors weights are read: nothing is unpickled. The returned ``meta`` is
     ``model.json`` plus ``"checkpoint_dir"`` (the folder, as a string).
@@ -96,15 +100,13 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
         InputError: naming the folder, when it or a file is missing, corrupt, pickled, does not match
             its recorded hash, names an unknown architecture or does not fit the architecture.
     """
-    folder = Path(folder)
+    folder, device = Path(folder), resolve_device(device)
     meta = read_json(folder / META, "checkpoint metadata")
     for key in ("arch", "arch_kwargs"):
         if key not in meta:
             raise InputError(folder / META, f"missing key {key!r}", "re-save the checkpoint with save_checkpoint")
     if meta["arch"] not in ARCHITECTURES:
-        raise InputError(
-            folder / META, f"unknown architecture {meta['arch']!r}", f"use one of {sorted(ARCHITECTURES)}"
-        )
+        raise InputError(folder / META, f"unknown architecture {meta['arch']!r}", f"use one of {sorted(ARCHITECTURES)}")
     weights = folder / WEIGHTS
     if not weights.is_file():
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".pt", ".pth", ".ckpt", ".pkl"))
@@ -146,8 +148,11 @@ def _check_declared_size(folder: Path, meta: dict[str, Any], weights: Path) -> N
     held = weights.stat().st_size
     if declared > 2 * held + SIZE_SLACK:  # a safetensors file holds every tensor's bytes (a small mismatch is
         # left to the strict load, whose message names the tensors)
-        raise InputError(folder / META, f"arch_kwargs declare a network of {declared / 2**20:.1f} MiB but "
-                         f"{WEIGHTS} holds {held / 2**20:.1f} MiB", "fix arch_kwargs or re-save the checkpoint")
+        raise InputError(
+            folder / META,
+            f"arch_kwargs declare a network of {declared / 2**20:.1f} MiB but {WEIGHTS} holds {held / 2**20:.1f} MiB",
+            "fix arch_kwargs or re-save the checkpoint",
+        )
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

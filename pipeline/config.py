@@ -43,8 +43,9 @@ class _PlainLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
-                                              event.start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a config", event.start_mark
+            )
         return super().compose_node(parent, index)
 
 
@@ -68,8 +69,11 @@ def load_config(path: str | Path, model: type[M], overrides: dict[str, Any] | No
     if not path.is_file():
         raise InputError(path, "config file not found", "check the path (see configs/ for examples)")
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise InputError(path, f"config of {path.stat().st_size} bytes is larger than {MAX_CONFIG_BYTES}",
-                         "pass a config file (a few YAML keys), not data")
+        raise InputError(
+            path,
+            f"config of {path.stat().st_size} bytes is larger than {MAX_CONFIG_BYTES}",
+            "pass a config file (a few YAML keys), not data",
+        )
     try:
         data = _parse(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:

@@ -71,10 +71,14 @@ def resolve_device(name: str | torch.device, source: str = "device") -> torch.de
     device = torch.device(text)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(source, f"{text} was asked for but CUDA is not available here (devices: {', '.join(devices)})", fix)
+            raise InputError(
+                source, f"{text} was asked for but CUDA is not available here (devices: {', '.join(devices)})", fix
+            )
         index = 0 if device.index is None else device.index
         if index >= torch.cuda.device_count():
-            raise InputError(source, f"{text} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)", fix)
+            raise InputError(
+                source, f"{text} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)", fix
+            )
         return torch.device("cuda", index)
     if device.type == "mps" and "mps" not in devices:
         raise InputError(source, f"mps was asked for but is not available here (devices: {', '.join(devices)})", fix)

@@ -170,6 +170,7 @@ class DomainMismatchError(InputError):
 
 # --- computing the record ------------------------------------------------------------------------
 
+
 def _sample(values: np.ndarray, seed: int = 0) -> np.ndarray:
     if values.size > SAMPLES:
         values = np.random.default_rng(seed).choice(values, SAMPLES, replace=False)
@@ -208,8 +209,11 @@ def _range(values: Iterable[float]) -> Range:
 
 def _quantiles(values: Sequence[float] | np.ndarray) -> dict[str, float]:
     array = np.asarray(values, dtype=float)
-    return {"p50": round(float(np.quantile(array, 0.5)), 5), "p90": round(float(np.quantile(array, 0.9)), 5),
-            "max": round(float(array.max()), 5)}
+    return {
+        "p50": round(float(np.quantile(array, 0.5)), 5),
+        "p90": round(float(np.quantile(array, 0.9)), 5),
+        "max": round(float(array.max()), 5),
+    }
 
 
 def fit_domain(
@@ -258,11 +262,17 @@ def fit_domain(
         present = [v for v in found if v > 0]
         structures[name] = StructureDomain(volume_ml=_range(present or [0.0]), presence=len(present) / len(found))
     return TrainingDomain(
-        modality=modality, task=task, body_region=body_region, dataset=dataset, in_channels=in_channels,
-        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-        spacing_range=tuple(_range(spacings[:, axis]) for axis in range(3)),  # type: ignore[arg-type]
+        modality=modality,
+        task=task,
+        body_region=body_region,
+        dataset=dataset,
+        in_channels=in_channels,
+        spacing=tuple(float(s) for s in spacing),
+        spacing_range=tuple(_range(spacings[:, axis]) for axis in range(3)),
         intensity={key: _range(f[key] for f in features) for key in features[0]},
-        structures=structures, thresholds=thresholds, cases=len(images),
+        structures=structures,
+        thresholds=thresholds,
+        cases=len(images),
     )
 
 
@@ -295,8 +305,12 @@ def calibrate(
     q = domain.thresholds.uncertainty_quantile
     structures = {}
     for name, structure in domain.structures.items():
-        pairs = [(row["mean_uncertainty"], case_dice.get(name)) for case_rows, case_dice in zip(rows, dice, strict=True)
-                 for row in case_rows if row["name"] == name and row.get("mean_uncertainty") is not None]
+        pairs = [
+            (row["mean_uncertainty"], case_dice.get(name))
+            for case_rows, case_dice in zip(rows, dice, strict=True)
+            for row in case_rows
+            if row["name"] == name and row.get("mean_uncertainty") is not None
+        ]
         if not pairs:
             structures[name] = structure
             continue
@@ -306,9 +320,11 @@ def calibrate(
         unflagged = [d for u, d in pairs if u <= threshold and d is not None]
         scores = [s[name] for s in structure_uncertainty or [] if name in s]
         calibration = StructureCalibration(
-            cases=len(pairs), mean_uncertainty=_quantiles(values),
+            cases=len(pairs),
+            mean_uncertainty=_quantiles(values),
             structure_uncertainty=_quantiles(scores) if scores else {},
-            high_uncertainty=round(threshold, 5), flag_rate=round(float((values > threshold).mean()), 4),
+            high_uncertainty=round(threshold, 5),
+            flag_rate=round(float((values > threshold).mean()), 4),
             dice_flagged=round(float(np.mean(flagged)), 4) if flagged else None,
             dice_unflagged=round(float(np.mean(unflagged)), 4) if unflagged else None,
         )
@@ -318,13 +334,18 @@ def calibrate(
         for flag in CASE_FLAGS:
             rates[flag] = round(float(np.mean([any(f.flag == flag for f in flags) for flags in case_flags])), 4)
         rates["any"] = round(float(np.mean([bool(flags) for flags in case_flags])), 4)
-    return domain.model_copy(update={
-        "structures": structures, "val_cases": len(rows), "flag_rates": rates,
-        "shape_score": _quantiles(shape_scores) if shape_scores else domain.shape_score,
-    })
+    return domain.model_copy(
+        update={
+            "structures": structures,
+            "val_cases": len(rows),
+            "flag_rates": rates,
+            "shape_score": _quantiles(shape_scores) if shape_scores else domain.shape_score,
+        }
+    )
 
 
 # --- checks --------------------------------------------------------------------------------------
+
 
 def check_applicability(
     image: Volume,
@@ -356,14 +377,19 @@ def check_applicability(
     found = detect_modality(image, modality)
     problems = []
     if found != domain.modality:
-        problems.append(f"modality {found} but model {model!r} was trained on {domain.modality} "
-                        f"({domain.task}, {domain.body_region})")
+        problems.append(
+            f"modality {found} but model {model!r} was trained on {domain.modality} "
+            f"({domain.task}, {domain.body_region})"
+        )
     if channels != domain.in_channels:
         problems.append(f"{channels} channel(s) but model {model!r} takes {domain.in_channels}")
     if problems and not allow_mismatch:
-        raise DomainMismatchError(source, "; ".join(problems),
-                                  f"use a model made for this data, or pass --allow-domain-mismatch to segment "
-                                  f"it anyway (flagged {DOMAIN_MISMATCH})")
+        raise DomainMismatchError(
+            source,
+            "; ".join(problems),
+            f"use a model made for this data, or pass --allow-domain-mismatch to segment "
+            f"it anyway (flagged {DOMAIN_MISMATCH})",
+        )
     return [CaseFlag(flag=DOMAIN_MISMATCH, reason=problem) for problem in problems]
 
 
@@ -382,12 +408,16 @@ def input_flags(image: Volume, domain: TrainingDomain) -> list[CaseFlag]:
     t = domain.thresholds
     floor = FEATURE_FLOOR[domain.modality] if t.feature_floor is None else t.feature_floor
     features = intensity_features(image, domain.modality)
-    far = [f"{key} {features[key]:.3g} (training {bounds.low:.3g}..{bounds.high:.3g})"
-           for key, bounds in domain.intensity.items()
-           if key in features and _outside(features[key], bounds, t.feature_margin, floor)]
-    spacing = [f"{axis} spacing {s:.3g} mm (training {r.low:.3g}..{r.high:.3g})"
-               for axis, s, r in zip("xyz", image.spacing, domain.spacing_range, strict=True)
-               if s < r.low / t.spacing_factor or s > r.high * t.spacing_factor]
+    far = [
+        f"{key} {features[key]:.3g} (training {bounds.low:.3g}..{bounds.high:.3g})"
+        for key, bounds in domain.intensity.items()
+        if key in features and _outside(features[key], bounds, t.feature_margin, floor)
+    ]
+    spacing = [
+        f"{axis} spacing {s:.3g} mm (training {r.low:.3g}..{r.high:.3g})"
+        for axis, s, r in zip("xyz", image.spacing, domain.spacing_range, strict=True)
+        if s < r.low / t.spacing_factor or s > r.high * t.spacing_factor
+    ]
     flags = []
     if far:
         reason = "intensity fingerprint far outside training: " + ", ".join(far)
@@ -440,6 +470,8 @@ def output_flags(rows: list[dict[str, Any]], domain: TrainingDomain) -> list[Cas
 def domain_summary(domain: TrainingDomain) -> str:
     """One line on what the model was trained on, for the report and the model card."""
     r = domain.spacing_range
-    return (f"{domain.modality}, {domain.task} ({domain.body_region}); "
-            f"{domain.dataset}, {domain.cases} training cases; "
-            f"spacing {r[0].low:g}-{r[0].high:g} x {r[1].low:g}-{r[1].high:g} x {r[2].low:g}-{r[2].high:g} mm")
+    return (
+        f"{domain.modality}, {domain.task} ({domain.body_region}); "
+        f"{domain.dataset}, {domain.cases} training cases; "
+        f"spacing {r[0].low:g}-{r[0].high:g} x {r[1].low:g}-{r[1].high:g} x {r[2].low:g}-{r[2].high:g} mm"
+    )

@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 # What the training sets the project knows are for, by the start of their description.
 KNOWN_DATASETS = {
     "ACDC": ("cardiac cine-MR segmentation: right ventricle, myocardium, left ventricle", "heart (short-axis cine MR)"),
-    "deconvseg.pipeline.phantoms": ("demo: organs of synthetic phantoms (liver, spleen, kidneys)",
-                                    "synthetic abdomen phantoms only"),
+    "deconvseg.pipeline.phantoms": (
+        "demo: organs of synthetic phantoms (liver, spleen, kidneys)",
+        "synthetic abdomen phantoms only",
+    ),
 }
 
 
@@ -117,11 +119,15 @@ def fit_model_domain(
     known_task, known_region = describe(dataset, table)
     modalities = [detect_modality(case.image) for case in train]
     domain = fit_domain(
-        [c.image for c in train], [c.label for c in train if c.label is not None],
+        [c.image for c in train],
+        [c.label for c in train if c.label is not None],
         {label.value: label.name for label in table},
-        modality=max(set(modalities), key=modalities.count), task=task or known_task,
-        body_region=body_region or known_region, dataset=dataset,
-        spacing=spec.spacing, in_channels=spec.in_channels,
+        modality=max(set(modalities), key=modalities.count),
+        task=task or known_task,
+        body_region=body_region or known_region,
+        dataset=dataset,
+        spacing=spec.spacing,
+        in_channels=spec.in_channels,
     )
     measures = []
     for case in val:
@@ -131,9 +137,14 @@ def fit_model_domain(
     if not measures:
         return domain
     shapes = [m.shape_score for m in measures if m.shape_score is not None]
-    return calibrate(domain, [m.rows for m in measures], [m.dice for m in measures],
-                     structure_uncertainty=[m.structure_uncertainty for m in measures],
-                     shape_scores=shapes or None, case_flags=[m.flags for m in measures])
+    return calibrate(
+        domain,
+        [m.rows for m in measures],
+        [m.dice for m in measures],
+        structure_uncertainty=[m.structure_uncertainty for m in measures],
+        shape_scores=shapes or None,
+        case_flags=[m.flags for m in measures],
+    )
 
 
 def _cannot_segment(ensemble: Ensemble) -> str | None:
@@ -146,8 +157,14 @@ def _cannot_segment(ensemble: Ensemble) -> str | None:
     return f"fusion weights give channel(s) {dead.tolist()} no weight" if dead.size else None
 
 
-def write_domain(folder: str | Path, train: Sequence[Case], val: Sequence[Case], *, dataset: str,
-                 config: InferenceConfig = InferenceConfig(threads=1)) -> dict[str, Any]:
+def write_domain(
+    folder: str | Path,
+    train: Sequence[Case],
+    val: Sequence[Case],
+    *,
+    dataset: str,
+    config: InferenceConfig = InferenceConfig(threads=1),
+) -> dict[str, Any]:
     """Fit the training domain of the model in ``folder`` and store it in its ``ensemble.json`` (key ``domain``).
 
     Args:

@@ -73,7 +73,7 @@ class MemberSpec(BaseModel):
     @model_validator(mode="after")
     def _channels_match_labels(self) -> MemberSpec:
         try:
-            self.table
+            _ = self.table
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"labels are not a label table ({err!r})") from err
         if self.out_channels != len(self.table) + 1:
@@ -159,16 +159,22 @@ class Ensemble:
         return all(spec.bf16 for spec in self.specs)
 
     @classmethod
-    def from_networks(cls, networks: Sequence[tuple[nn.Module, Mapping[str, Any]]],
-                      settings: Mapping[str, Any] | None = None, folder: str | Path = ".") -> Ensemble:
+    def from_networks(
+        cls,
+        networks: Sequence[tuple[nn.Module, Mapping[str, Any]]],
+        settings: Mapping[str, Any] | None = None,
+        folder: str | Path = ".",
+    ) -> Ensemble:
         """An ensemble of networks in memory, each with its ``model.json``-like spec (tests, notebooks).
 
         Raises:
             ConfigError: a spec or the settings do not validate, or the members' labels differ.
         """
         try:
-            members = tuple(Member(network.eval(), MemberSpec.model_validate(dict(spec)), Path(folder) / f"member{i}")
-                            for i, (network, spec) in enumerate(networks))
+            members = tuple(
+                Member(network.eval(), MemberSpec.model_validate(dict(spec)), Path(folder) / f"member{i}")
+                for i, (network, spec) in enumerate(networks)
+            )
             ensemble = cls(Path(folder), members, EnsembleSettings.model_validate(dict(settings or {})), "in-memory")
         except ValidationError as err:
             raise ConfigError(f"invalid model spec: {err.errors()[0]['msg']}") from err
@@ -204,7 +210,9 @@ def load_ensemble(folder: str | Path, device: str | torch.device = "cpu") -> Ens
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(folder, "no such model folder", "pass a checkpoint or ensemble folder, e.g. models/weights/acdc")
+        raise InputError(
+            folder, "no such model folder", "pass a checkpoint or ensemble folder, e.g. models/weights/acdc"
+        )
     paths = [folder] if (folder / META).is_file() else sorted(p for p in folder.iterdir() if (p / META).is_file())
     for path in paths if paths != [folder] else []:  # a member linked in from elsewhere is not opened
         model_reference(folder, path.name, "member")
@@ -213,8 +221,11 @@ def load_ensemble(folder: str | Path, device: str | torch.device = "cpu") -> Ens
     members = tuple(_load_member(path, device) for path in paths)
     for member in members[1:]:
         if member.spec.labels != members[0].spec.labels:
-            raise InputError(member.folder / META, f"labels differ from {members[0].name}'s",
-                             "retrain the members on one label table")
+            raise InputError(
+                member.folder / META,
+                f"labels differ from {members[0].name}'s",
+                "retrain the members on one label table",
+            )
     return Ensemble(folder, members, _read_settings(folder, members), model_version(folder))
 
 
@@ -234,11 +245,15 @@ def _read_settings(folder: Path, members: tuple[Member, ...]) -> EnsembleSetting
         settings = EnsembleSettings()
     names = [member.name for member in members]
     if settings.weights is not None and len(settings.weights) != len(members):
-        raise InputError(path, f"{len(settings.weights)} fusion weights for {len(members)} members",
-                         "give one weight row per member")
+        raise InputError(
+            path, f"{len(settings.weights)} fusion weights for {len(members)} members", "give one weight row per member"
+        )
     if settings.weights_order is not None and settings.weights_order != names:
-        raise InputError(path, f"weights_order {settings.weights_order} does not match the members {names}",
-                         "list the members in name order")
+        raise InputError(
+            path,
+            f"weights_order {settings.weights_order} does not match the members {names}",
+            "list the members in name order",
+        )
     return settings
 
 
@@ -260,8 +275,11 @@ def model_version(folder: str | Path) -> str:
     root = Path(folder)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name in (META, WEIGHTS, ENSEMBLE))
     if not any(p.name == META for p in files):
-        raise InputError(root, f"no {META} found (not a checkpoint or ensemble folder)",
-                         "pass --model a folder written by 'deconvseg train'")
+        raise InputError(
+            root,
+            f"no {META} found (not a checkpoint or ensemble folder)",
+            "pass --model a folder written by 'deconvseg train'",
+        )
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(root)).encode() + b"\0" + bytes.fromhex(file_digest(file)))

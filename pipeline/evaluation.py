@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from deconvseg.pipeline.io.datasets import Case, read_acdc, read_manifest, read_msd
 from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.datasets import Case, read_acdc, read_manifest, read_msd
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.metrics import aggregate, label_metrics
 from deconvseg.pipeline.postprocess import apply_plan, choose_steps
@@ -124,7 +124,8 @@ def evaluate_members(
     *,
     on_case: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Per-class metrics of ``segment_case``'s output, averaged over ``cases`` (``deconvseg.pipeline.metrics.aggregate``).
+    """Per-class metrics of ``segment_case``'s output, averaged over ``cases``
+    (``deconvseg.pipeline.metrics.aggregate``).
 
     Args:
         cases: labelled cases, on any grid (scored on the input grid).

@@ -78,7 +78,9 @@ def staple(labels: np.ndarray, num_classes: int, eps: float = 1e-6) -> np.ndarra
         fitted = np.asarray(fit.GetConfusionMatrix(m))
         n = int(round((np.sqrt(1 + 4 * fitted.size) - 1) / 2))  # the matrix is (n + 1) x n
         theta[: n + 1, :n] = fitted.reshape(n + 1, n)
-        log_post = log_post + np.log(theta[decisions.astype(np.int64)] + eps).transpose(-1, *range(decisions.ndim)).astype(np.float32)
+        log_post = log_post + np.log(theta[decisions.astype(np.int64)] + eps).transpose(
+            -1, *range(decisions.ndim)
+        ).astype(np.float32)
     log_post -= log_post.max(axis=0, keepdims=True)
     post = np.exp(log_post)
     return (post / post.sum(axis=0, keepdims=True)).astype(np.float32)

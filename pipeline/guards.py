@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 MIB = 1 << 20
 RUNTIME_OVERHEAD = 128 * MIB  # measured ~90-110 MiB above the loaded baseline on small cases (benchmarks/guards.py)
 DEFAULT_BUDGET_FRACTION = 0.8  # of physical memory, when no budget is configured
-_ACTIVATIONS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]]" = weakref.WeakKeyDictionary()
+_ACTIVATIONS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -132,16 +132,19 @@ def estimate_peak_memory(image: Volume, ensemble: Ensemble, *, batch_size: int =
     channels = max(spec.out_channels for spec in ensemble.specs)
     m = len(ensemble.members)
     window = max(activation_bytes(member.network, member.spec) for member in ensemble.members)
-    return MemoryEstimate({
-        "input": int(image.array.nbytes),
-        "working_images": 8 * n_w * len(grids),
-        "probability_maps": 4 * channels * n_w * (2 * m + 1),
-        "activations": window * batch_size,
-        "parameters": sum(sum(p.numel() * p.element_size() for p in member.network.parameters())
-                          for member in ensemble.members),
-        "restore_and_export": 13 * n_in,
-        "runtime": RUNTIME_OVERHEAD,
-    })
+    return MemoryEstimate(
+        {
+            "input": int(image.array.nbytes),
+            "working_images": 8 * n_w * len(grids),
+            "probability_maps": 4 * channels * n_w * (2 * m + 1),
+            "activations": window * batch_size,
+            "parameters": sum(
+                sum(p.numel() * p.element_size() for p in member.network.parameters()) for member in ensemble.members
+            ),
+            "restore_and_export": 13 * n_in,
+            "runtime": RUNTIME_OVERHEAD,
+        }
+    )
 
 
 def max_input_voxels(budget_mib: float | None = None) -> int:
@@ -177,11 +180,12 @@ def check_memory(image: Volume, ensemble: Ensemble, budget_mib: float | None = N
     budget = default_budget_bytes() if budget_mib is None else int(budget_mib * MIB)
     source = image.metadata.get("source", "volume")
     if estimate.total > budget:
-        worst = max(estimate.parts, key=estimate.parts.get)
+        worst = max(estimate.parts, key=lambda part: estimate.parts[part])
         raise ResourceError(
             f"{source}: predicted peak memory {estimate.mib:,.0f} MiB exceeds the budget of {budget / MIB:,.0f} MiB "
             f"(size {list(image.size)}, largest term {worst}: {estimate.parts[worst] / MIB:,.0f} MiB); "
-            "raise memory_budget_mib, use fewer members or a coarser working spacing")
+            "raise memory_budget_mib, use fewer members or a coarser working spacing"
+        )
     log.debug("%s: predicted peak memory %.0f MiB of %.0f MiB", source, estimate.mib, budget / MIB)
     return estimate
 
@@ -230,8 +234,9 @@ def time_limit(seconds: float | None, what: str = "case") -> Iterator[None]:
     try:
         yield
     except _Expired:
-        raise CaseTimeout(f"{what}: exceeded the time limit of {seconds:g} s; "
-                          "raise the time limit or check the input's size") from None
+        raise CaseTimeout(
+            f"{what}: exceeded the time limit of {seconds:g} s; raise the time limit or check the input's size"
+        ) from None
     finally:
         timer.cancel()
         with lock:

@@ -134,7 +134,9 @@ def sliding_window(
     full = padded.shape[-3:]
     starts = list(itertools.product(*(window_starts(n, p, overlap) for n, p in zip(full, patch))))
     weight = gaussian_importance(patch)
-    flips = [list(c) for k in range(len(mirror_axes) + 1) for c in itertools.combinations([a + 2 for a in mirror_axes], k)]
+    flips = [
+        list(c) for k in range(len(mirror_axes) + 1) for c in itertools.combinations([a + 2 for a in mirror_axes], k)
+    ]
 
     acc: torch.Tensor | None = None
     norm = torch.zeros(full, dtype=torch.float32)
@@ -146,7 +148,9 @@ def sliding_window(
             inputs = [local]
             if context_factor is not None:
                 centers = [[s + p // 2 - b for s, p, b in zip(start, patch, before)] for start in group]
-                inputs.append(torch.from_numpy(np.stack([context_crop(source, c, patch, context_factor) for c in centers])))
+                inputs.append(
+                    torch.from_numpy(np.stack([context_crop(source, c, patch, context_factor) for c in centers]))
+                )
             total = cast(torch.Tensor, sum(_flip(predictor(*[_flip(x, f) for x in inputs]).float(), f) for f in flips))
             out = total / len(flips)
             if acc is None:

@@ -74,7 +74,7 @@ class LabelTable:
         return [asdict(label) for label in self.labels]
 
     @classmethod
-    def from_json(cls, items: list[dict]) -> "LabelTable":
+    def from_json(cls, items: list[dict]) -> LabelTable:
         return cls(
             tuple(
                 Label(
@@ -92,7 +92,7 @@ class LabelTable:
         Path(path).write_text(json.dumps(self.to_json(), indent=2))
 
     @classmethod
-    def read(cls, path: str | Path) -> "LabelTable":
+    def read(cls, path: str | Path) -> LabelTable:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
@@ -128,7 +128,9 @@ def palette() -> tuple[tuple[int, int, int], ...]:
     chroma = np.hypot(lab[:, 1], lab[:, 2])
     keep = (lab[:, 0] >= 35) & (lab[:, 0] <= 88) & (chroma >= 20)
     grid, lab = grid[keep], lab[keep]
-    chosen = [int(np.argmin(np.linalg.norm(grid - np.array([216.0, 101.0, 79.0]), axis=1)))]  # Slicer's tissue red first
+    chosen = [
+        int(np.argmin(np.linalg.norm(grid - np.array([216.0, 101.0, 79.0]), axis=1)))
+    ]  # Slicer's tissue red first
     distance = np.linalg.norm(lab - lab[chosen[0]], axis=1)
     while len(chosen) < PALETTE_SIZE:
         pick = int(np.argmax(distance))

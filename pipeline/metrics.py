@@ -45,9 +45,7 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, ref).sum()) / total
 
 
-def surface_distances(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Distances in mm from each surface voxel of ``pred`` to ``ref``'s surface, and back.
 
     Args:

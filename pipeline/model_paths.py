@@ -42,15 +42,24 @@ def resolve_model(value: str | Path, root: Path = WEIGHTS_ROOT) -> Path:
         folder = root / text
         if text and folder.is_dir():
             return folder
-        raise InputError(text, "no shipped model of that name",
-                         f"choose one of {shipped_models(root)}, or give a folder as a path (./{text})")
+        raise InputError(
+            text,
+            "no shipped model of that name",
+            f"choose one of {shipped_models(root)}, or give a folder as a path (./{text})",
+        )
     path = Path(text).expanduser()
     if path.is_dir():
         return path
     parts = Path(text).parts
-    if not path.is_absolute() and parts[: len(_README_PREFIX)] == _README_PREFIX and (root.joinpath(*parts[2:])).is_dir():
+    if (
+        not path.is_absolute()
+        and parts[: len(_README_PREFIX)] == _README_PREFIX
+        and (root.joinpath(*parts[2:])).is_dir()
+    ):
         return root.joinpath(*parts[2:])  # the README's models/weights/<name>, from any folder
-    raise InputError(path, "no such model folder", f"give a checkpoint/ensemble folder or a shipped name {shipped_models(root)}")
+    raise InputError(
+        path, "no such model folder", f"give a checkpoint/ensemble folder or a shipped name {shipped_models(root)}"
+    )
 
 
 def model_reference(folder: Path, reference: str, key: str, root: Path = WEIGHTS_ROOT) -> Path:
@@ -69,6 +78,9 @@ def model_reference(folder: Path, reference: str, key: str, root: Path = WEIGHTS
     target = (base / reference).resolve()
     allowed = [base, root.resolve()]
     if not any(target == a or a in target.parents for a in allowed):
-        raise InputError(base, f"'{key}' names {reference!r}, outside the model folder",
-                         "copy it into the model folder, or pass it explicitly on the command line")
+        raise InputError(
+            base,
+            f"'{key}' names {reference!r}, outside the model folder",
+            "copy it into the model folder, or pass it explicitly on the command line",
+        )
     return target

@@ -7,8 +7,8 @@ Schemes (the spec's ``scheme`` key):
   dataset's foreground mean and standard deviation (taken after clipping). Foreground = voxels
   with label > 0, or voxels above -500 HU (the body) when no labels are given.
 * ``"mr_zscore"`` -- per image: ``(x - mean_F) / std_F`` over the image's own foreground ``F``
-  (``foreground_mask``: a robust 10 % threshold). Every step is equivariant under ``x -> a x + b`` (a > 0), so the output is
-  invariant to the scanner's arbitrary scaling.
+  (``foreground_mask``: a robust 10 % threshold). Every step is equivariant under ``x -> a x + b`` (a > 0), so
+  the output is invariant to the scanner's arbitrary scaling.
 * ``"nyul"`` -- Nyúl & Udupa histogram standardisation (Nyúl, Udupa & Zhang, IEEE TMI 19(2),
   2000): foreground percentiles ``p = (1, 10, 20, ..., 90, 99)`` of each training image are
   mapped linearly so that ``p1 -> 0`` and ``p99 -> 1``, and averaged into standard landmarks
@@ -18,7 +18,8 @@ Schemes (the spec's ``scheme`` key):
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -89,10 +90,17 @@ def fit_normalization(
         return {"scheme": "mr_zscore"}
     if scheme == "ct":
         labels = list(labels) if labels is not None else [None] * len(images)
-        values = np.concatenate([_foreground_values(img, lab, seed, "CT") for seed, (img, lab) in enumerate(zip(images, labels))])
+        values = np.concatenate(
+            [_foreground_values(img, lab, seed, "CT") for seed, (img, lab) in enumerate(zip(images, labels))]
+        )
         lo, hi = np.percentile(values, [0.5, 99.5])
         clipped = np.clip(values, lo, hi)
-        return {"scheme": "ct", "clip": [float(lo), float(hi)], "mean": float(clipped.mean()), "std": float(clipped.std())}
+        return {
+            "scheme": "ct",
+            "clip": [float(lo), float(hi)],
+            "mean": float(clipped.mean()),
+            "std": float(clipped.std()),
+        }
     if scheme == "nyul":
         scaled = []
         for image in images:
@@ -120,7 +128,9 @@ def normalize(volume: Volume, spec: dict) -> Volume:
         out -= mean
         out /= max(std, 1e-8 * max(abs(mean), 1.0))
     elif scheme == "nyul":
-        out = _piecewise_linear(out.astype(np.float64), _landmarks(out), np.asarray(spec["landmarks"], dtype=np.float64))
+        out = _piecewise_linear(
+            out.astype(np.float64), _landmarks(out), np.asarray(spec["landmarks"], dtype=np.float64)
+        )
     else:
         raise ValueError(f"unknown normalisation scheme {scheme!r} in spec")
     return volume.with_array(out.astype(np.float32, copy=False), normalization=scheme)
@@ -185,7 +195,9 @@ def fingerprint(cases: Sequence) -> dict:
         thick = int(np.argmax(median))
         suggested[thick] = np.percentile(spacings[:, thick], 10)
     modalities = [detect_modality(c.image) for c in cases]
-    values = np.concatenate([_foreground_values(c.image, c.label, i, m) for i, (c, m) in enumerate(zip(cases, modalities))])
+    values = np.concatenate(
+        [_foreground_values(c.image, c.label, i, m) for i, (c, m) in enumerate(zip(cases, modalities))]
+    )
     counts: dict[int, int] = {}
     for case in cases:
         if case.label is not None:

@@ -46,13 +46,19 @@ def check_output_root(path: str | Path) -> Path:
         raise InputError(existing, "is a broken symbolic link", "remove it or choose another output folder")
     if not existing.is_dir():
         role = "output folder" if existing == path else f"output folder {path}"
-        raise InputError(existing, f"is a file, not a folder (the {role} would replace or need it)",
-                         "choose another output folder; the file is left as it is")
+        raise InputError(
+            existing,
+            f"is a file, not a folder (the {role} would replace or need it)",
+            "choose another output folder; the file is left as it is",
+        )
     try:  # a real probe: permission bits say nothing about root, read-only mounts or quotas
         os.rmdir(tempfile.mkdtemp(prefix=".deconvseg-probe-", dir=existing))
     except OSError as err:
-        raise InputError(existing, f"folder is not writable ({(err.strerror or 'error').lower()})",
-                         "choose a folder you can write to, or change its permissions") from err
+        raise InputError(
+            existing,
+            f"folder is not writable ({(err.strerror or 'error').lower()})",
+            "choose a folder you can write to, or change its permissions",
+        ) from err
     return path
 
 
@@ -69,10 +75,15 @@ def check_bundle_target(path: str | Path) -> Path:
     if path.is_symlink():
         raise InputError(path, "is a symbolic link", "choose an output folder that is not a link")
     if path.exists() and not path.is_dir():
-        raise InputError(path, "is a file, not a bundle folder", "choose another output folder; the file is left as it is")
+        raise InputError(
+            path, "is a file, not a bundle folder", "choose another output folder; the file is left as it is"
+        )
     if path.is_dir() and any(path.iterdir()) and not is_bundle(path):
-        raise InputError(path, "exists and is not a deconvseg bundle (no manifest.json of ours)",
-                         "choose another output folder; nothing in this one is replaced")
+        raise InputError(
+            path,
+            "exists and is not a deconvseg bundle (no manifest.json of ours)",
+            "choose another output folder; nothing in this one is replaced",
+        )
     return path
 
 
@@ -107,9 +118,15 @@ def _check_lengths(path: Path) -> None:
         name_max, path_max = 255, 4096
     long_part = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
     if long_part is not None:
-        raise InputError(f"{long_part[:40]}...", f"name of {len(os.fsencode(long_part))} bytes is longer than the "
-                         f"file system allows ({name_max}); {os.strerror(errno.ENAMETOOLONG).lower()}",
-                         "choose a shorter output name")
+        raise InputError(
+            f"{long_part[:40]}...",
+            f"name of {len(os.fsencode(long_part))} bytes is longer than the "
+            f"file system allows ({name_max}); {os.strerror(errno.ENAMETOOLONG).lower()}",
+            "choose a shorter output name",
+        )
     if len(os.fsencode(str(path))) + 64 > path_max:  # room for the names written inside
-        raise InputError(f"{str(path)[:40]}...", f"path of {len(os.fsencode(str(path)))} bytes is too long "
-                         f"for this file system ({path_max})", "choose a shorter output path")
+        raise InputError(
+            f"{str(path)[:40]}...",
+            f"path of {len(os.fsencode(str(path)))} bytes is too long for this file system ({path_max})",
+            "choose a shorter output path",
+        )

@@ -23,8 +23,8 @@ from typing import cast
 
 import numpy as np
 
-from deconvseg.pipeline.training.augment import AugmentParams, RandomAugment, apply_augment
 from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.training.augment import AugmentParams, RandomAugment, apply_augment
 
 Triple = tuple[int, int, int]
 
@@ -127,7 +127,9 @@ class PatchSampler:
     ) -> None:
         for i, (image, label) in enumerate(zip(images, labels)):
             if image.shape != label.shape:
-                raise InputError(f"case #{i}", f"image {image.shape} and label {label.shape} differ", "resample both to one grid")
+                raise InputError(
+                    f"case #{i}", f"image {image.shape} and label {label.shape} differ", "resample both to one grid"
+                )
         self.images, self.labels = list(images), list(labels)
         self.patch_size: Triple = tuple(int(s) for s in patch_size)  # type: ignore[assignment]
         self.fg_fraction = fg_fraction
@@ -146,7 +148,9 @@ class PatchSampler:
             return tuple(int(i) for i in np.unravel_index(voxels[rng.integers(len(voxels))], shape))  # type: ignore[return-value]
         return tuple(int(rng.integers(n)) for n in shape)  # type: ignore[return-value]
 
-    def sample(self, rng: np.random.Generator, foreground: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, AugmentParams]:
+    def sample(
+        self, rng: np.random.Generator, foreground: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, AugmentParams]:
         """One augmented patch: ``(image, label, context or None, params)``."""
         case = int(rng.integers(len(self.images)))
         center = self._center(case, foreground, rng)
@@ -177,4 +181,3 @@ class PatchSampler:
         context = np.stack([cast(np.ndarray, it[2]) for it in items])[:, None] if self.context_factor else None
         fg = np.arange(batch_size) < n_fg
         return Batch(images, labels, context, fg, tuple(it[3] for it in items))
-

@@ -150,9 +150,7 @@ def make_phantom(
     if modality not in _INTENSITY:
         raise ValueError(f"modality must be 'CT' or 'MR', got {modality!r}")
     rng = np.random.default_rng([seed, 1])
-    x, y, z = (
-        (np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(reversed(shape), spacing, strict=True)
-    )
+    x, y, z = ((np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(reversed(shape), spacing, strict=True))
     half_x, half_y = shape[2] * spacing[0] / 2.0, shape[1] * spacing[1] / 2.0
     values = _INTENSITY[modality]
 

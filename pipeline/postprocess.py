@@ -90,7 +90,9 @@ def _step_mask(labels: np.ndarray, step: Step, spacing: Spacing, priors: Mapping
     raise ValueError(f"unknown refinement step {step.step!r}")
 
 
-def apply_step(labels: np.ndarray, step: Step, spacing: Spacing, priors: Mapping[str, Prior] | None = None) -> np.ndarray:
+def apply_step(
+    labels: np.ndarray, step: Step, spacing: Spacing, priors: Mapping[str, Prior] | None = None
+) -> np.ndarray:
     """A new label map with ``step`` applied to class ``step.label`` (``labels`` is not modified)."""
     new = _step_mask(labels, step, spacing, priors or {})
     old = labels == step.label
@@ -118,7 +120,9 @@ def apply_plan(
     return out
 
 
-def dice_per_class(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray], classes: Sequence[int]) -> dict[int, float]:
+def dice_per_class(
+    predictions: Sequence[np.ndarray], references: Sequence[np.ndarray], classes: Sequence[int]
+) -> dict[int, float]:
     """Mean Dice per class over cases, skipping cases where the class is absent from both maps."""
     out = {}
     for c in classes:
@@ -157,8 +161,11 @@ def choose_steps(
         ``{"steps": [...accepted, with dice_before/dice_after...], "rejected": [...], "dice": {class: dice}}``,
         JSON-able, for ``model.json``/``ensemble.json`` ``postprocess``.
     """
-    spacings: list[Spacing] = ([cast(Spacing, tuple(spacing))] * len(predictions) if np.ndim(spacing) == 1
-                               else [cast(Spacing, tuple(s)) for s in cast(Sequence[Spacing], spacing)])
+    spacings: list[Spacing] = (
+        [cast(Spacing, tuple(spacing))] * len(predictions)
+        if np.ndim(spacing) == 1
+        else [cast(Spacing, tuple(s)) for s in cast(Sequence[Spacing], spacing)]
+    )
     if classes is None:
         classes = sorted({int(v) for ref in references for v in np.unique(ref) if v != 0})
     current = [np.asarray(p) for p in predictions]
@@ -178,6 +185,12 @@ def choose_steps(
                 current, dice = trial, new
             else:
                 rejected.append(record)
-            log.info("refinement %s for class %d: Dice %.4f -> %.4f (%s)", step.step, c, record["dice_before"],
-                     record["dice_after"], "kept" if record in accepted else "rejected")
+            log.info(
+                "refinement %s for class %d: Dice %.4f -> %.4f (%s)",
+                step.step,
+                c,
+                record["dice_before"],
+                record["dice_after"],
+                "kept" if record in accepted else "rejected",
+            )
     return {"steps": accepted, "rejected": rejected, "dice": {str(k): v for k, v in dice.items()}}

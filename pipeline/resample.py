@@ -74,8 +74,10 @@ def resample_to_spacing(
         A new volume (float32 for images, the input dtype for labels).
     """
     target = grid_at_spacing(volume, spacing)
-    if volume.kind == "label" or order == order_thick or not (
-        is_anisotropic(volume.spacing) or is_anisotropic(spacing)
+    if (
+        volume.kind == "label"
+        or order == order_thick
+        or not (is_anisotropic(volume.spacing) or is_anisotropic(spacing))
     ):
         return resample_to_grid(volume, target, order=0 if volume.kind == "label" else order, threads=threads)
     thick = int(np.argmax(volume.spacing))
@@ -171,31 +173,48 @@ def _tables(source: Volume, target: Volume) -> list[_Axis]:
     return [_Axis(c, n) for c, n in zip(grid_coordinates(source, target), source.shape)]
 
 
-def _slab(values: np.ndarray, axes: list[_Axis], part: slice, rows: slice = slice(None), cols: slice = slice(None),
-          out: np.ndarray | None = None) -> np.ndarray:
+def _slab(
+    values: np.ndarray,
+    axes: list[_Axis],
+    part: slice,
+    rows: slice = slice(None),
+    cols: slice = slice(None),
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Separable trilinear interpolation of ``(C, z, y, x)`` values at target z-slices ``part``, ``rows``, ``cols``."""
     z, y, x = axes
-    block = torch.lerp(torch.from_numpy(values[:, z.lower[part]]), torch.from_numpy(values[:, z.upper[part]]),
-                       torch.from_numpy(z.weight[part][:, None, None]))
+    block = torch.lerp(
+        torch.from_numpy(values[:, z.lower[part]]),
+        torch.from_numpy(values[:, z.upper[part]]),
+        torch.from_numpy(z.weight[part][:, None, None]),
+    )
     if y.scale and x.scale:
         channels, depth = block.shape[:2]
         flat = block.reshape(1, channels * depth, *block.shape[2:])
-        short = [max(math.ceil(a.size / scale) - n, 0)
-                 for a, scale, n in zip((y, x), (y.scale, x.scale), flat.shape[2:])]
+        short = [
+            max(math.ceil(a.size / scale) - n, 0) for a, scale, n in zip((y, x), (y.scale, x.scale), flat.shape[2:])
+        ]
         if any(short):  # one replicated voxel lets floor(n * scale) reach the target size
             flat = F.pad(flat, (0, short[1], 0, short[0]), mode="replicate")
-        plane = F.interpolate(flat, scale_factor=(y.scale, x.scale), mode="bilinear", align_corners=False,
-                              recompute_scale_factor=False)
+        plane = F.interpolate(
+            flat, scale_factor=(y.scale, x.scale), mode="bilinear", align_corners=False, recompute_scale_factor=False
+        )
         plane = plane.reshape(channels, depth, *plane.shape[2:])[:, :, : y.size, : x.size][:, :, rows, cols]
         if out is None:
             return plane.numpy()
         torch.from_numpy(out).copy_(plane)
         return out
     array = block.numpy()
-    block = torch.lerp(torch.from_numpy(np.take(array, y.lower[rows], axis=2)),
-                       torch.from_numpy(np.take(array, y.upper[rows], axis=2)), torch.from_numpy(y.weight[rows][:, None]))
+    block = torch.lerp(
+        torch.from_numpy(np.take(array, y.lower[rows], axis=2)),
+        torch.from_numpy(np.take(array, y.upper[rows], axis=2)),
+        torch.from_numpy(y.weight[rows][:, None]),
+    )
     array = block.numpy()
-    low, high = torch.from_numpy(np.take(array, x.lower[cols], axis=3)), torch.from_numpy(np.take(array, x.upper[cols], axis=3))
+    low, high = (
+        torch.from_numpy(np.take(array, x.lower[cols], axis=3)),
+        torch.from_numpy(np.take(array, x.upper[cols], axis=3)),
+    )
     if out is None:
         return torch.lerp(low, high, torch.from_numpy(x.weight[cols])).numpy()
     torch.lerp(low, high, torch.from_numpy(x.weight[cols]), out=torch.from_numpy(out))
@@ -219,8 +238,10 @@ def _points(values: np.ndarray, axes: list[_Axis], part: slice, index: tuple[np.
     flat = values.reshape(values.shape[0], -1)
     _, ny, nx = values.shape[1:]
     out = np.zeros((values.shape[0], index[0].size), dtype=np.float32)
-    corners = [((a.lower[i], 1.0 - a.weight[i]), (a.upper[i], a.weight[i]))
-               for a, i in zip(axes, (index[0] + part.start, index[1], index[2]))]
+    corners = [
+        ((a.lower[i], 1.0 - a.weight[i]), (a.upper[i], a.weight[i]))
+        for a, i in zip(axes, (index[0] + part.start, index[1], index[2]))
+    ]
     for (zs, wz), (ys, wy), (xs, wx) in itertools.product(*corners):
         out += np.take(flat, (zs * ny + ys) * nx + xs, axis=1) * (wz * wy * wx)
     return out

@@ -34,18 +34,52 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 
 # Emptied: type 2 attributes of the modules a SEG/RTSTRUCT copies (they must be present).
-EMPTIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
-           "AccessionNumber", "StudyID")
+EMPTIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+)
 # Removed: further identifying attributes of PS3.15 Table E.1-1 that images commonly carry.
 REMOVED = (
-    "PatientBirthTime", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress", "PatientTelephoneNumbers",
-    "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
-    "IssuerOfPatientID", "MedicalRecordLocator", "EthnicGroup", "Occupation", "AdditionalPatientHistory",
-    "PatientComments", "MilitaryRank", "BranchOfService", "CountryOfResidence", "RegionOfResidence",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
-    "PerformingPhysicianName", "NameOfPhysiciansReadingStudy", "OperatorsName", "PhysiciansOfRecord",
-    "RequestingPhysician", "ScheduledPerformingPhysicianName", "DeviceSerialNumber", "RequestAttributesSequence",
-    "ReferencedPatientSequence", "PatientInsurancePlanCodeSequence", "ResponsiblePerson",
+    "PatientBirthTime",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "IssuerOfPatientID",
+    "MedicalRecordLocator",
+    "EthnicGroup",
+    "Occupation",
+    "AdditionalPatientHistory",
+    "PatientComments",
+    "MilitaryRank",
+    "BranchOfService",
+    "CountryOfResidence",
+    "RegionOfResidence",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "PhysiciansOfRecord",
+    "RequestingPhysician",
+    "ScheduledPerformingPhysicianName",
+    "DeviceSerialNumber",
+    "RequestAttributesSequence",
+    "ReferencedPatientSequence",
+    "PatientInsurancePlanCodeSequence",
+    "ResponsiblePerson",
 )
 METHOD = "deconvseg: PS3.15 E.1 basic subset, retain UIDs and dates"  # LO: at most 64 characters
 # Keys of ``Volume.metadata`` that identify the patient (``patient_id`` from ``deconvseg.pipeline.io.dicom``).
@@ -88,8 +122,11 @@ def safe_join(root: str | Path, *parts: str) -> Path:
     base = Path(root).resolve()
     target = base.joinpath(*parts).resolve()
     if target != base and base not in target.parents:
-        raise InputError(base.joinpath(*parts), f"path leaves the output folder {base}",
-                         "use a plain name (see deconvseg.pipeline.sanitize.safe_component)")
+        raise InputError(
+            base.joinpath(*parts),
+            f"path leaves the output folder {base}",
+            "use a plain name (see deconvseg.pipeline.sanitize.safe_component)",
+        )
     return target
 
 

@@ -52,10 +52,11 @@ class InferenceConfig(Settings):
 
     Attributes:
         threads: torch threads.
-        device: torch device for the networks.
+        device: ``auto | cpu | cuda[:N] | mps`` for the networks (``deconvseg.pipeline.devices``).
         overlap: sliding-window overlap fraction per axis.
         batch_size: windows per network call (1 was fastest on 2 CPU cores).
-        bf16: bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX); left unset, on when every
+        bf16: reduced-precision autocast: bfloat16 where the device supports it (faster on CPUs with
+            AVX512-BF16/AMX), float16 on older GPUs; left unset, on when every
             member trained under it (``effective_config``).
         channels_last: ``channels_last_3d`` weights and inputs.
         compile: ``torch.compile`` with weight freezing (pays ~10 s per member per process).
@@ -75,7 +76,7 @@ class InferenceConfig(Settings):
     """
 
     threads: int = 2
-    device: str = "cpu"
+    device: str = "auto"
     overlap: float = 0.5
     batch_size: int = 1
     bf16: bool = False
@@ -141,8 +142,10 @@ def ensemble_shape_guard(ensemble: Ensemble) -> tuple[ShapeGuard, str] | None:
         return None
     guard = _load_guard(folder)
     if max(ensemble.table.values, default=0) >= guard.config.n_classes:
-        raise ConfigError(f"{folder}: shape guard knows labels 1..{guard.config.n_classes - 1}, the model has "
-                          f"{list(ensemble.table.values)}; name a guard trained on the model's label table")
+        raise ConfigError(
+            f"{folder}: shape guard knows labels 1..{guard.config.n_classes - 1}, the model has "
+            f"{list(ensemble.table.values)}; name a guard trained on the model's label table"
+        )
     return guard, folder.name
 
 
@@ -173,8 +176,12 @@ def effective_config(config: InferenceConfig, ensemble: Ensemble) -> InferenceCo
     return InferenceConfig(**{**validated, **config.model_dump(exclude_unset=True)})
 
 
-def member_probabilities(image: Volume, ensemble: Ensemble, config: InferenceConfig = InferenceConfig(),
-                         timings: dict[str, float] | None = None) -> tuple[np.ndarray, Volume]:
+def member_probabilities(
+    image: Volume,
+    ensemble: Ensemble,
+    config: InferenceConfig = InferenceConfig(),
+    timings: dict[str, float] | None = None,
+) -> tuple[np.ndarray, Volume]:
     """Each member's softmax ``(M, C, z, y, x)`` on the first member's working grid, and that grid.
 
     Per member: resample, crop to the foreground box, normalise, sliding window; members on another
@@ -189,21 +196,37 @@ def member_probabilities(image: Volume, ensemble: Ensemble, config: InferenceCon
         key = (spec.spacing, json.dumps(spec.normalization, sort_keys=True))
         if key not in working:
             with _timed(timings, "resample"):
-                resampled = resample_to_spacing(image, spec.spacing, order=config.resample_order, threads=config.threads)
+                resampled = resample_to_spacing(
+                    image, spec.spacing, order=config.resample_order, threads=config.threads
+                )
             with _timed(timings, "crop"):
                 full = tuple(slice(0, n) for n in resampled.shape)
-                box = (foreground_box(resampled, config.crop_margin_mm, spec.patch_size)
-                       if config.crop_foreground else full)
+                box = (
+                    foreground_box(resampled, config.crop_margin_mm, spec.patch_size)
+                    if config.crop_foreground
+                    else full
+                )
             with _timed(timings, "normalize"):
                 working[key] = (normalize(resampled, spec.normalization), box)
         volume, box = working[key]
         grid = grid or volume
         with _timed(timings, "inference"):
-            predictor = prepare_predictor(member.network, bf16=config.bf16, channels_last=config.channels_last,
-                                          compile=config.compile, device=config.device)
-            logits = sliding_window(volume.array[box], predictor, spec.patch_size, overlap=config.overlap,
-                                    batch_size=config.batch_size, mirror_axes=config.mirror_axes,
-                                    context_factor=spec.context_factor)
+            predictor = prepare_predictor(
+                member.network,
+                bf16=config.bf16,
+                channels_last=config.channels_last,
+                compile=config.compile,
+                device=config.device,
+            )
+            logits = sliding_window(
+                volume.array[box],
+                predictor,
+                spec.patch_size,
+                overlap=config.overlap,
+                batch_size=config.batch_size,
+                mirror_axes=config.mirror_axes,
+                context_factor=spec.context_factor,
+            )
             probs = np.zeros((logits.shape[0], *volume.shape), dtype=np.float32)
             probs[0] = 1.0
             probs[(slice(None), *box)] = torch.softmax(logits, dim=0).numpy()
@@ -261,11 +284,16 @@ def segment_case(
         del stack
         uncertainty = voxel_uncertainty(fused, member_channels, fused_channels)
         per_channel = structure_uncertainty(uncertainty, member_channels, fused_channels, len(values))
-        summary = {int(values[c]): {"mean_probability": float(fused[c][fused_channels == c].mean())}
-                   for c in range(1, len(values)) if (fused_channels == c).any()}
+        summary = {
+            int(values[c]): {"mean_probability": float(fused[c][fused_channels == c].mean())}
+            for c in range(1, len(values))
+            if (fused_channels == c).any()
+        }
     with _timed(timings, "refine"):
         fused_labels = values[fused_channels]
-        refined = apply_plan(fused_labels, settings.postprocess, grid.spacing, priors) if config.refine else fused_labels
+        refined = (
+            apply_plan(fused_labels, settings.postprocess, grid.spacing, priors) if config.refine else fused_labels
+        )
         confidence = np.where(refined == fused_labels, confidence, np.float32(1.0))
     with _timed(timings, "restore"):
         labels = restore_labels(refined, confidence, grid, image, config.slab)
@@ -275,8 +303,12 @@ def segment_case(
     if guard is not None:
         with _timed(timings, "shape_guard"):
             shape = ShapeAssessment(guard[0].assess(labels, image.spacing), guard[0].plausibility, guard[1])
-    log.info("segmented %s with %d member(s): %s", image.metadata.get("source", "volume"), len(ensemble.members),
-             {k: round(v, 2) for k, v in timings.items()})
+    log.info(
+        "segmented %s with %d member(s): %s",
+        image.metadata.get("source", "volume"),
+        len(ensemble.members),
+        {k: round(v, 2) for k, v in timings.items()},
+    )
     return SegmentationResult(
         labels=image.with_array(labels, kind="label"),
         uncertainty=image.with_array(restored_uncertainty, kind="image"),

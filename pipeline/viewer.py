@@ -81,8 +81,10 @@ def app_config_js(dicomweb_root: str = "/dicom-web", *, name: str = "deconvseg")
         "defaultDataSourceName": "dicomweb",
         "dataSources": [source],
     }
-    header = (f"/* Written by deconvseg for {OHIF_PACKAGE} {OHIF_VERSION}: one DICOMweb server at {root} "
-              "on this origin (nginx proxies it to the PACS). */\n")
+    header = (
+        f"/* Written by deconvseg for {OHIF_PACKAGE} {OHIF_VERSION}: one DICOMweb server at {root} "
+        "on this origin (nginx proxies it to the PACS). */\n"
+    )
     return header + "window.config = " + json.dumps(config, indent=2) + ";\n"
 
 
@@ -120,8 +122,11 @@ def nginx_server_block(
     """
     upstream = urlsplit(orthanc_url)
     if upstream.scheme not in ("http", "https") or not upstream.netloc or upstream.query or upstream.fragment:
-        raise InputError(orthanc_url, "not an http(s) URL of a DICOMweb root",
-                         "pass --orthanc http://HOST:PORT/dicom-web (the PACS's DICOMweb root)")
+        raise InputError(
+            orthanc_url,
+            "not an http(s) URL of a DICOMweb root",
+            "pass --orthanc http://HOST:PORT/dicom-web (the PACS's DICOMweb root)",
+        )
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError(listen, "not a HOST:PORT listen address", "pass --listen 127.0.0.1:8080")
@@ -131,8 +136,10 @@ def nginx_server_block(
     root = _root_path(dicomweb_root)
     listen_line = f"listen {listen};"
     if tls:
-        listen_line = (f'listen {listen} ssl;\n    ssl_certificate "{tls[0]}";\n    ssl_certificate_key "{tls[1]}";\n'
-                       "    ssl_protocols TLSv1.2 TLSv1.3;")
+        listen_line = (
+            f'listen {listen} ssl;\n    ssl_certificate "{tls[0]}";\n    ssl_certificate_key "{tls[1]}";\n'
+            "    ssl_protocols TLSv1.2 TLSv1.3;"
+        )
     client_auth = f'    auth_basic "deconvseg review";\n    auth_basic_user_file "{htpasswd}";\n' if htpasswd else ""
     if upstream_authorization:
         upstream_auth = f'        proxy_set_header Authorization "{upstream_authorization}";\n'

@@ -92,11 +92,11 @@ class Volume:
         inverse = np.linalg.inv(self.direction @ np.diag(self.spacing))
         return (xyz - np.asarray(self.origin)) @ inverse.T
 
-    def same_grid(self, other: "Volume", atol: float = 1e-4) -> bool:
+    def same_grid(self, other: Volume, atol: float = 1e-4) -> bool:
         """True when both volumes have the same shape and the same voxel-to-world mapping."""
         return self.shape == other.shape and np.allclose(self.affine_lps(), other.affine_lps(), atol=atol)
 
-    def with_array(self, array: np.ndarray, kind: Kind | None = None, **metadata: Any) -> "Volume":
+    def with_array(self, array: np.ndarray, kind: Kind | None = None, **metadata: Any) -> Volume:
         """A volume on the same grid holding ``array`` (a new object; ``self`` is unchanged)."""
         if array.shape != self.shape:
             raise ValueError(f"array shape {array.shape} does not match volume shape {self.shape}")

@@ -18,8 +18,8 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
-from typing import Callable, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import typer
 

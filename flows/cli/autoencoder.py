@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -40,31 +39,44 @@ def _run_flow(request: dict) -> None:
 @one_line_errors
 def autoencoder(
     code_size: int = typer.Option(32, "--code-size", help="Bottleneck length, the same for every model."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs over the 60,000 training images, the same for every model."),
+    epochs: int = typer.Option(
+        10, "--epochs", help="Epochs over the 60,000 training images, the same for every model."
+    ),
     data: Path = typer.Option(DEFAULT_MNIST, "--data", help="Folder with the MNIST IDX files (.gz or raw)."),
     out: Path = typer.Option(Path("autoencoder-out"), "--out", help="Folder for comparison.{json,md} and the PNGs."),
     models: str = typer.Option(",".join(MODELS), "--models", help="Comma-separated subset of conv,conv_upsample,fc."),
     noise_std: float = typer.Option(0.0, "--noise-std", help="Denoising: std of Gaussian input noise (0 = off)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N training images (quick runs)."),
+    limit: int | None = typer.Option(None, "--limit", help="Use only the first N training images (quick runs)."),
     threads: int = typer.Option(1, "--threads", help="Torch threads."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights, shuffle and noise."),
 ) -> None:
     """Train the autoencoders on MNIST train, score them on MNIST test, write the comparison."""
     from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig
+    from deconvseg.pipeline.autoencoding.mnist import read_mnist
     from deconvseg.pipeline.config import validate_config
     from deconvseg.pipeline.errors import InputError
-    from deconvseg.pipeline.autoencoding.mnist import read_mnist
 
     chosen = [m.strip() for m in models.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(MODELS))
     if unknown or not chosen:
-        raise InputError("--models", f"unknown or empty model list {unknown or chosen}", f"choose from {','.join(MODELS)}")
+        raise InputError(
+            "--models", f"unknown or empty model list {unknown or chosen}", f"choose from {','.join(MODELS)}"
+        )
     config = validate_config(
         {"epochs": epochs, "noise_std": noise_std, "threads": threads, "seed": seed}, AutoencoderTrainConfig, "options"
     )
     read_mnist(data, "test")  # fail here, in one line, on a wrong folder (the flow reads again)
-    _run_flow({"flow": "mnist", "data_dir": str(data.resolve()), "out_dir": str(out.resolve()), "models": chosen,
-               "code_size": code_size, "config": config.model_dump(), "limit": limit})
+    _run_flow(
+        {
+            "flow": "mnist",
+            "data_dir": str(data.resolve()),
+            "out_dir": str(out.resolve()),
+            "models": chosen,
+            "code_size": code_size,
+            "config": config.model_dump(),
+            "limit": limit,
+        }
+    )
     typer.echo((out / "comparison.md").read_text())
 
 
@@ -74,7 +86,9 @@ def shape_guard(
     data: Path = typer.Option(DEFAULT_ACDC, "--data", help="ACDC folder holding volumes/ and splits/."),
     out: Path = typer.Option(WEIGHTS_ROOT / "shape-ae-acdc", "--out", help="Checkpoint folder."),
     epochs: int = typer.Option(15, "--epochs", help="Training epochs."),
-    bottleneck: str = typer.Option("spatial", "--bottleneck", help="dense (64-d vector) or spatial (8 x 1/8-grid map)."),
+    bottleneck: str = typer.Option(
+        "spatial", "--bottleneck", help="dense (64-d vector) or spatial (8 x 1/8-grid map)."
+    ),
     threads: int = typer.Option(1, "--threads", help="Torch threads."),
     seed: int = typer.Option(0, "--seed", help="Seed of weights, crops and corruptions."),
 ) -> None:
@@ -85,10 +99,21 @@ def shape_guard(
     for path in splits.values():
         if not path.is_file():
             raise InputError(path, "split list not found", "pass --data pointing at the ACDC folder with splits/")
-    config = {"bottleneck": bottleneck, "code_size": 64 if bottleneck == "dense" else 8,
-              "train": {"epochs": epochs, "batch_size": 4, "lr": 5e-3, "seed": seed, "threads": threads},
-              "plausibility": {"walled_classes": [3]}}  # the LV blood pool lies inside the myocardium
-    _run_flow({"flow": "shape", "root": str(data.resolve()), "train_list": str(splits["train"]),
-               "val_list": str(splits["val"]), "out_dir": str(out.resolve()), "config": config})
+    config = {
+        "bottleneck": bottleneck,
+        "code_size": 64 if bottleneck == "dense" else 8,
+        "train": {"epochs": epochs, "batch_size": 4, "lr": 5e-3, "seed": seed, "threads": threads},
+        "plausibility": {"walled_classes": [3]},
+    }  # the LV blood pool lies inside the myocardium
+    _run_flow(
+        {
+            "flow": "shape",
+            "root": str(data.resolve()),
+            "train_list": str(splits["train"]),
+            "val_list": str(splits["val"]),
+            "out_dir": str(out.resolve()),
+            "config": config,
+        }
+    )
     metrics = json.loads((out / "model.json").read_text())["metrics"]
     typer.echo(json.dumps({"plausibility_auc": metrics["plausibility_auc"]}))

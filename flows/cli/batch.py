@@ -49,29 +49,49 @@ def _check(source: Path, out: Path, model: str | None) -> Path:
 @app.command()
 @one_line_errors
 def batch(
-    source: Path = typer.Argument(..., help="Folder of NIfTI/NRRD/MHA files and DICOM series folders, or a manifest CSV."),
+    source: Path = typer.Argument(
+        ..., help="Folder of NIfTI/NRRD/MHA files and DICOM series folders, or a manifest CSV."
+    ),
     out: Path = typer.Option(..., "--out", help="Output folder: one review bundle per case, batch.json."),
-    model: str | None = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
-                              "as a path (default: the shipped phantom-ct)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="A shipped model's name or a checkpoint/ensemble folder given "
+        "as a path (default: the shipped phantom-ct).",
+    ),
     config: Path = typer.Option(None, "--config", help="YAML overriding BatchConfig (see configs/batch.yaml)."),
     cron: str = typer.Option(None, "--cron", help='Serve on a schedule, e.g. "0 2 * * *" (needs a server).'),
     name: str = typer.Option("nightly", "--name", help="Deployment name when serving with --cron."),
     dask: str = typer.Option(None, "--dask", help="Run cases on an existing Dask scheduler (tcp://host:8786)."),
     workers: int = typer.Option(None, "--workers", min=1, help="Run cases on a local Dask cluster of N workers."),
-    api_url: str = typer.Option(None, "--api-url", help="Prefect server API, e.g. http://127.0.0.1:4200/api "
-                                "(default: $PREFECT_API_URL, else the embedded server)."),
+    api_url: str = typer.Option(
+        None,
+        "--api-url",
+        help="Prefect server API, e.g. http://127.0.0.1:4200/api "
+        "(default: $PREFECT_API_URL, else the embedded server).",
+    ),
     prefect_home: Path = typer.Option(None, "--prefect-home", help=_HOME_HELP),
     as_json: bool = typer.Option(False, "--json", help="End with the summary as one JSON line."),
-    report_base_url: str = typer.Option(None, "--report-base-url", help="Where OUT is served over HTTP (e.g. "
-                                        "python -m http.server -d OUT), so the dashboard's report links open."),
+    report_base_url: str = typer.Option(
+        None,
+        "--report-base-url",
+        help="Where OUT is served over HTTP (e.g. python -m http.server -d OUT), so the dashboard's report links open.",
+    ),
     allow_domain_mismatch: bool = typer.Option(
-        False, "--allow-domain-mismatch",
+        False,
+        "--allow-domain-mismatch",
         help="Segment inputs the model was not made for (other modality or channels), flagged, "
-             "instead of failing them."),
-    channel: int = typer.Option(None, "--channel", min=0, help="Which channel of 4D/multi-component inputs to "
-                                "segment (overrides the config)."),
-    deidentify: bool = typer.Option(None, "--deidentify/--identified", help="SEG/RTSTRUCT without patient name, "
-                                    "ID, birth date; manifest without input paths (default: the config's, off)."),
+        "instead of failing them.",
+    ),
+    channel: int = typer.Option(
+        None, "--channel", min=0, help="Which channel of 4D/multi-component inputs to segment (overrides the config)."
+    ),
+    deidentify: bool = typer.Option(
+        None,
+        "--deidentify/--identified",
+        help="SEG/RTSTRUCT without patient name, "
+        "ID, birth date; manifest without input paths (default: the config's, off).",
+    ),
 ) -> None:
     """Segment every case of SOURCE through the Prefect batch flow (cached, retried, isolated).
 
@@ -84,23 +104,36 @@ def batch(
     if dask and workers:
         raise ConfigError("--dask and --workers: give one (an existing scheduler or a local cluster)")
     overrides = {k: v for k, v in {"channel": channel, "deidentify": deidentify}.items() if v is not None}
-    settings = (load_config(config, BatchConfig, overrides) if config
-                else validate_config(overrides, BatchConfig, "command line"))
+    settings = (
+        load_config(config, BatchConfig, overrides)
+        if config
+        else validate_config(overrides, BatchConfig, "command line")
+    )
     model_dir = _check(source, out, model)
-    api_url = api_url or os.environ.get("PREFECT_API_URL") or None
-    if cron and not api_url:
-        raise ConfigError("--cron needs a running Prefect server: start 'prefect server start --host 127.0.0.1' "
-                          "and pass --api-url http://127.0.0.1:4200/api")
+    server = api_url or os.environ.get("PREFECT_API_URL") or None
+    if cron and not server:
+        raise ConfigError(
+            "--cron needs a running Prefect server: start 'prefect server start --host 127.0.0.1' "
+            "and pass --api-url http://127.0.0.1:4200/api"
+        )
     if report_base_url:
         settings = settings.model_copy(update={"report_base_url": report_base_url})
     if allow_domain_mismatch:
         settings = settings.model_copy(update={"allow_domain_mismatch": True})
     if workers and config is None:
         settings = settings.model_copy(update={"threads": max(1, (os.cpu_count() or 1) // workers)})
-    request = {"source": str(source.resolve()), "out": str(out.resolve()),
-               "model": str(model_dir), "config": settings.model_dump(),
-               "dask_address": dask, "dask_workers": workers, "cron": cron, "name": name, "print_json": as_json}
-    raise typer.Exit(_run_child(request, prefect_home, api_url, local_cluster=bool(workers)))
+    request = {
+        "source": str(source.resolve()),
+        "out": str(out.resolve()),
+        "model": str(model_dir),
+        "config": settings.model_dump(),
+        "dask_address": dask,
+        "dask_workers": workers,
+        "cron": cron,
+        "name": name,
+        "print_json": as_json,
+    }
+    raise typer.Exit(_run_child(request, prefect_home, server, local_cluster=bool(workers)))
 
 
 @app.command()
@@ -108,8 +141,12 @@ def batch(
 def demo(
     out: Path = typer.Option(Path("deconvseg-demo"), "--out", help="Output folder (bundles; inputs in OUT/inputs)."),
     cases: int = typer.Option(3, "--cases", min=1, max=20, help="Number of phantom CT volumes (one as DICOM)."),
-    model: str | None = typer.Option(None, "--model", help="A shipped model's name or a checkpoint/ensemble folder given "
-                              "as a path (default: the shipped phantom-ct)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="A shipped model's name or a checkpoint/ensemble folder given "
+        "as a path (default: the shipped phantom-ct).",
+    ),
     prefect_home: Path = typer.Option(None, "--prefect-home", help=_HOME_HELP),
 ) -> None:
     """Generate phantom CTs, segment them with the bundled model on the embedded Prefect server,
@@ -121,8 +158,12 @@ def demo(
     inputs = write_demo_inputs(out / "inputs", cases, _DEMO_SHAPE, _DEMO_SPACING)
     model_dir = _check(inputs, out, model)
     settings = BatchConfig(dashboard_key="deconvseg-demo")
-    request = {"source": str(inputs.resolve()), "out": str(out.resolve()),
-               "model": str(model_dir), "config": settings.model_dump()}
+    request = {
+        "source": str(inputs.resolve()),
+        "out": str(out.resolve()),
+        "model": str(model_dir),
+        "config": settings.model_dump(),
+    }
     api_url = os.environ.get("PREFECT_API_URL") or None
     status = _run_child(request, prefect_home, api_url, local_cluster=False)
     if status != 0:
@@ -138,6 +179,8 @@ def demo(
     if api_url:
         typer.echo(f"Dashboards: open {ui}/artifacts ({keys})")
     else:
-        typer.echo(f"Dashboards: {home}prefect server start --host 127.0.0.1, then open {ui}/artifacts ({keys}); "
-                   f"on another port P: {home}PREFECT_UI_API_URL=http://127.0.0.1:P/api prefect server start "
-                   "--host 127.0.0.1 --port P, then open http://127.0.0.1:P/artifacts")
+        typer.echo(
+            f"Dashboards: {home}prefect server start --host 127.0.0.1, then open {ui}/artifacts ({keys}); "
+            f"on another port P: {home}PREFECT_UI_API_URL=http://127.0.0.1:P/api prefect server start "
+            "--host 127.0.0.1 --port P, then open http://127.0.0.1:P/artifacts"
+        )

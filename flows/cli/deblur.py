@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -30,10 +30,10 @@ def _run_folder_flow(src: Path, dst: Path, config: dict) -> int:
 def deblur(
     src: Path = typer.Argument(..., help="PNG/TIFF image, NIfTI/NRRD/MHA volume, DICOM folder or PNG/TIFF folder."),
     dst: Path = typer.Argument(..., help="Output: .png/.tif for images, .nii.gz/.nrrd/.mha for volumes, or a folder."),
-    psf: Optional[str] = typer.Option(None, help="PSF in pixels: disk:R, gaussian:SIGMA, motion:LEN[:ANGLE], .npy."),
-    method: Optional[str] = typer.Option(None, help="wiener|svd|direct2d|rl|skimage_wiener|unsupervised_wiener|dcnn"),
-    nsr: Optional[float] = typer.Option(None, help="Wiener noise-to-signal ratio 1/SNR (wiener, svd, direct2d)."),
-    config: Optional[Path] = typer.Option(None, help="YAML overriding the defaults (see configs/deblur.yaml)."),
+    psf: str | None = typer.Option(None, help="PSF in pixels: disk:R, gaussian:SIGMA, motion:LEN[:ANGLE], .npy."),
+    method: str | None = typer.Option(None, help="wiener|svd|direct2d|rl|skimage_wiener|unsupervised_wiener|dcnn"),
+    nsr: float | None = typer.Option(None, help="Wiener noise-to-signal ratio 1/SNR (wiener, svd, direct2d)."),
+    config: Path | None = typer.Option(None, help="YAML overriding the defaults (see configs/deblur.yaml)."),
 ) -> None:
     """Deblur with a known PSF. Images keep their size; volumes keep their geometry (slice-wise).
 
@@ -42,8 +42,8 @@ def deblur(
     import torch
 
     from deconvseg.pipeline.config import load_config, validate_config
-    from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_file
     from deconvseg.pipeline.deblur.image2d import IMAGE_SUFFIXES
+    from deconvseg.pipeline.deblur.stage import DeblurConfig, deblur_file
 
     overrides = {k: v for k, v in {"psf": psf, "method": method, "nsr": nsr}.items() if v is not None}
     if config:

@@ -15,17 +15,24 @@ from deconvseg.flows.cli.app import app, one_line_errors
 def export(
     labels: Path = typer.Argument(..., help="Label map (NIfTI/NRRD/MHA/DICOM), e.g. nnU-Net/TotalSegmentator output."),
     image: Path = typer.Option(..., "--image", help="The image the labels belong to: a file or a DICOM series folder."),
-    out: Path = typer.Option(..., "--out", help="Bundle folder to write (a bundle written earlier is replaced atomically; nothing else is)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Bundle folder to write (a bundle written earlier is replaced atomically; nothing else is)."
+    ),
     label_file: Path | None = typer.Option(None, "--labels", help="Names: labels.json, {value: name} or a class map."),
     labels_key: str | None = typer.Option(None, "--labels-key", help="Which map of a class-map JSON, e.g. 'total'."),
     uncertainty: Path | None = typer.Option(None, "--uncertainty", help="Voxel uncertainty (0..1) on the image grid."),
     stats_config: Path | None = typer.Option(None, "--config", help="YAML with QA thresholds (StatsConfig)."),
-    dicom_series: bool = typer.Option(False, "--dicom-series",
-                                      help="For non-DICOM images: also write a DICOM series, SEG and RTSTRUCT."),
+    dicom_series: bool = typer.Option(
+        False, "--dicom-series", help="For non-DICOM images: also write a DICOM series, SEG and RTSTRUCT."
+    ),
     modality: str | None = typer.Option(None, "--modality", help="CT or MR (default: DICOM tag, else detected)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    deidentify: bool = typer.Option(False, "--deidentify", help="SEG/RTSTRUCT without patient name, ID, birth "
-                                    "date (PatientID = bundle name); manifest without input paths."),
+    deidentify: bool = typer.Option(
+        False,
+        "--deidentify",
+        help="SEG/RTSTRUCT without patient name, ID, birth "
+        "date (PatientID = bundle name); manifest without input paths.",
+    ),
 ) -> None:
     """Write labels.nii.gz, seg.dcm/rtstruct.dcm (DICOM images), labels.seg.nrrd, overlays, stats and report.html."""
     import numpy as np
@@ -55,7 +62,10 @@ def export(
     keep = set(present) | {label.value for label in named if label.name in set(config.expected or [])}
     table = with_codes(complete_table(LabelTable(tuple(label for label in named if label.value in keep)), present))
     summary = write_bundle(
-        out, image_volume, label_volume, table,
+        out,
+        image_volume,
+        label_volume,
+        table,
         uncertainty=read_volume(uncertainty) if uncertainty else None,
         stats_config=config,
         dicom_series=dicom_series,

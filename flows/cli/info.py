@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import typer
 
@@ -30,14 +31,15 @@ def info(
     from deconvseg.pipeline.io.volumes import read_volume
     from deconvseg.pipeline.normalize import detect_modality
     from deconvseg.pipeline.sanitize import terminal_text
+    from deconvseg.pipeline.volume import Kind
 
     if kind not in ("image", "label"):
         raise InputError(path, f"unknown kind '{kind}'", "use --kind image or --kind label")
     volume = read_volume(
-        path, kind, series_uid=series_uid, channel=channel, max_voxels=max_voxels or DEFAULT_MAX_VOXELS
+        path, cast(Kind, kind), series_uid=series_uid, channel=channel, max_voxels=max_voxels or DEFAULT_MAX_VOXELS
     )
     modality = volume.modality or (detect_modality(volume) if volume.kind == "image" else None)
-    summary = {
+    summary: dict[str, Any] = {
         "path": str(path),
         "size": list(volume.size),
         "spacing": list(volume.spacing),

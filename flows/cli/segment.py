@@ -16,21 +16,37 @@ from deconvseg.flows.inputs import case_id_of
 def segment(
     inputs: list[Path] = typer.Argument(..., help="NIfTI/NRRD/MHA files or DICOM series folders."),
     out: Path = typer.Option(..., "--out", help="Output folder; each input gets OUT/<case-id>/ (a review bundle)."),
-    model: str = typer.Option("phantom-ct", "--model", help="A shipped model's name (acdc, phantom-ct, ...) or a "
-                              "checkpoint/ensemble folder given as a path (./mine, /models/mine)."),
+    model: str = typer.Option(
+        "phantom-ct",
+        "--model",
+        help="A shipped model's name (acdc, phantom-ct, ...) or a "
+        "checkpoint/ensemble folder given as a path (./mine, /models/mine).",
+    ),
     config: Path = typer.Option(None, "--config", help="YAML overriding InferenceConfig (threads, bf16, fusion, ...)."),
     threads: int = typer.Option(None, "--threads", min=1, help="Torch threads (overrides the config)."),
-    fusion: str = typer.Option(None, "--fusion", help="mean, weighted_mean, majority or staple (default: the model's)."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda[:N] | mps (overrides the config)."),
+    fusion: str = typer.Option(
+        None, "--fusion", help="mean, weighted_mean, majority or staple (default: the model's)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line summarising every case."),
-    timeout: float = typer.Option(None, "--timeout", min=0.001,
-                                  help="Fail a case whose reading and inference take longer (seconds)."),
+    timeout: float = typer.Option(
+        None, "--timeout", min=0.001, help="Fail a case whose reading and inference take longer (seconds)."
+    ),
     allow_domain_mismatch: bool = typer.Option(
-        False, "--allow-domain-mismatch",
+        False,
+        "--allow-domain-mismatch",
         help="Segment an input the model was not made for (other modality or channels) and flag it, "
-             "instead of refusing it."),
-    channel: int = typer.Option(None, "--channel", min=0, help="Which channel of a 4D/multi-component input to segment."),
-    deidentify: bool = typer.Option(False, "--deidentify", help="SEG/RTSTRUCT without patient name, ID, birth "
-                                    "date (PatientID = case id); manifest without input paths (as export's)."),
+        "instead of refusing it.",
+    ),
+    channel: int = typer.Option(
+        None, "--channel", min=0, help="Which channel of a 4D/multi-component input to segment."
+    ),
+    deidentify: bool = typer.Option(
+        False,
+        "--deidentify",
+        help="SEG/RTSTRUCT without patient name, ID, birth "
+        "date (PatientID = case id); manifest without input paths (as export's).",
+    ),
 ) -> None:
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
     import torch
@@ -38,15 +54,20 @@ def segment(
 
     from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
     from deconvseg.pipeline.config import load_config, validate_config
+    from deconvseg.pipeline.devices import resolve_device
     from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.errors import InputError
     from deconvseg.pipeline.model_paths import resolve_model
     from deconvseg.pipeline.outputs import check_bundle_target, check_output_root
     from deconvseg.pipeline.segment import InferenceConfig
 
-    overrides = {k: v for k, v in {"threads": threads, "fusion": fusion}.items() if v is not None}
-    settings = (load_config(config, InferenceConfig, overrides) if config
-                else validate_config(overrides, InferenceConfig, "command line"))
+    overrides = {k: v for k, v in {"threads": threads, "fusion": fusion, "device": device}.items() if v is not None}
+    settings = (
+        load_config(config, InferenceConfig, overrides)
+        if config
+        else validate_config(overrides, InferenceConfig, "command line")
+    )
+    resolve_device(settings.device, "--device" if device else "device")  # one line naming the devices that exist
     check_output_root(out)
     cases: dict[str, CaseInput] = {}
     for path in inputs:
@@ -54,20 +75,34 @@ def segment(
             raise InputError(path, "no such file or folder", "check the path")
         case = CaseInput(case_id_of(path), path)
         if case.case_id in cases:
-            raise InputError(path, f"gives the same case id {case.case_id!r} as {cases[case.case_id].path}",
-                             "rename one of them")
+            raise InputError(
+                path, f"gives the same case id {case.case_id!r} as {cases[case.case_id].path}", "rename one of them"
+            )
         cases[case.case_id] = case
         check_bundle_target(out / case.case_id)  # every target before the first case is written
     ensemble = load_ensemble(resolve_model(model))
     torch.set_num_threads(settings.threads)
-    case_config = CaseConfig(inference=settings, timeout_s=timeout, allow_domain_mismatch=allow_domain_mismatch,
-                             deidentify=deidentify, channel=channel)
+    case_config = CaseConfig(
+        inference=settings,
+        timeout_s=timeout,
+        allow_domain_mismatch=allow_domain_mismatch,
+        deidentify=deidentify,
+        channel=channel,
+    )
     summaries = []
     for case in track(list(cases.values()), description="segmenting", transient=True):
         summary = run_case(case, ensemble, case_config, out)
-        summaries.append({"case_id": case.case_id, "bundle": str(summary.bundle), "seconds": round(summary.seconds, 2),
-                          "structures": len(summary.stats), "non_empty": summary.non_empty,
-                          "flags": len(summary.flags), "case_flags": summary.case_flags})
+        summaries.append(
+            {
+                "case_id": case.case_id,
+                "bundle": str(summary.bundle),
+                "seconds": round(summary.seconds, 2),
+                "structures": len(summary.stats),
+                "non_empty": summary.non_empty,
+                "flags": len(summary.flags),
+                "case_flags": summary.case_flags,
+            }
+        )
         typer.echo(f"{case.case_id}: {summary.line()}, {summary.seconds:.1f} s -> {summary.bundle}", err=as_json)
     if as_json:
         typer.echo(json.dumps({"cases": summaries}))

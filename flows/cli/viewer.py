@@ -37,12 +37,19 @@ def install(
         raise InputError("npm", "is not installed", "install Node.js and npm (Debian: apt-get install nodejs npm)")
     spec = f"{OHIF_PACKAGE}@{OHIF_VERSION}"
     with tempfile.TemporaryDirectory(prefix="deconvseg-ohif-") as tmp:
-        done = subprocess.run([npm, "pack", spec, "--loglevel", "error", "--pack-destination", tmp],
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [npm, "pack", spec, "--loglevel", "error", "--pack-destination", tmp],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         tarballs = list(Path(tmp).glob("*.tgz"))
         if done.returncode != 0 or len(tarballs) != 1:
-            raise InputError(spec, f"npm pack failed ({_npm_reason(done.stderr)})",
-                             "check that the npm registry is reachable (npm config get registry) or set a mirror")
+            raise InputError(
+                spec,
+                f"npm pack failed ({_npm_reason(done.stderr)})",
+                "check that the npm registry is reachable (npm config get registry) or set a mirror",
+            )
         with tarfile.open(tarballs[0]) as archive, atomic_folder(folder) as staging:
             members = [m for m in archive.getmembers() if m.name.startswith("package/dist/")]
             if not any(m.name == "package/dist/index.html" for m in members):
@@ -53,15 +60,19 @@ def install(
             (staging / "app-config.js").write_text(config)
     files = sum(m.isfile() for m in members)
     typer.echo(f"fetched {spec} with npm pack; unpacked its dist/ into {folder}/ ({files} files)")
-    typer.echo(f"wrote {folder}/app-config.js: DICOMweb at {dicomweb_root} on this origin, no tour, "
-               "SEG/RTSTRUCT shown without a prompt, the investigational-use notice shown once a year")
+    typer.echo(
+        f"wrote {folder}/app-config.js: DICOMweb at {dicomweb_root} on this origin, no tour, "
+        "SEG/RTSTRUCT shown without a prompt, the investigational-use notice shown once a year"
+    )
     typer.echo(f"next: deconvseg viewer nginx-config --orthanc URL --listen HOST:PORT --viewer-dir {folder}")
 
 
 @viewer_app.command("nginx-config")
 @one_line_errors
 def nginx_config(
-    orthanc: str = typer.Option(..., "--orthanc", help="The PACS's DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web."),
+    orthanc: str = typer.Option(
+        ..., "--orthanc", help="The PACS's DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web."
+    ),
     listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT nginx listens on."),
     viewer_dir: Path = typer.Option(Path("ohif"), "--viewer-dir", help="The folder 'viewer install' wrote."),
     out: Path = typer.Option(None, "--out", help="Write the server block here (default: print it)."),
@@ -85,8 +96,11 @@ def nginx_config(
     authorization = None
     if orthanc_user is not None:
         if orthanc_password_file is None or not orthanc_password_file.is_file():
-            raise InputError(orthanc_password_file or "--orthanc-password-file", "no password file",
-                             "pass --orthanc-password-file FILE with the PACS user's password")
+            raise InputError(
+                orthanc_password_file or "--orthanc-password-file",
+                "no password file",
+                "pass --orthanc-password-file FILE with the PACS user's password",
+            )
         password = orthanc_password_file.read_text().strip()
         authorization = "Basic " + base64.b64encode(f"{orthanc_user}:{password}".encode()).decode()
     if htpasswd is not None and not htpasswd.is_file():
@@ -95,12 +109,21 @@ def nginx_config(
     if tls_cert is not None or tls_key is not None:
         for given in (tls_cert, tls_key):
             if given is None or not given.is_file():
-                raise InputError(given or "--tls-cert/--tls-key", "TLS needs both files",
-                                 "pass --tls-cert CERT.pem --tls-key KEY.pem (the hospital's certificate)")
+                raise InputError(
+                    given or "--tls-cert/--tls-key",
+                    "TLS needs both files",
+                    "pass --tls-cert CERT.pem --tls-key KEY.pem (the hospital's certificate)",
+                )
         tls = (str(tls_cert.resolve()), str(tls_key.resolve()))
-    text = nginx_server_block(orthanc, listen, str(viewer_dir.resolve()), dicomweb_root=dicomweb_root,
-                              upstream_authorization=authorization,
-                              htpasswd=str(htpasswd.resolve()) if htpasswd else None, tls=tls)
+    text = nginx_server_block(
+        orthanc,
+        listen,
+        str(viewer_dir.resolve()),
+        dicomweb_root=dicomweb_root,
+        upstream_authorization=authorization,
+        htpasswd=str(htpasswd.resolve()) if htpasswd else None,
+        tls=tls,
+    )
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -116,6 +139,7 @@ def _npm_reason(stderr: str) -> str:
     """npm's error in one line: its code and first message (``ECONNREFUSED: request to ... failed``)."""
     lines = [line.removeprefix("npm error").strip() for line in stderr.splitlines() if line.startswith("npm error")]
     code = next((line.removeprefix("code ") for line in lines if line.startswith("code ")), "")
-    message = next((line for line in lines if line and not line.startswith(("code ", "syscall ", "errno ", "at "))),
-                   "no tarball")
+    message = next(
+        (line for line in lines if line and not line.startswith(("code ", "syscall ", "errno ", "at "))), "no tarball"
+    )
     return f"{code}: {message}"[:200] if code else message[:200]

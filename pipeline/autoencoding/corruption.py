@@ -138,7 +138,8 @@ def dilate_structure(labels: np.ndarray, rng: np.random.Generator, voxels: int =
     square = np.ones((1, 3, 3), dtype=bool)
     growth = {
         int(v): ndimage.binary_dilation(labels == v, square, iterations=voxels) & (labels == 0)
-        for v in np.unique(labels) if v != 0
+        for v in np.unique(labels)
+        if v != 0
     }
     touching = [v for v, grown in growth.items() if grown.any()]
     if touching:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,8 +168,9 @@ def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) 
     """``sigmoid(model(images))`` in evaluation mode, batched, on the model's device; returned on the CPU."""
     model.eval()
     device = _device_of(model)
-    return torch.cat([torch.sigmoid(model(images[i : i + batch_size].to(device))).cpu()
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [torch.sigmoid(model(images[i : i + batch_size].to(device))).cpu() for i in range(0, len(images), batch_size)]
+    )
 
 
 def reconstruction_metrics(model: nn.Module, images: torch.Tensor) -> dict[str, float]:

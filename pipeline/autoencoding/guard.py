@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cc3d
 import numpy as np
@@ -32,10 +33,16 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
 from deconvseg.models.autoencoders import ShapeAutoencoder3D
-from deconvseg.pipeline.files import FILE_MODE, atomic_folder
+from deconvseg.pipeline.autoencoding.score import (
+    Plausibility,
+    PlausibilityConfig,
+    Spacing,
+    confident_disagreement,
+    plausibility,
+)
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.errors import InputError
-from deconvseg.pipeline.autoencoding.score import Plausibility, PlausibilityConfig, Spacing, confident_disagreement, plausibility
+from deconvseg.pipeline.files import FILE_MODE, atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +90,11 @@ def largest_component_box(
         side *= 1.0 + rng.uniform(-jitter, jitter)
     y0, x0 = np.round(centre - side / 2.0).astype(int)
     s = max(int(round(side)), 2)
-    return ((int(lo[0]) - config.z_margin, int(hi[0]) + config.z_margin), (int(y0), int(y0) + s), (int(x0), int(x0) + s))
+    return (
+        (int(lo[0]) - config.z_margin, int(hi[0]) + config.z_margin),
+        (int(y0), int(y0) + s),
+        (int(x0), int(x0) + s),
+    )
 
 
 def _source_index(start: int, stop: int, n: int) -> np.ndarray:
@@ -217,7 +228,9 @@ class ShapeGuard:
         for c in classes:
             seg = labels == c
             whole = dice(seg, recon == c) < self.plausibility.replace_below
-            regions[c] = np.ones_like(seg) if whole else confident_disagreement(seg, probs[c], self.plausibility.confidence)
+            regions[c] = (
+                np.ones_like(seg) if whole else confident_disagreement(seg, probs[c], self.plausibility.confidence)
+            )
         out = labels.copy()
         for c, region in regions.items():
             out[region & (labels == c) & (recon != c)] = 0
@@ -275,7 +288,9 @@ def load_shape_guard(folder: str | Path) -> ShapeGuard:
         raise InputError(folder, "no model.json + weights.safetensors", "pass a folder written by save_shape_guard")
     meta = json.loads(meta_path.read_text())
     if meta.get("arch") != "shape_autoencoder3d":
-        raise InputError(meta_path, f"arch is {meta.get('arch')!r}, not 'shape_autoencoder3d'", "pass a shape-guard folder")
+        raise InputError(
+            meta_path, f"arch is {meta.get('arch')!r}, not 'shape_autoencoder3d'", "pass a shape-guard folder"
+        )
     kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["arch_kwargs"].items()}
     model = ShapeAutoencoder3D(**kwargs)
     try:

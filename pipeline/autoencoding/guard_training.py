@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from deconvseg.models.autoencoders import ShapeAutoencoder3D
-from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, ProgressFn, TrainHistory, train_autoencoder
-from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.autoencoding.corruption import KINDS, corrupt_labels
-from deconvseg.pipeline.autoencoding.guard import ShapeGridConfig, ShapeGuard, crop_to_grid, dice, largest_component_box, one_hot
+from deconvseg.pipeline.autoencoding.fit import AutoencoderTrainConfig, ProgressFn, TrainHistory, train_autoencoder
+from deconvseg.pipeline.autoencoding.guard import (
+    ShapeGridConfig,
+    ShapeGuard,
+    crop_to_grid,
+    dice,
+    largest_component_box,
+    one_hot,
+)
 from deconvseg.pipeline.autoencoding.score import Plausibility, PlausibilityConfig, Spacing, combine
+from deconvseg.pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +124,9 @@ def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
 
 
-def corrupted_copies(references: Sequence[np.ndarray], seed: int = 0, severity: float = 1.0) -> dict[str, list[np.ndarray]]:
+def corrupted_copies(
+    references: Sequence[np.ndarray], seed: int = 0, severity: float = 1.0
+) -> dict[str, list[np.ndarray]]:
     """One corrupted copy of every map per kind, ``{"hole": [...], "island": [...], "swap": [...]}``."""
     rng = np.random.default_rng(seed)
     return {kind: [corrupt_labels(ref, kind, rng, severity) for ref in references] for kind in KINDS}
@@ -179,7 +189,12 @@ def calibrate_plausibility(
     }
     grid = []
     for scale, wall, concave, weight in itertools.product(scales_ml, wall_weights, concavity_weights, weights):
-        update = {"volume_scale_ml": scale, "wall_weight": wall, "concavity_weight": concave, "disagreement_weight": weight}
+        update = {
+            "volume_scale_ml": scale,
+            "wall_weight": wall,
+            "concavity_weight": concave,
+            "disagreement_weight": weight,
+        }
         config = guard.plausibility.model_copy(update=update)
         scores = {kind: [combine(*_terms(p), config) for p in ps] for kind, ps in terms.items()}
         auc: dict[str, float] = {kind: roc_auc(scores["reference"], scores[kind]) for kind in KINDS}

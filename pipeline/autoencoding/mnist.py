@@ -80,7 +80,9 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
         raise InputError(path, f"magic number 0x{magic:08x} is not an unsigned-byte IDX file", "pass an MNIST IDX file")
     if expected_magic is not None and magic != expected_magic:
         raise InputError(
-            path, f"magic number 0x{magic:08x}, expected 0x{expected_magic:08x}", "check images and labels are not swapped"
+            path,
+            f"magic number 0x{magic:08x}, expected 0x{expected_magic:08x}",
+            "check images and labels are not swapped",
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim

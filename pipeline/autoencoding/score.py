@@ -87,7 +87,8 @@ class Plausibility:
         exposed_wall_ml: voxels of the walled structures that touch the background in-plane.
         concavity_ml: largest dent in the foreground's outline (opened convex deficiency).
         disagreement_ml: largest confident disagreement blob, per structure.
-        score: ``mean(dice) * exp(-(sum(stray) + enclosed + u * exposed + k * concavity + w * max(disagreement)) / v0)``.
+        score: ``mean(dice) * exp(-(sum(stray) + enclosed + u * exposed + k * concavity
+            + w * max(disagreement)) / v0)``.
         flagged: ``score`` is below the configured ``flag_below``.
     """
 

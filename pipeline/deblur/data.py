@@ -13,8 +13,20 @@ __all__ = ["HELD_OUT", "TRAINING", "load_grey"]
 
 HELD_OUT: tuple[str, ...] = ("camera", "astronaut", "coins", "moon", "text")
 TRAINING: tuple[str, ...] = (
-    "brick", "grass", "gravel", "chelsea", "coffee", "cell", "hubble_deep_field", "immunohistochemistry",
-    "page", "retina", "rocket", "stereo_motorcycle", "colorwheel", "logo",
+    "brick",
+    "grass",
+    "gravel",
+    "chelsea",
+    "coffee",
+    "cell",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "page",
+    "retina",
+    "rocket",
+    "stereo_motorcycle",
+    "colorwheel",
+    "logo",
 )
 
 

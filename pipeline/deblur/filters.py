@@ -15,8 +15,9 @@ image mean with a cosine ramp before the FFT, then crops (``edge="periodic"`` sk
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -27,8 +28,17 @@ logger = logging.getLogger(__name__)
 Edge = Literal["taper", "periodic"]
 
 __all__ = [
-    "SeparableKernel", "psf_to_otf", "pad_taper", "wiener", "pseudo_inverse_kernel", "kernel_svd",
-    "apply_separable", "apply_direct", "richardson_lucy", "skimage_wiener", "unsupervised_wiener",
+    "SeparableKernel",
+    "psf_to_otf",
+    "pad_taper",
+    "wiener",
+    "pseudo_inverse_kernel",
+    "kernel_svd",
+    "apply_separable",
+    "apply_direct",
+    "richardson_lucy",
+    "skimage_wiener",
+    "unsupervised_wiener",
 ]
 
 
@@ -120,8 +130,9 @@ def pseudo_inverse_kernel(
         if np.sum(crop**2) >= energy * total:
             break
     else:
-        logger.info("k† capped at %d px keeps %.5f of its energy (asked %.5f)",
-                    max_size, np.sum(crop**2) / total, energy)
+        logger.info(
+            "k† capped at %d px keeps %.5f of its energy (asked %.5f)", max_size, np.sum(crop**2) / total, energy
+        )
     # The cut-off tail is oscillatory but not zero-mean: restore the DC gain sum(k†) = 1 / (1 + nsr).
     return crop + (full.sum() - crop.sum()) / crop.size
 
@@ -211,7 +222,9 @@ def richardson_lucy(
     """Richardson-Lucy (scikit-image, ``clip=False``) with the same edge handling as ``wiener``."""
     return _with_edges(
         lambda y: restoration.richardson_lucy(y, psf, num_iter=iterations, clip=False, filter_epsilon=1e-6),
-        image, edge, margin or default_margin(psf),
+        image,
+        edge,
+        margin or default_margin(psf),
     )
 
 
@@ -230,5 +243,7 @@ def unsupervised_wiener(
     """scikit-image's unsupervised Wiener-Hunt (Gibbs-sampled regularisation), ``clip=False``, with edges."""
     return _with_edges(
         lambda y: restoration.unsupervised_wiener(y, psf, clip=False, rng=seed)[0],
-        image, edge, margin or default_margin(psf),
+        image,
+        edge,
+        margin or default_margin(psf),
     )

@@ -10,17 +10,18 @@ direct 2D convolution), ``rl`` (Richardson-Lucy), ``skimage_wiener``, ``unsuperv
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Literal, cast
+from typing import Literal, cast
 
 import numpy as np
 
-from deconvseg.pipeline.deblur import filters as classical
 from deconvseg.models import WEIGHTS_ROOT as SHIPPED
 from deconvseg.pipeline.config import Settings
-from deconvseg.pipeline.errors import ConfigError, DeconvsegError, InputError
+from deconvseg.pipeline.deblur import filters as classical
 from deconvseg.pipeline.deblur.psf import parse_psf, psf_from_array
+from deconvseg.pipeline.errors import ConfigError, DeconvsegError, InputError
 from deconvseg.pipeline.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,10 @@ def find_dcnn_weights(psf: np.ndarray, root: Path = WEIGHTS_ROOT) -> Path:
         trained = DEGRADATIONS[json.loads((folder / "model.json").read_text())["degradation"]]().psf
         if trained.shape == psf.shape and np.allclose(trained, psf):
             return folder
-    raise ConfigError(f"method dcnn: no weights under {root} were trained for this PSF; "
-                      "train them (deconvseg deblur-train) or use --method wiener")
+    raise ConfigError(
+        f"method dcnn: no weights under {root} were trained for this PSF; "
+        "train them (deconvseg deblur-train) or use --method wiener"
+    )
 
 
 def make_restorer(
@@ -91,8 +94,10 @@ def make_restorer(
         "unsupervised_wiener": lambda image: classical.unsupervised_wiener(image, psf),
     }
     if method not in restorers:
-        raise ConfigError(f"method '{method}': unknown; use one of wiener, svd, direct2d, rl, skimage_wiener, "
-                          "unsupervised_wiener, dcnn")
+        raise ConfigError(
+            f"method '{method}': unknown; use one of wiener, svd, direct2d, rl, skimage_wiener, "
+            "unsupervised_wiener, dcnn"
+        )
     return restorers[method]
 
 
@@ -111,7 +116,8 @@ def deblur_volume(
 ) -> Volume:
     """Restore every axial slice ``array[z]`` of an image ``Volume``; same grid and metadata, float32 voxels.
 
-    ``psf`` is an array or its spelling (``"disk:7"``, see ``deconvseg.pipeline.deblur.psf.parse_psf``), in slice pixels.
+    ``psf`` is an array or its spelling (``"disk:7"``, see ``deconvseg.pipeline.deblur.psf.parse_psf``), in
+    slice pixels.
 
     Intensities are mapped to [0, 1] by the volume's 0.5/99.5 percentiles for the restoration (``rl`` and
     ``dcnn`` assume that range) and mapped back afterwards, so the output stays in the input's units.
@@ -132,8 +138,9 @@ def deblur_volume(
 def deblur_file(src: str | Path, dst: str | Path, config: DeblurConfig = DeblurConfig()) -> Path:
     """Deblur one input (PNG/TIFF image, NIfTI/NRRD/MHA volume or DICOM folder) into ``dst``, atomically.
 
-    2D images keep their bit depth for PNG output (see ``deconvseg.pipeline.deblur.image2d``); volumes are restored slice by
-    slice with ``deblur_volume`` and written with ``deconvseg.pipeline.io.volumes.write_volume`` (``dst`` a volume suffix).
+    2D images keep their bit depth for PNG output (see ``deconvseg.pipeline.deblur.image2d``); volumes are
+    restored slice by slice with ``deblur_volume`` and written with ``deconvseg.pipeline.io.volumes.write_volume``
+    (``dst`` a volume suffix).
 
     Raises:
         InputError: unreadable input, or an output suffix that does not fit the input kind.

@@ -12,8 +12,9 @@ flip/rotation of the sharp image and with independent noise. Every step draws ra
 (``patch + 2 crop`` feature pixels, ``patch`` reference pixels). Loss ``"mse"``: mean squared error over
 the batch (default); ``"log_mse"``: the mean over patches of ``log(MSE_patch + 1e-5)``, i.e. minus the mean
 patch PSNR up to a factor, which weighs smooth patches far more (for the Xu degradation it gained 2-3 dB on
-smooth images and lost 0.5-1 dB on textured ones; see the model card). Adam on a cosine decay over the budget; training stops after ``max_seconds`` of process CPU
-time (data preparation included; independent of how busy a shared machine is) or ``max_steps``.
+smooth images and lost 0.5-1 dB on textured ones; see the model card). Adam on a cosine decay over the budget;
+training stops after ``max_seconds`` of process CPU time (data preparation included; independent of how busy
+a shared machine is) or ``max_steps``.
 
 Device and precision follow ``deconvseg.pipeline.devices`` (as the segmentation trainer): the features are
 computed once on the CPU, each batch moves to ``device``, and checkpoints are CPU copies.
@@ -24,23 +25,24 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from deconvseg.models.deblur_cnn import DeblurCNN
 from deconvseg.pipeline.config import Settings
-from deconvseg.pipeline.devices import Precision, amp_policy, resolve_device
-from deconvseg.pipeline.deblur.filters import kernel_svd, pseudo_inverse_kernel
 from deconvseg.pipeline.deblur.data import HELD_OUT, TRAINING, load_grey
 from deconvseg.pipeline.deblur.degrade import DEGRADATIONS
+from deconvseg.pipeline.deblur.filters import kernel_svd, pseudo_inverse_kernel
+from deconvseg.pipeline.devices import Precision, amp_policy, resolve_device
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DeblurTrainConfig", "build_initialised_model", "train_deblur_cnn"]
 
-Checkpoint = Callable[[DeblurCNN, dict[str, Any]], None]
+Checkpoint = Callable[[DeblurCNN, dict[str, Any]], object]
 
 
 class DeblurTrainConfig(Settings):
@@ -75,8 +77,14 @@ def build_initialised_model(cfg: DeblurTrainConfig) -> DeblurCNN:
     psf = DEGRADATIONS[cfg.degradation]().psf
     kdag = pseudo_inverse_kernel(psf, cfg.nsr, energy=cfg.support_energy, max_size=cfg.max_length)
     sep = kernel_svd(kdag / kdag.sum(), rank=min(cfg.rank - 1, kdag.shape[0]))  # + 1 DC-restoring term
-    model = DeblurCNN(rank=sep.rank, length=kdag.shape[0], hidden=cfg.hidden, outlier_kernel=cfg.outlier_kernel,
-                      out_kernel=cfg.out_kernel, residual=True)
+    model = DeblurCNN(
+        rank=sep.rank,
+        length=kdag.shape[0],
+        hidden=cfg.hidden,
+        outlier_kernel=cfg.outlier_kernel,
+        out_kernel=cfg.out_kernel,
+        residual=True,
+    )
     model.init_from_separable(sep.u, sep.s, sep.v)
     return model
 
@@ -125,9 +133,7 @@ def _loss(estimate: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tens
     return torch.log(((estimate - target) ** 2).mean(dim=(1, 2, 3)) + 1e-5).mean()
 
 
-def train_deblur_cnn(
-    cfg: DeblurTrainConfig, checkpoint: Checkpoint | None = None
-) -> tuple[DeblurCNN, dict[str, Any]]:
+def train_deblur_cnn(cfg: DeblurTrainConfig, checkpoint: Checkpoint | None = None) -> tuple[DeblurCNN, dict[str, Any]]:
     """Train a ``DeblurCNN`` per ``cfg``; returns the model (eval mode, on the CPU) and metadata for ``model.json``.
 
     Args:
@@ -154,16 +160,26 @@ def train_deblur_cnn(
     losses: list[float] = []
 
     def metadata() -> dict[str, Any]:
-        return {"degradation": cfg.degradation, "training": {
-            "images": list(TRAINING), "held_out": list(HELD_OUT), "steps": step,
-            "cpu_seconds": round(time.process_time() - start, 1),
-            "final_loss": float(np.mean(losses[-100:])) if losses else None, "device": str(device),
-            "precision": amp.name, "config": cfg.model_dump()}}
+        return {
+            "degradation": cfg.degradation,
+            "training": {
+                "images": list(TRAINING),
+                "held_out": list(HELD_OUT),
+                "steps": step,
+                "cpu_seconds": round(time.process_time() - start, 1),
+                "final_loss": float(np.mean(losses[-100:])) if losses else None,
+                "device": str(device),
+                "precision": amp.name,
+                "config": cfg.model_dump(),
+            },
+        }
 
     model.train()
     while (progress := max(step / cfg.max_steps, (time.process_time() - start) / cfg.max_seconds)) < 1:
         optimiser.param_groups[0]["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * progress))
-        inputs, targets = (t.to(device, non_blocking=True) for t in _batch(pairs, cfg.batch, cfg.patch, model.crop, rng))
+        inputs, targets = (
+            t.to(device, non_blocking=True) for t in _batch(pairs, cfg.batch, cfg.patch, model.crop, rng)
+        )
         with amp.autocast():
             estimate = model.reject(inputs)
         loss = _loss(estimate.float(), targets, cfg.loss)

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -39,7 +39,6 @@ from deconvseg.pipeline.export.nifti import write_labels_json, write_labels_nift
 from deconvseg.pipeline.export.overlays import write_overlays
 from deconvseg.pipeline.export.report import ReportHeader, subject_rows, write_report
 from deconvseg.pipeline.export.rtstruct import write_rtstruct
-from deconvseg.pipeline.pacs.naming import result_description
 from deconvseg.pipeline.export.seg_nrrd import write_seg_nrrd
 from deconvseg.pipeline.export.shape_qa import FLAG as SHAPE_FLAG
 from deconvseg.pipeline.export.shape_qa import flag_structures, shape_entry, write_qa
@@ -48,6 +47,7 @@ from deconvseg.pipeline.files import atomic_folder
 from deconvseg.pipeline.io.checks import check_label_values, label_dtype
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.outputs import check_bundle_target
+from deconvseg.pipeline.pacs.naming import result_description
 from deconvseg.pipeline.sanitize import METHOD as DEIDENTIFICATION_METHOD
 from deconvseg.pipeline.sanitize import deidentify_dataset
 from deconvseg.pipeline.viewer import check_viewer_base, viewer_url
@@ -98,7 +98,7 @@ def _label_map(labels: Volume) -> Volume:
     return labels.with_array(array.astype(label_dtype(high)), kind="label")
 
 
-def _input_files(image: Volume, labels: Volume) -> dict[str, list[str]]:
+def _input_files(image: Volume, labels: Volume) -> dict[str, list[str | Path]]:
     source = Path(str(image.metadata.get("source", "")))
     files = {"image": list(image.metadata.get("dicom_files") or ([str(source)] if source.is_file() else []))}
     if Path(str(labels.metadata.get("source", ""))).is_file():
@@ -191,8 +191,11 @@ def write_bundle(
     uncertainty = align_to_image(uncertainty, image) if uncertainty is not None else None
     unknown = sorted(set(np.unique(labels.array).tolist()) - {0} - set(table.values))
     if unknown:
-        raise InputError(labels.metadata.get("source", "label map"), f"values {unknown} are not in the label table",
-                         "pass a label table that names every value (e.g. --labels labels.json)")
+        raise InputError(
+            labels.metadata.get("source", "label map"),
+            f"values {unknown} are not in the label table",
+            "pass a label table that names every value (e.g. --labels labels.json)",
+        )
     if viewer_base is not None:
         viewer_base = check_viewer_base(viewer_base)
     extra: dict[str, Any] = {}
@@ -209,7 +212,8 @@ def write_bundle(
             extra["dicom_reference"] = {"origin": None, "note": "the label map is empty: no SEG or RTSTRUCT written"}
         elif wants_dicom:
             with _stage(timings, "dicom_reference"):
-                reference = prepare_reference(image, tmp / "dicom", make_series=True)
+                # make_series=True: a reference always comes back (the image's series or a new one)
+                reference = cast(SeriesReference, prepare_reference(image, tmp / "dicom", make_series=True))
                 if deidentify:
                     reference = _deidentified(reference, out_dir.name)
             extra["dicom_reference"] = reference.describe()
@@ -239,17 +243,28 @@ def write_bundle(
             notes.append(f"model: {model.get('name') or model.get('dir', '?')} {model.get('version', '')}".strip())
         with _stage(timings, "report"):
             named = notes[-1].removeprefix("model: ") if model else "not recorded (a label map made elsewhere)"
-            about = replace(header or ReportHeader(model=named), subject=subject_rows(image.metadata),
-                            deidentified=deidentify)
-            write_report(tmp / "report.html", stats, overlays, title=title or out_dir.name, notes=notes,
-                         shape=qa.get("shape"), viewer_url=extra.get("viewer_url"), header=about,
-                         case_flags=qa["case_flags"])
+            about = replace(
+                header or ReportHeader(model=named), subject=subject_rows(image.metadata), deidentified=deidentify
+            )
+            write_report(
+                tmp / "report.html",
+                stats,
+                overlays,
+                title=title or out_dir.name,
+                notes=notes,
+                shape=qa.get("shape"),
+                viewer_url=extra.get("viewer_url"),
+                header=about,
+                case_flags=qa["case_flags"],
+            )
         caller = dict(manifest or {})
         all_timings = {**caller.pop("timings_s", {}), **{f"export.{k}": v for k, v in timings.items()}}
         record = build_manifest(_input_files(image, labels), timings=all_timings, extra=extra)
         record.update(caller)
         if deidentify:
-            record["inputs"] = {role: [{"sha256": f["sha256"]} for f in files] for role, files in record["inputs"].items()}
+            record["inputs"] = {
+                role: [{"sha256": f["sha256"]} for f in files] for role, files in record["inputs"].items()
+            }
             record["deidentified"] = True
         write_manifest(tmp / "manifest.json", record)
     flags = [{"name": row["name"], "value": row["value"], "flag": flag} for row in stats for flag in row["flags"]]

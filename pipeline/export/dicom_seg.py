@@ -40,8 +40,11 @@ def present_labels(labels: Volume, table: LabelTable) -> list[Label]:
     values = set(np.unique(labels.array).tolist()) - {0}
     unknown = sorted(values - set(table.values))
     if unknown:
-        raise InputError(labels.metadata.get("source", "label map"), f"label values {unknown} are not in the table",
-                         "pass a label table (--labels JSON) that names every value")
+        raise InputError(
+            labels.metadata.get("source", "label map"),
+            f"label values {unknown} are not in the table",
+            "pass a label table (--labels JSON) that names every value",
+        )
     return [label for label in table if label.value in values]
 
 
@@ -79,8 +82,11 @@ def write_dicom_seg(
         raise InputError(path, "the label map holds no structure", "a DICOM-SEG needs at least one labelled voxel")
     rows, cols = int(reference.datasets[0].Rows), int(reference.datasets[0].Columns)
     if labels.shape != (len(reference.datasets), rows, cols):
-        raise InputError(path, f"label map shape {labels.shape} does not match the series "
-                         f"({len(reference.datasets)}, {rows}, {cols})", "resample the labels onto the image grid")
+        raise InputError(
+            path,
+            f"label map shape {labels.shape} does not match the series ({len(reference.datasets)}, {rows}, {cols})",
+            "resample the labels onto the image grid",
+        )
     index, keys = dense_labels(labels.array)
     lut = np.zeros(len(keys), dtype=np.uint8 if len(present) < 256 else np.uint16)
     for number, label in enumerate(present, start=1):

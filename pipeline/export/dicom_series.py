@@ -30,16 +30,25 @@ from deconvseg.pipeline.files import array_digest, file_digest
 from deconvseg.pipeline.volume import Volume
 
 Origin = Literal["source", "copy-with-generated-uids", "generated-from-volume"]
-_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                 "StudyDate", "StudyTime", "ReferringPhysicianName")
+_TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 _UID_KEYS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID")
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
 _NOTES = {
     "source": "SEG and RTSTRUCT reference the source series as it is",
     "copy-with-generated-uids": "the source series has blank or duplicate UIDs (anonymised); dicom/ holds a copy "
-                                "with generated deterministic UIDs and SEG/RTSTRUCT reference that copy",
+    "with generated deterministic UIDs and SEG/RTSTRUCT reference that copy",
     "generated-from-volume": "the input was not DICOM; dicom/ holds a series made from the volume and "
-                             "SEG/RTSTRUCT reference it",
+    "SEG/RTSTRUCT reference it",
 }
 
 
@@ -94,8 +103,11 @@ def prepare_reference(image: Volume, folder: Path, *, make_series: bool = True) 
     files = image.metadata.get("dicom_files")
     if files:
         if len(files) != image.shape[0]:
-            raise InputError(files[0], f"{len(files)} DICOM files for {image.shape[0]} slices",
-                             "read the series with deconvseg.pipeline.io.volumes.read_volume so dicom_files follows z order")
+            raise InputError(
+                files[0],
+                f"{len(files)} DICOM files for {image.shape[0]} slices",
+                "read the series with deconvseg.pipeline.io.volumes.read_volume so dicom_files follows z order",
+            )
         datasets = _with_type2([pydicom.dcmread(f, stop_before_pixels=True) for f in files])
         if not _needs_new_uids(datasets):
             return SeriesReference(datasets, "source")
@@ -188,8 +200,11 @@ def series_from_volume(volume: Volume, *, series_description: str = "deconvseg i
         InputError: the direction matrix is not orthonormal (DICOM planes cannot shear).
     """
     if not np.allclose(volume.direction.T @ volume.direction, np.eye(3), atol=1e-4):
-        raise InputError(volume.metadata.get("source", "volume"), "direction matrix is not orthonormal",
-                         "resample the image onto an orthonormal grid before exporting DICOM")
+        raise InputError(
+            volume.metadata.get("source", "volume"),
+            "direction matrix is not orthonormal",
+            "resample the image onto an orthonormal grid before exporting DICOM",
+        )
     modality = "MR" if volume.modality == "MR" else "CT"
     stored, slope, intercept = _to_int16(volume.array)
     key = f"{array_digest(volume.array)}{volume.affine_lps().round(6).tobytes().hex()}"

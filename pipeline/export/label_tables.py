@@ -12,9 +12,8 @@ that code, so DICOM-SEG and labels.json carry it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 from pydicom.sr.codedict import codes
 
@@ -32,8 +31,9 @@ def read_label_file(path: str | Path, key: str | None = None) -> LabelTable:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise InputError(path, f"cannot read label JSON ({err.__class__.__name__})",
-                         "check the path and syntax") from err
+        raise InputError(
+            path, f"cannot read label JSON ({err.__class__.__name__})", "check the path and syntax"
+        ) from err
     if isinstance(data, list):
         return LabelTable.from_json(data)
     if not isinstance(data, dict):
@@ -58,27 +58,56 @@ def complete_table(table: LabelTable, values: list[int]) -> LabelTable:
 # every code is one the DICOM standard lists). Where the dictionary has no left/right concept,
 # the structure's own concept is used and the side stays in the segment's name.
 SNOMED_KEYWORDS = {
-    "kidney_right": "Kidney", "kidney_left": "Kidney",
-    "adrenal_gland_right": "AdrenalGland", "adrenal_gland_left": "AdrenalGland",
-    "lung_upper_lobe_left": "StructureOfUpperLobeOfLeftLung", "lung_upper_lobe_right": "UpperLobeOfLung",
+    "kidney_right": "Kidney",
+    "kidney_left": "Kidney",
+    "adrenal_gland_right": "AdrenalGland",
+    "adrenal_gland_left": "AdrenalGland",
+    "lung_upper_lobe_left": "StructureOfUpperLobeOfLeftLung",
+    "lung_upper_lobe_right": "UpperLobeOfLung",
     "lung_middle_lobe_right": "MiddleLobeOfRightLung",
-    "lung_lower_lobe_left": "LowerLobeOfLung", "lung_lower_lobe_right": "LowerLobeOfLung",
-    "thyroid_gland": "Thyroid", "small_bowel": "SmallIntestine", "urinary_bladder": "UrinaryBladderStructure",
-    "brachiocephalic_vein_left": "BrachiocephalicVein", "brachiocephalic_vein_right": "BrachiocephalicVein",
+    "lung_lower_lobe_left": "LowerLobeOfLung",
+    "lung_lower_lobe_right": "LowerLobeOfLung",
+    "thyroid_gland": "Thyroid",
+    "small_bowel": "SmallIntestine",
+    "urinary_bladder": "UrinaryBladderStructure",
+    "brachiocephalic_vein_left": "BrachiocephalicVein",
+    "brachiocephalic_vein_right": "BrachiocephalicVein",
     "atrial_appendage_left": "LeftAuricularAppendage",
-    "iliac_artery_left": "CommonIliacArtery", "iliac_artery_right": "CommonIliacArtery",
-    "iliac_vena_left": "CommonIliacVein", "iliac_vena_right": "CommonIliacVein",
-    "humerus_left": "Humerus", "humerus_right": "Humerus", "scapula_left": "Scapula", "scapula_right": "Scapula",
-    "clavicula_left": "Clavicle", "clavicula_right": "Clavicle", "femur_left": "Femur", "femur_right": "Femur",
-    "autochthon_left": "ErectorSpinaeMuscle", "autochthon_right": "ErectorSpinaeMuscle",
+    "iliac_artery_left": "CommonIliacArtery",
+    "iliac_artery_right": "CommonIliacArtery",
+    "iliac_vena_left": "CommonIliacVein",
+    "iliac_vena_right": "CommonIliacVein",
+    "humerus_left": "Humerus",
+    "humerus_right": "Humerus",
+    "scapula_left": "Scapula",
+    "scapula_right": "Scapula",
+    "clavicula_left": "Clavicle",
+    "clavicula_right": "Clavicle",
+    "femur_left": "Femur",
+    "femur_right": "Femur",
+    "autochthon_left": "ErectorSpinaeMuscle",
+    "autochthon_right": "ErectorSpinaeMuscle",
     "costal_cartilages": "CostalCartilage",
     **{f"rib_{side}_{n}": "BoneStructureOfRib" for side in ("left", "right") for n in range(1, 13)},
 }
 # Structures of the shipped models and TotalSegmentator's ``total`` map that stay generic
 # ("Anatomical Structure" in DICOM-SEG): the dictionary holds no concept that says what they are.
-GENERIC = ("kidney_cyst_left", "kidney_cyst_right", "vertebrae_S1", "portal_vein_and_splenic_vein",
-           "hip_left", "hip_right", "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left",
-           "gluteus_medius_right", "gluteus_minimus_left", "gluteus_minimus_right", "iliopsoas_left", "iliopsoas_right")
+GENERIC = (
+    "kidney_cyst_left",
+    "kidney_cyst_right",
+    "vertebrae_S1",
+    "portal_vein_and_splenic_vein",
+    "hip_left",
+    "hip_right",
+    "gluteus_maximus_left",
+    "gluteus_maximus_right",
+    "gluteus_medius_left",
+    "gluteus_medius_right",
+    "gluteus_minimus_left",
+    "gluteus_minimus_right",
+    "iliopsoas_left",
+    "iliopsoas_right",
+)
 
 
 def snomed_code(name: str) -> Code | None:

@@ -15,8 +15,19 @@ from typing import Any
 
 from deconvseg.pipeline.files import atomic_file, file_digest
 
-PACKAGES = ("deconvseg", "numpy", "SimpleITK", "pydicom", "highdicom", "pynrrd", "scikit-image", "scipy",
-            "torch", "monai", "prefect")
+PACKAGES = (
+    "deconvseg",
+    "numpy",
+    "SimpleITK",
+    "pydicom",
+    "highdicom",
+    "pynrrd",
+    "scikit-image",
+    "scipy",
+    "torch",
+    "monai",
+    "prefect",
+)
 
 
 def software_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -53,7 +64,7 @@ def build_manifest(
         extra: further sections (e.g. ``dicom_reference``), merged at the top level.
     """
     return {
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "inputs": input_hashes(inputs),
         "model": model,
         "config": config,

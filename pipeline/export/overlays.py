@@ -113,7 +113,7 @@ def write_overlays(
         tiles = []
         for index in _slice_indices(lab, view, slices):
             g = _window(_take(grey, view, index), window)[..., None].repeat(3, axis=-1)
-            if name == "uncertainty":
+            if name == "uncertainty" and unc is not None:
                 u = np.clip(_take(unc, view, index), 0.0, 1.0)
                 rgb = 0.4 * g + 0.6 * heat(u)[..., :3]
             else:

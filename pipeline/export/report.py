@@ -74,19 +74,27 @@ def subject_rows(metadata: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """Patient ID, study and series lines of an input's metadata (``deconvseg.pipeline.io.dicom``), the empty
     ones left out. The patient's name is not shown: the ID identifies the case to the reader, and a bundle
     is copied and mailed more freely than the PACS record (the project's privacy rule: no names in outputs)."""
+
     def join(*keys: str) -> str:
         parts = [_date(str(metadata.get(k) or "")) if k.endswith("date") else str(metadata.get(k) or "") for k in keys]
         return ", ".join(p.replace("^", " ").strip() for p in parts if p.strip())
 
-    rows = (("patient ID", join("patient_id")), ("study", join("study_description", "study_date")),
-            ("series", join("series_description", "series_date")))
+    rows = (
+        ("patient ID", join("patient_id")),
+        ("study", join("study_description", "study_date")),
+        ("series", join("series_description", "series_date")),
+    )
     return tuple((name, value) for name, value in rows if value)
 
 
 def _header_html(header: ReportHeader) -> str:
     subject = list(header.subject) if not header.deidentified else [("patient ID", "none (de-identified)")]
-    rows = [("model", header.model), ("trained on", header.trained_on or "not recorded for this model"),
-            ("intended use", header.intended_use), *(subject or [("patient ID", "none in the input")])]
+    rows = [
+        ("model", header.model),
+        ("trained on", header.trained_on or "not recorded for this model"),
+        ("intended use", header.intended_use),
+        *(subject or [("patient ID", "none in the input")]),
+    ]
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<table id='about'>{cells}</table>"
 
@@ -95,8 +103,10 @@ def _case_flags_html(case_flags: list[Mapping[str, str]]) -> str:
     if not case_flags:
         return ""
     items = "".join(f"<li><b>{html.escape(f['flag'])}</b>: {html.escape(f['reason'])}</li>" for f in case_flags)
-    return (f"<div id='case-flags' role='alert'><p class='flag'>This case needs review: the model may not apply "
-            f"to it. Do not use the figures below without checking the images.</p><ul>{items}</ul></div>")
+    return (
+        f"<div id='case-flags' role='alert'><p class='flag'>This case needs review: the model may not apply "
+        f"to it. Do not use the figures below without checking the images.</p><ul>{items}</ul></div>"
+    )
 
 
 def render_report(
@@ -126,7 +136,7 @@ def render_report(
     shape = None if empty else shape
     rows = []
     for row in stats:
-        colour = "#%02x%02x%02x" % tuple(row["color"])
+        colour = "#{:02x}{:02x}{:02x}".format(*row["color"])
         flags = " ".join(row["flags"])
         border = "yes" if row["touches_border"] else ""
         rows.append(
@@ -145,10 +155,20 @@ def render_report(
         for name, path in overlays.items()
     )
     notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in notes or [])
-    viewer_html = (f"<p id='viewer'><a href='{html.escape(viewer_url, quote=True)}'>Open the study in the viewer "
-                   "(OHIF) with this segmentation shown</a></p>" if viewer_url else "")
-    empty_html = (f"<p id='empty' class='flag'>The label map is empty: none of the model's {len(stats)} structures "
-                  "was found. No shape or volume figures apply.</p>") if empty else ""
+    viewer_html = (
+        f"<p id='viewer'><a href='{html.escape(viewer_url, quote=True)}'>Open the study in the viewer "
+        "(OHIF) with this segmentation shown</a></p>"
+        if viewer_url
+        else ""
+    )
+    empty_html = (
+        (
+            f"<p id='empty' class='flag'>The label map is empty: none of the model's {len(stats)} structures "
+            "was found. No shape or volume figures apply.</p>"
+        )
+        if empty
+        else ""
+    )
     flags_html = "".join(f"<li class='flag'>{html.escape(f)}</li>" for f in flagged) or "<li>none</li>"
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -170,13 +190,18 @@ def _shape_html(shape: dict[str, Any] | None) -> str:
     terms = shape["terms"]
     threshold = "none" if shape["threshold"] is None else f"{shape['threshold']:.2f}"
     cls = " class='flag'" if shape["flagged"] else ""
-    details = (f"reconstruction Dice {', '.join(f'{k} {v:.2f}' for k, v in terms['dice'].items())}; "
-               f"stray {sum(terms['stray_ml'].values()):.1f} mL, enclosed background {terms['enclosed_background_ml']:.1f} mL, "
-               f"exposed wall {terms['exposed_wall_ml']:.1f} mL, concavity {terms['concavity_ml']:.1f} mL, "
-               f"largest disagreement {max(terms['disagreement_ml'].values(), default=0.0):.1f} mL")
-    return (f"<h2>Shape plausibility</h2><p id='shape'{cls}>score {shape['score']:.2f} (flagged below {threshold}, "
-            f"guard {html.escape(shape['guard'])}): {'implausible' if shape['flagged'] else 'plausible'}</p>"
-            f"<p>{html.escape(details)}</p>")
+    details = (
+        f"reconstruction Dice {', '.join(f'{k} {v:.2f}' for k, v in terms['dice'].items())}; "
+        f"stray {sum(terms['stray_ml'].values()):.1f} mL, "
+        f"enclosed background {terms['enclosed_background_ml']:.1f} mL, "
+        f"exposed wall {terms['exposed_wall_ml']:.1f} mL, concavity {terms['concavity_ml']:.1f} mL, "
+        f"largest disagreement {max(terms['disagreement_ml'].values(), default=0.0):.1f} mL"
+    )
+    return (
+        f"<h2>Shape plausibility</h2><p id='shape'{cls}>score {shape['score']:.2f} (flagged below {threshold}, "
+        f"guard {html.escape(shape['guard'])}): {'implausible' if shape['flagged'] else 'plausible'}</p>"
+        f"<p>{html.escape(details)}</p>"
+    )
 
 
 def write_report(path: str | Path, stats: list[dict[str, Any]], overlays: dict[str, Path], **kwargs: Any) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.tag import Tag
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
 from skimage.measure import approximate_polygon, find_contours
 
@@ -33,8 +33,18 @@ from deconvseg.pipeline.volume import Volume
 logger = logging.getLogger(__name__)
 CONTOUR_DATA = Tag(0x3006, 0x0050)
 STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management (PS3.3 C.8.8.5)
-_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
-           "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
@@ -43,7 +53,7 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     if rows.size == 0:
         return []
     r0, c0 = rows[0], cols[0]  # trace only the mask's bounding box, padded by one empty pixel
-    padded = np.pad(mask[r0:rows[-1] + 1, c0:cols[-1] + 1].astype(np.float32), 1)
+    padded = np.pad(mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1].astype(np.float32), 1)
     offset = np.array([r0 - 1.0, c0 - 1.0])
     contours = []
     for contour in find_contours(padded, 0.5):
@@ -53,7 +63,7 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     return contours
 
 
-def _contour_data(points: np.ndarray) -> RawDataElement:
+def _contour_data(points: np.ndarray) -> RawDataElement | None:
     """Contour Data (3006,0050) encoded once as DS text: ``x\\y\\z\\...`` (``None`` above 64 kB).
 
     Building the element from raw bytes skips pydicom's per-number DS objects (10x faster for
@@ -73,8 +83,9 @@ def _encoded_contour(contour: np.ndarray, image: Dataset) -> tuple[int, RawDataE
         element = _contour_data(_pixel_to_patient(image, points))
         if element is not None:
             if tolerance:
-                logger.warning("contour of %d points simplified with tolerance %.2f px to fit 64 kB",
-                               len(contour), tolerance)
+                logger.warning(
+                    "contour of %d points simplified with tolerance %.2f px to fit 64 kB", len(contour), tolerance
+                )
             return len(points), element
     raise ValueError(f"a contour of {len(contour)} points does not fit a DICOM DS element even when simplified")
 
@@ -84,9 +95,11 @@ def _pixel_to_patient(ds: Dataset, rows_cols: np.ndarray) -> np.ndarray:
     orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
     row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
     along_row, along_col = orientation[:3], orientation[3:]
-    return (np.asarray(ds.ImagePositionPatient, dtype=float)
-            + np.outer(rows_cols[:, 1] * col_spacing, along_row)
-            + np.outer(rows_cols[:, 0] * row_spacing, along_col))
+    return (
+        np.asarray(ds.ImagePositionPatient, dtype=float)
+        + np.outer(rows_cols[:, 1] * col_spacing, along_row)
+        + np.outer(rows_cols[:, 0] * row_spacing, along_col)
+    )
 
 
 def _image_item(ds: Dataset) -> Dataset:
@@ -96,15 +109,19 @@ def _image_item(ds: Dataset) -> Dataset:
     return item
 
 
-def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference,
-                   series_description: str = "deconvseg contours") -> Dataset:
+def build_rtstruct(
+    labels: Volume, table: LabelTable, reference: SeriesReference, series_description: str = "deconvseg contours"
+) -> Dataset:
     """The RTSTRUCT dataset of ``labels`` (on the grid of ``reference``); ``series_description``
     (at most 64 characters) should name the model and its version."""
     present = present_labels(labels, table)
     first = reference.datasets[0]
     if labels.shape[0] != len(reference.datasets):
-        raise InputError("rtstruct", f"{labels.shape[0]} label slices for {len(reference.datasets)} images",
-                         "resample the labels onto the image grid")
+        raise InputError(
+            "rtstruct",
+            f"{labels.shape[0]} label slices for {len(reference.datasets)} images",
+            "resample the labels onto the image grid",
+        )
     now = dt.datetime.now()
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -169,8 +186,13 @@ def build_rtstruct(labels: Volume, table: LabelTable, reference: SeriesReference
     return ds
 
 
-def write_rtstruct(path: str | Path, labels: Volume, table: LabelTable, reference: SeriesReference,
-                   series_description: str = "deconvseg contours") -> Path:
+def write_rtstruct(
+    path: str | Path,
+    labels: Volume,
+    table: LabelTable,
+    reference: SeriesReference,
+    series_description: str = "deconvseg contours",
+) -> Path:
     """Write ``rtstruct.dcm`` for ``labels`` referencing ``reference`` (atomically)."""
     ds = build_rtstruct(labels, table, reference, series_description)
     with atomic_file(path) as tmp:

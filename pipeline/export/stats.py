@@ -25,8 +25,20 @@ from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.sanitize import csv_cell
 from deconvseg.pipeline.volume import Volume
 
-CSV_COLUMNS = ("value", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity", "intensity_unit",
-               "mean_uncertainty", "touches_border", "bbox_min_mm", "bbox_max_mm", "flags")
+CSV_COLUMNS = (
+    "value",
+    "name",
+    "voxels",
+    "volume_ml",
+    "mean_intensity",
+    "std_intensity",
+    "intensity_unit",
+    "mean_uncertainty",
+    "touches_border",
+    "bbox_min_mm",
+    "bbox_max_mm",
+    "flags",
+)
 
 
 class StatsConfig(Settings):
@@ -83,8 +95,11 @@ def compute_stats(
     values = image.array[foreground].astype(np.float64)
     sums = np.bincount(lab, weights=values, minlength=n)
     squares = np.bincount(lab, weights=values * values, minlength=n)
-    unc = (np.bincount(lab, weights=uncertainty.array[foreground].astype(np.float64), minlength=n)
-           if uncertainty is not None else None)
+    unc = (
+        np.bincount(lab, weights=uncertainty.array[foreground].astype(np.float64), minlength=n)
+        if uncertainty is not None
+        else None
+    )
     boxes = ndimage.find_objects(index, max_label=n - 1)
     border = _border_values(labels.array)
     unit = "HU" if image.modality == "CT" else "a.u."
@@ -94,22 +109,34 @@ def compute_stats(
         v, i = label.value, index_of(keys, label.value)
         count = int(counts[i])
         volume_ml = count * labels.voxel_volume_ml
-        mean = sums[i] / count if count else None
+        mean = sums[i] / count if count else 0.0
         row: dict[str, Any] = {
-            "value": v, "name": label.name, "color": list(label.color), "voxels": count,
+            "value": v,
+            "name": label.name,
+            "color": list(label.color),
+            "voxels": count,
             "volume_ml": round(volume_ml, 4),
             "mean_intensity": round(float(mean), 3) if count else None,
             "std_intensity": round(float(np.sqrt(max(squares[i] / count - mean * mean, 0.0))), 3) if count else None,
             "intensity_unit": unit,
             "mean_uncertainty": round(float(unc[i] / count), 4) if count and unc is not None else None,
             "touches_border": v in border,
-            "bbox_min_mm": None, "bbox_max_mm": None, "bbox_voxels": None, "flags": [],
+            "bbox_min_mm": None,
+            "bbox_max_mm": None,
+            "bbox_voxels": None,
+            "flags": [],
         }
         if count:
             box = boxes[i - 1]
             row["bbox_min_mm"], row["bbox_max_mm"] = _bbox_mm(labels, box)
-            row["bbox_voxels"] = [box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1,
-                                  box[0].start, box[0].stop - 1]
+            row["bbox_voxels"] = [
+                box[2].start,
+                box[2].stop - 1,
+                box[1].start,
+                box[1].stop - 1,
+                box[0].start,
+                box[0].stop - 1,
+            ]
         row["flags"] = qa_flags(row, config, expected)
         rows.append(row)
     return rows
@@ -141,8 +168,12 @@ def write_stats(folder: str | Path, rows: list[dict[str, Any]]) -> tuple[Path, P
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            cells = {**row, "bbox_min_mm": _join(row["bbox_min_mm"]), "bbox_max_mm": _join(row["bbox_max_mm"]),
-                     "flags": ";".join(row["flags"])}
+            cells = {
+                **row,
+                "bbox_min_mm": _join(row["bbox_min_mm"]),
+                "bbox_max_mm": _join(row["bbox_max_mm"]),
+                "flags": ";".join(row["flags"]),
+            }
             writer.writerow({key: csv_cell(value) for key, value in cells.items()})
     return folder / "stats.json", folder / "stats.csv"
 

@@ -33,7 +33,8 @@ def check_size(path: str | Path, size: tuple[int, ...], components: int, max_vox
     voxels = int(np.prod(size, dtype=object)) * components
     if voxels > max_voxels:
         raise InputError(
-            path, f"{voxels:.3g} voxels exceed the limit of {max_voxels:.3g}",
+            path,
+            f"{voxels:.3g} voxels exceed the limit of {max_voxels:.3g}",
             "crop or downsample the volume, or raise the limit (max_voxels, memory_budget_mib)",
         )
 
@@ -49,8 +50,9 @@ def check_finite(volume: Volume, path: str | Path) -> None:
 GEOMETRY_FIX = "fix the header's spacing and orientation, or re-export the volume"
 
 
-def check_geometry(path: str | Path, spacing: Sequence[float], direction: Sequence[float] | np.ndarray,
-                   where: str = "") -> None:
+def check_geometry(
+    path: str | Path, spacing: Sequence[float], direction: Sequence[float] | np.ndarray, where: str = ""
+) -> None:
     """Refuse geometry that would put voxels nowhere or make every mm and mL up.
 
     Args:
@@ -74,11 +76,15 @@ def check_geometry(path: str | Path, spacing: Sequence[float], direction: Sequen
     if not np.all(np.isfinite(matrix)):
         raise InputError(path, "direction matrix holds NaN or infinite values", GEOMETRY_FIX)
     if abs(np.linalg.det(matrix)) < 1e-6:
-        raise InputError(path, f"singular direction matrix {np.round(matrix, 4).tolist()} (parallel or zero axes)",
-                         GEOMETRY_FIX)
+        raise InputError(
+            path, f"singular direction matrix {np.round(matrix, 4).tolist()} (parallel or zero axes)", GEOMETRY_FIX
+        )
     if not np.allclose(matrix.T @ matrix, np.eye(n), atol=1e-3):
-        raise InputError(path, f"direction matrix {np.round(matrix, 4).tolist()} is not orthonormal "
-                               "(sheared or scaled axes)", "resample the volume to an orthogonal grid first")
+        raise InputError(
+            path,
+            f"direction matrix {np.round(matrix, 4).tolist()} is not orthonormal (sheared or scaled axes)",
+            "resample the volume to an orthogonal grid first",
+        )
 
 
 MAX_LABEL = int(np.iinfo(np.uint32).max)  # the widest label type every writer here stores (NIfTI, NRRD, RTSTRUCT)
@@ -106,9 +112,15 @@ def check_label_values(array: np.ndarray, path: str | Path) -> tuple[int, int]:
         return 0, 0
     low, high = array.min(), array.max()
     if low < 0:
-        raise InputError(path, f"label map holds negative values (smallest {low})",
-                         "labels must be 0 (background) or positive integers; renumber them")
+        raise InputError(
+            path,
+            f"label map holds negative values (smallest {low})",
+            "labels must be 0 (background) or positive integers; renumber them",
+        )
     if high > MAX_LABEL:
-        raise InputError(path, f"label value {high} is above the largest supported label {MAX_LABEL} (uint32)",
-                         "renumber the labels to smaller values")
+        raise InputError(
+            path,
+            f"label value {high} is above the largest supported label {MAX_LABEL} (uint32)",
+            "renumber the labels to smaller values",
+        )
     return int(low), int(high)

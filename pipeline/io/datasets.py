@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -142,8 +142,11 @@ def read_msd(root: str | Path, channel: int | None = None) -> list[Case]:
 def _check_pair(label: Volume, image: Volume, label_path: Path) -> Volume:
     """Refuse a label map that is not on its image's grid (1e-3 mm tolerance for header rounding)."""
     if not label.same_grid(image, atol=1e-3):
-        raise InputError(label_path, f"label grid {label.size} does not match its image's grid {image.size}",
-                         "resample the label map onto the image (nearest neighbour)")
+        raise InputError(
+            label_path,
+            f"label grid {label.size} does not match its image's grid {image.size}",
+            "resample the label map onto the image (nearest neighbour)",
+        )
     return label
 
 
@@ -151,9 +154,11 @@ def read_msd_labels(root: str | Path) -> LabelTable:
     """The label table of an MSD/nnU-Net dataset from its ``dataset.json`` (fixed colours, no codes)."""
     labels = _read_dataset_json(Path(root)).get("labels", {})
     # MSD maps "value" -> name; nnU-Net v2 maps name -> value.
-    pairs = {int(k): v for k, v in labels.items()} if all(str(k).isdigit() for k in labels) else {
-        int(v): k for k, v in labels.items()
-    }
+    pairs = (
+        {int(k): v for k, v in labels.items()}
+        if all(str(k).isdigit() for k in labels)
+        else {int(v): k for k, v in labels.items()}
+    )
     table = generic_table(list(pairs))
     return LabelTable.from_json([{**item, "name": pairs[item["value"]]} for item in table.to_json()])
 

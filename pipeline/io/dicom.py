@@ -67,8 +67,11 @@ def read_dicom_series(
         try:
             series_uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", "") or "")
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
-            raise InputError(path, f"corrupt DICOM file: its header cannot be read ({type(err).__name__})",
-                             "re-copy or re-export the file") from err
+            raise InputError(
+                path,
+                f"corrupt DICOM file: its header cannot be read ({type(err).__name__})",
+                "re-copy or re-export the file",
+            ) from err
     images, others = _scan(folder)
     if not images:
         found = f"found only non-image objects ({', '.join(sorted(others))})" if others else "found no DICOM files"
@@ -89,8 +92,11 @@ def read_dicom_series(
         array = sitk.GetArrayFromImage(reader.Execute())
     except RuntimeError as err:
         bad = _first_undecodable(slices)
-        raise InputError(bad or folder, "pixel data cannot be decoded (truncated or corrupt file)",
-                         "re-copy or re-export this file" if bad else "re-export or re-copy the series") from err
+        raise InputError(
+            bad or folder,
+            "pixel data cannot be decoded (truncated or corrupt file)",
+            "re-copy or re-export this file" if bad else "re-export or re-copy the series",
+        ) from err
     if array.shape != (len(slices), rows, cols):
         raise InputError(folder, f"pixel data shape {array.shape} does not match the headers", "re-export the series")
     return Volume(array, kind=kind, metadata=_metadata(folder, slices), **geometry)
@@ -115,12 +121,18 @@ def _scan(folder: Path) -> tuple[list[_Slice], dict[str, int]]:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as err:
             if _has_dicom_magic(path):  # claims to be DICOM: a damaged slice, not a stray file
-                raise InputError(path, f"corrupt DICOM file: its header cannot be read ({type(err).__name__})",
-                                 "re-copy or re-export this file, or remove it from the series folder") from err
+                raise InputError(
+                    path,
+                    f"corrupt DICOM file: its header cannot be read ({type(err).__name__})",
+                    "re-copy or re-export this file, or remove it from the series folder",
+                ) from err
             continue  # not DICOM (a README, a DICOMDIR index without preamble, ...)
         if "SOPClassUID" not in header and _media_class(header) != DICOMDIR_CLASS:
-            raise InputError(path, "corrupt or truncated DICOM file: its header ends before the SOP Class UID",
-                             "re-copy or re-export this file, or remove it from the series folder")
+            raise InputError(
+                path,
+                "corrupt or truncated DICOM file: its header ends before the SOP Class UID",
+                "re-copy or re-export this file, or remove it from the series folder",
+            )
         has_geometry = all(key in header for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"))
         if has_geometry and "Rows" in header and int(header.get("NumberOfFrames", 1) or 1) == 1:
             images.append(_Slice(path, header))
@@ -157,12 +169,18 @@ def _choose(folder: Path, series: dict[str, list[_Slice]], series_uid: str | Non
     chosen = max(series, key=lambda uid: len(series[uid]))
     ties = sorted(uid for uid in series if len(series[uid]) == len(series[chosen]))
     if len(ties) > 1:  # e.g. two interleaved acquisitions: picking one would be a guess
-        raise InputError(folder, f"holds {len(ties)} series of {len(series[chosen])} slices each ({', '.join(ties)})",
-                         "choose one with series_uid (deconvseg info --series-uid) or give each its own folder")
+        raise InputError(
+            folder,
+            f"holds {len(ties)} series of {len(series[chosen])} slices each ({', '.join(ties)})",
+            "choose one with series_uid (deconvseg info --series-uid) or give each its own folder",
+        )
     if len(series) > 1:
         log.warning(
             "%s holds %d series; reading the largest, %r (%d slices); pass series_uid to choose another",
-            folder, len(series), chosen, len(series[chosen]),
+            folder,
+            len(series),
+            chosen,
+            len(series[chosen]),
         )
     return chosen
 
@@ -182,17 +200,25 @@ def _check_slice_header(item: _Slice) -> None:
         pixel = np.asarray(h.PixelSpacing, dtype=float)
         size = (int(h.Rows), int(h.Columns))
     except (ValueError, TypeError) as err:
-        raise InputError(item.path, "malformed geometry tags (ImageOrientationPatient, ImagePositionPatient, "
-                                    "PixelSpacing, Rows or Columns)", "re-export the series") from err
+        raise InputError(
+            item.path,
+            "malformed geometry tags (ImageOrientationPatient, ImagePositionPatient, PixelSpacing, Rows or Columns)",
+            "re-export the series",
+        ) from err
     if iop.shape != (6,) or ipp.shape != (3,) or pixel.shape != (2,):
-        raise InputError(item.path, f"geometry tags have the wrong number of values (orientation {iop.size}, "
-                                    f"position {ipp.size}, pixel spacing {pixel.size})", "re-export the series")
+        raise InputError(
+            item.path,
+            f"geometry tags have the wrong number of values (orientation {iop.size}, "
+            f"position {ipp.size}, pixel spacing {pixel.size})",
+            "re-export the series",
+        )
     if not np.all(np.isfinite(ipp)):
         raise InputError(item.path, "ImagePositionPatient is not a finite number", "re-export the series")
     check_size(item.path, (size[1], size[0], 1), 1, max_voxels=2**62)
     row, col = iop[:3], iop[3:]
-    check_geometry(item.path, (pixel[1], pixel[0], 1.0), np.column_stack([row, col, np.cross(row, col)]),
-                   where=" (PixelSpacing)")
+    check_geometry(
+        item.path, (pixel[1], pixel[0], 1.0), np.column_stack([row, col, np.cross(row, col)]), where=" (PixelSpacing)"
+    )
 
 
 def _sort_and_check(folder: Path, slices: list[_Slice]) -> list[_Slice]:
@@ -203,8 +229,11 @@ def _sort_and_check(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     for item in slices:
         h = item.header
         if (int(h.Rows), int(h.Columns), tuple(np.round(h.ImageOrientationPatient, 4))) != layout:
-            raise InputError(folder, f"series mixes slice sizes or orientations ({item.path.name})",
-                             "export each orientation as its own series")
+            raise InputError(
+                folder,
+                f"series mixes slice sizes or orientations ({item.path.name})",
+                "export each orientation as its own series",
+            )
     _, _, normal = _normal(first)
     positions = np.array([np.asarray(s.header.ImagePositionPatient, dtype=float) for s in slices])
     distance = positions @ normal
@@ -218,15 +247,24 @@ def _sort_and_check(folder: Path, slices: list[_Slice]) -> list[_Slice]:
     if step <= 0 or abs(steps[worst] - step) > SPACING_TOLERANCE_MM + 0.01 * step:
         pair = f"{slices[worst].path.name}, {slices[worst + 1].path.name}"
         if steps[worst] < SPACING_TOLERANCE_MM:
-            raise InputError(folder, f"two slices at the same position ({pair})",
-                             "the series holds several volumes (phases or echoes): export each as its own series")
-        raise InputError(folder, f"gap or non-uniform slice spacing: {steps[worst]:.2f} mm between slices {worst} and "
-                                 f"{worst + 1} ({pair}), expected {step:.2f} mm",
-                         "re-export the complete series or pass a series without missing slices")
+            raise InputError(
+                folder,
+                f"two slices at the same position ({pair})",
+                "the series holds several volumes (phases or echoes): export each as its own series",
+            )
+        raise InputError(
+            folder,
+            f"gap or non-uniform slice spacing: {steps[worst]:.2f} mm between slices {worst} and "
+            f"{worst + 1} ({pair}), expected {step:.2f} mm",
+            "re-export the complete series or pass a series without missing slices",
+        )
     off_line = positions - positions[0] - np.outer(distance - distance[0], normal)
     if np.abs(off_line).max() > SPACING_TOLERANCE_MM + 0.01 * step:
-        raise InputError(folder, "slice positions leave the slice normal (gantry tilt or sheared series)",
-                         "resample the series to an orthogonal grid before reading it")
+        raise InputError(
+            folder,
+            "slice positions leave the slice normal (gantry tilt or sheared series)",
+            "resample the series to an orthogonal grid before reading it",
+        )
     return slices
 
 

@@ -58,8 +58,9 @@ def _check_nifti(path: Path) -> None:
     sizes = [int(n) for n in dim[1 : ndim + 1]]
     if any(n <= 0 for n in sizes):
         axis = next(i for i, n in enumerate(sizes, 1) if n <= 0)
-        raise InputError(path, f"zero-size axis in image size {sizes} (NIfTI dim[{axis}] is {sizes[axis - 1]})",
-                         _HEADER_FIX)
+        raise InputError(
+            path, f"zero-size axis in image size {sizes} (NIfTI dim[{axis}] is {sizes[axis - 1]})", _HEADER_FIX
+        )
     check_geometry(path, [float(v) for v in pixdim[1 : min(ndim, 3) + 1]], np.eye(1), where=" (NIfTI pixdim)")
 
 
@@ -91,18 +92,21 @@ def _check_metaimage(path: Path) -> None:
             try:
                 numbers[key] = [float(v) for v in fields[key].split()]
             except ValueError:
-                raise InputError(path, f"MetaImage {key} '{fields[key][:60]}' is not a list of numbers",
-                                 _HEADER_FIX) from None
+                raise InputError(
+                    path, f"MetaImage {key} '{fields[key][:60]}' is not a list of numbers", _HEADER_FIX
+                ) from None
     sizes = numbers.get("DimSize", [])
     if any(n <= 0 for n in sizes):
-        raise InputError(path, f"zero-size axis in image size {[int(n) for n in sizes]} (MetaImage DimSize)",
-                         _HEADER_FIX)
+        raise InputError(
+            path, f"zero-size axis in image size {[int(n) for n in sizes]} (MetaImage DimSize)", _HEADER_FIX
+        )
     spacing_key = "ElementSpacing" if "ElementSpacing" in numbers else "ElementSize"
     direction_key = next((k for k in ("TransformMatrix", "Rotation", "Orientation") if k in numbers), None)
     spacing = numbers.get(spacing_key, [1.0])
     direction = numbers[direction_key] if direction_key else np.eye(1)
     if direction_key and round(np.sqrt(len(direction))) ** 2 != len(direction):
-        raise InputError(path, f"MetaImage {direction_key} has {len(direction)} values (not a square matrix)",
-                         _HEADER_FIX)
+        raise InputError(
+            path, f"MetaImage {direction_key} has {len(direction)} values (not a square matrix)", _HEADER_FIX
+        )
     # MetaImage stores the matrix row by row with the axes as rows; the checks are transpose-invariant
     check_geometry(path, spacing, direction, where=f" (MetaImage {spacing_key})")

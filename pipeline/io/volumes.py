@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -23,7 +24,13 @@ import SimpleITK as sitk
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.files import atomic_file
 from deconvseg.pipeline.io.checks import (
-    DEFAULT_MAX_VOXELS, IMAGE_SUFFIXES, check_finite, check_geometry, check_label_values, check_size, label_dtype,
+    DEFAULT_MAX_VOXELS,
+    IMAGE_SUFFIXES,
+    check_finite,
+    check_geometry,
+    check_label_values,
+    check_size,
+    label_dtype,
     suffix_of,
 )
 from deconvseg.pipeline.io.dicom import read_dicom_series
@@ -32,7 +39,6 @@ from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
 from deconvseg.pipeline.volume import Kind, Volume
 
 log = logging.getLogger(__name__)
-
 
 
 def read_volume(
@@ -100,10 +106,14 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
         reader.ReadImageInformation()
     except RuntimeError as err:
         if suffix_of(path) in (".nii", ".nii.gz") and _is_sheared_nifti(path):
-            raise InputError(path, "NIfTI affine is sheared (axes not orthogonal), which ITK cannot represent",
-                             "resample it to an orthogonal grid first (e.g. nibabel.processing.resample_from_to)") from err
+            raise InputError(
+                path,
+                "NIfTI affine is sheared (axes not orthogonal), which ITK cannot represent",
+                "resample it to an orthogonal grid first (e.g. nibabel.processing.resample_from_to)",
+            ) from err
         raise InputError(
-            path, "not a readable NIfTI/NRRD/MHA image (wrong format, bad header or truncated)",
+            path,
+            "not a readable NIfTI/NRRD/MHA image (wrong format, bad header or truncated)",
             "re-export the file as .nii.gz, .nrrd or .mha",
         ) from err
     size = tuple(int(n) for n in reader.GetSize())
@@ -115,12 +125,20 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
         channel = 0 if channel is None else channel
     channels = size[3] if len(size) == 4 else components
     if len(size) not in (3, 4) or (len(size) == 4 and components > 1):
-        raise InputError(path, f"{len(size)}D image of size {list(size)}", "pass a 3D volume (or a 4D one with channel=)")
+        raise InputError(
+            path, f"{len(size)}D image of size {list(size)}", "pass a 3D volume (or a 4D one with channel=)"
+        )
     if channels > 1 or len(size) == 4:
         if channel is None:
-            raise InputError(path, f"image has {channels} channels (4D or multi-component)", "choose one with --channel N (channel=N in Python)")
+            raise InputError(
+                path,
+                f"image has {channels} channels (4D or multi-component)",
+                "choose one with --channel N (channel=N in Python)",
+            )
         if not 0 <= channel < channels:
-            raise InputError(path, f"channel {channel} does not exist (image has {channels})", f"choose 0..{channels - 1}")
+            raise InputError(
+                path, f"channel {channel} does not exist (image has {channels})", f"choose 0..{channels - 1}"
+            )
     if suffix_of(path) in (".nii", ".nii.gz"):
         proxy = _check_nifti_complete(path)
         if np.issubdtype(proxy.dtype, np.floating):
@@ -140,7 +158,9 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
     try:
         image = reader.Execute()
     except RuntimeError as err:
-        raise InputError(path, "pixel data cannot be read (truncated or corrupt file)", "re-export or re-copy the file") from err
+        raise InputError(
+            path, "pixel data cannot be read (truncated or corrupt file)", "re-export or re-copy the file"
+        ) from err
     if components > 1:
         image = sitk.VectorIndexSelectionCast(image, channel)
     return from_sitk(image, kind=kind, source=str(path), modality=None)
@@ -149,7 +169,7 @@ def _read_image_file(path: Path, kind: Kind, channel: int | None, max_voxels: in
 def _is_sheared_nifti(path: Path) -> bool:
     """True when nibabel reads the header and its affine's axes are not orthogonal."""
     try:
-        axes = nib.load(path).affine[:3, :3]
+        axes = cast(nib.Nifti1Image, nib.load(path)).affine[:3, :3]
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, ValueError, EOFError):
         return False
     unit = axes / np.linalg.norm(axes, axis=0)
@@ -164,11 +184,18 @@ def _check_nifti_complete(path: Path) -> nib.arrayproxy.ArrayProxy:
     or a multi-member gzip), the stream is decompressed to the end to decide.
     """
     try:
-        proxy = nib.load(path).dataobj  # header only; the voxels are not read
-    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError, ValueError) as err:
+        proxy = cast(nib.arrayproxy.ArrayProxy, cast(nib.Nifti1Image, nib.load(path)).dataobj)  # header only
+    except (
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+        OSError,
+        EOFError,
+        ValueError,
+    ) as err:
         # ITK read a header from the first bytes, nibabel cannot: the file ends inside or just after it
-        raise InputError(path, "truncated or corrupt NIfTI: the header cannot be read whole",
-                         "re-copy or re-export the file") from err
+        raise InputError(
+            path, "truncated or corrupt NIfTI: the header cannot be read whole", "re-copy or re-export the file"
+        ) from err
     expected = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * proxy.dtype.itemsize
     if suffix_of(path) == ".nii":
         complete = path.stat().st_size >= expected
@@ -179,8 +206,11 @@ def _check_nifti_complete(path: Path) -> nib.arrayproxy.ArrayProxy:
         if not complete:
             complete = _gzip_length(path) >= expected
     if not complete:
-        raise InputError(path, f"truncated NIfTI: fewer than the {expected} bytes its header promises",
-                         "re-copy or re-export the file")
+        raise InputError(
+            path,
+            f"truncated NIfTI: fewer than the {expected} bytes its header promises",
+            "re-copy or re-export the file",
+        )
     return proxy
 
 

@@ -18,9 +18,11 @@ from dicomweb_client.api import DICOMwebClient
 from deconvseg.pipeline.pacs.errors import PacsError
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_FIXES = {401: "check the user name and password or token (--user, --password-env, --token-env)",
-          403: "ask the PACS administrator for query/retrieve/store rights",
-          404: "check --url: it must be the DICOMweb root (Orthanc: http://host:8042/dicom-web)"}
+_FIXES = {
+    401: "check the user name and password or token (--user, --password-env, --token-env)",
+    403: "ask the PACS administrator for query/retrieve/store rights",
+    404: "check --url: it must be the DICOMweb root (Orthanc: http://host:8042/dicom-web)",
+}
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ def public_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl().rstrip("/")
 
 
-def connect(url: str, credentials: Credentials = Credentials(), *, verify_tls: bool | str = True,
-            timeout_s: float = 30.0) -> DICOMwebClient:
+def connect(
+    url: str, credentials: Credentials = Credentials(), *, verify_tls: bool | str = True, timeout_s: float = 30.0
+) -> DICOMwebClient:
     """A DICOMweb client for ``url`` (the DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``).
 
     Args:
@@ -81,11 +84,19 @@ def connect(url: str, credentials: Credentials = Credentials(), *, verify_tls: b
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PacsError(public_url(url), "not an http(s) URL", "pass the DICOMweb root, e.g. "
-                        "http://127.0.0.1:8042/dicom-web", transient=False)
+        raise PacsError(
+            public_url(url),
+            "not an http(s) URL",
+            "pass the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web",
+            transient=False,
+        )
     if parts.username or parts.password:
-        raise PacsError(public_url(url), "the URL carries credentials",
-                        "pass --user and --password-env (or --token-env) instead", transient=False)
+        raise PacsError(
+            public_url(url),
+            "the URL carries credentials",
+            "pass --user and --password-env (or --token-env) instead",
+            transient=False,
+        )
     session = requests.Session()
     session.auth = credentials.auth()
     session.verify = verify_tls
@@ -107,9 +118,14 @@ def translated(url: str, action: str) -> Iterator[None]:
         fix = _FIXES.get(status, "retry later" if transient else "check the request and the PACS logs")
         raise PacsError(where, f"{action} refused (HTTP {status})", fix, transient=transient) from err
     except requests.exceptions.SSLError as err:
-        raise PacsError(where, f"{action}: TLS certificate not trusted ({type(err).__name__})",
-                        "install the PACS's CA certificate or pass --ca-bundle FILE", transient=False) from err
+        raise PacsError(
+            where,
+            f"{action}: TLS certificate not trusted ({type(err).__name__})",
+            "install the PACS's CA certificate or pass --ca-bundle FILE",
+            transient=False,
+        ) from err
     except (requests.ConnectionError, requests.Timeout) as err:
         kind = "timed out" if isinstance(err, requests.Timeout) else "cannot connect"
-        raise PacsError(where, f"{action}: {kind}", "check that the PACS is running and reachable at --url",
-                        transient=True) from err
+        raise PacsError(
+            where, f"{action}: {kind}", "check that the PACS is running and reachable at --url", transient=True
+        ) from err

@@ -14,8 +14,17 @@ from deconvseg.pipeline.pacs.connection import translated
 
 # Derived objects (ours and others') are never inputs.
 NOT_IMAGES = frozenset({"SEG", "RTSTRUCT", "SR", "PR", "KO", "RTPLAN", "RTDOSE", "DOC", "REG"})
-_FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "StudyDate", "SeriesDescription", "SeriesNumber",
-           "NumberOfSeriesRelatedInstances", "PatientID", "StudyID")
+_FIELDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "StudyDate",
+    "SeriesDescription",
+    "SeriesNumber",
+    "NumberOfSeriesRelatedInstances",
+    "PatientID",
+    "StudyID",
+)
 _PAGE = 100
 
 
@@ -49,7 +58,9 @@ class SeriesQuery:
             try:
                 re.compile(self.description)
             except re.error as err:
-                raise ConfigError(f"--series-description {self.description!r}: not a regular expression ({err})") from err
+                raise ConfigError(
+                    f"--series-description {self.description!r}: not a regular expression ({err})"
+                ) from err
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit {self.limit}: must be at least 1")
 
@@ -78,7 +89,7 @@ class SeriesInfo:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SeriesInfo":
+    def from_json(cls, data: dict[str, Any]) -> SeriesInfo:
         return cls(**data)
 
 
@@ -93,10 +104,15 @@ def _value(item: dict[str, Any], keyword: str) -> Any:
 def _from_qido(item: dict[str, Any]) -> SeriesInfo:
     count = _value(item, "NumberOfSeriesRelatedInstances")
     return SeriesInfo(
-        study_uid=str(_value(item, "StudyInstanceUID") or ""), series_uid=str(_value(item, "SeriesInstanceUID") or ""),
-        modality=str(_value(item, "Modality") or ""), study_date=str(_value(item, "StudyDate") or ""),
-        description=str(_value(item, "SeriesDescription") or ""), series_number=str(_value(item, "SeriesNumber") or ""),
-        instances=int(count) if count is not None else None, patient_id=str(_value(item, "PatientID") or ""))
+        study_uid=str(_value(item, "StudyInstanceUID") or ""),
+        series_uid=str(_value(item, "SeriesInstanceUID") or ""),
+        modality=str(_value(item, "Modality") or ""),
+        study_date=str(_value(item, "StudyDate") or ""),
+        description=str(_value(item, "SeriesDescription") or ""),
+        series_number=str(_value(item, "SeriesNumber") or ""),
+        instances=int(count) if count is not None else None,
+        patient_id=str(_value(item, "PatientID") or ""),
+    )
 
 
 def find_series(client: DICOMwebClient, query: SeriesQuery) -> list[SeriesInfo]:
@@ -113,8 +129,9 @@ def find_series(client: DICOMwebClient, query: SeriesQuery) -> list[SeriesInfo]:
     offset = 0
     while True:
         with translated(client.base_url, "QIDO-RS series query"):
-            page = client.search_for_series(search_filters=query.filters(), fields=list(_FIELDS),
-                                            limit=_PAGE, offset=offset)
+            page = client.search_for_series(
+                search_filters=query.filters(), fields=list(_FIELDS), limit=_PAGE, offset=offset
+            )
         for item in page:
             series = _from_qido(item)
             if series.modality.upper() in NOT_IMAGES or not series.series_uid:

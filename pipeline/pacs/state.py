@@ -1,4 +1,4 @@
-""""Since the last successful run": the study date each PACS source was last fully processed.
+""" "Since the last successful run": the study date each PACS source was last fully processed.
 
 One small JSON file per output folder (``<out>/.pacs-state.json``) maps a source (its URL
 without credentials, and the query) to the day its last run that failed no case began.

@@ -35,11 +35,17 @@ def retrieve_series(client: DICOMwebClient, series: SeriesInfo, folder: Path) ->
     try:
         paths = []
         with translated(client.base_url, f"WADO-RS retrieval of series {series.series_uid}"):
-            for index, ds in enumerate(client.iter_series(series.study_uid, series.series_uid, media_types=_AS_STORED), start=1):
+            for index, ds in enumerate(
+                client.iter_series(series.study_uid, series.series_uid, media_types=_AS_STORED), start=1
+            ):
                 paths.append(_save(ds, partial / f"IM{index:05d}.dcm"))
         if not paths:
-            raise PacsError(client.base_url, f"series {series.series_uid} holds no instance",
-                            "check the series in the PACS", transient=False)
+            raise PacsError(
+                client.base_url,
+                f"series {series.series_uid} holds no instance",
+                "check the series in the PACS",
+                transient=False,
+            )
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
     finally:
@@ -85,9 +91,9 @@ def stored_results(client: DICOMwebClient, series: SeriesInfo, description: str)
         PacsError: the PACS refused or could not be reached.
     """
     with translated(client.base_url, "QIDO-RS query for stored results"):
-        candidates = client.search_for_series(study_instance_uid=series.study_uid,
-                                              search_filters={"Modality": "SEG"},
-                                              fields=["SeriesDescription"])
+        candidates = client.search_for_series(
+            study_instance_uid=series.study_uid, search_filters={"Modality": "SEG"}, fields=["SeriesDescription"]
+        )
     found = []
     for item in candidates:
         series_uid = item.get("0020000E", {}).get("Value", [""])[0]

@@ -20,14 +20,16 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from deconvseg.pipeline.files import atomic_folder
-from torch import nn
 
 STATE_JSON = "state.json"
 
 
-def save_train_state(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_train_state(
+    folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
     """Write model weights, optimizer state, torch RNG state and ``state`` (JSON-able) atomically."""
     opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {"torch_rng": torch.get_rng_state()}

@@ -20,8 +20,8 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from deconvseg.pipeline.config import Settings
-from deconvseg.pipeline.io.datasets import Case, read_acdc
 from deconvseg.pipeline.errors import InputError
+from deconvseg.pipeline.io.datasets import Case, read_acdc
 from deconvseg.pipeline.labels import ACDC, LabelTable
 from deconvseg.pipeline.normalize import fit_normalization, normalize
 from deconvseg.pipeline.phantoms import PHANTOM_LABELS, make_phantom
@@ -85,8 +85,11 @@ def read_cases(config: DataConfig) -> tuple[list[Case], list[Case], LabelTable, 
         root = Path(config.root)
         train = read_acdc(root, _split_path(root, config.train_split))
         val = read_acdc(root, _split_path(root, config.val_split))
-        desc: dict[str, Any] = {"dataset": "ACDC (SSL4MIS HDF5)", "train_split": config.train_split,
-                                "val_split": config.val_split}
+        desc: dict[str, Any] = {
+            "dataset": "ACDC (SSL4MIS HDF5)",
+            "train_split": config.train_split,
+            "val_split": config.val_split,
+        }
         return train, val, ACDC, desc
     p = config.phantom
     seeds = list(range(p.seed, p.seed + p.n_train + p.n_val))
@@ -94,7 +97,11 @@ def read_cases(config: DataConfig) -> tuple[list[Case], list[Case], LabelTable, 
     for seed in seeds:
         image, label = make_phantom(p.modality, shape=p.shape, spacing=p.spacing, seed=seed)
         cases.append(Case(f"phantom_{p.modality.lower()}_{seed:03d}", image, label))
-    desc = {"dataset": f"deconvseg.pipeline.phantoms {p.modality}", "train_seeds": seeds[: p.n_train], "val_seeds": seeds[p.n_train :]}
+    desc = {
+        "dataset": f"deconvseg.pipeline.phantoms {p.modality}",
+        "train_seeds": seeds[: p.n_train],
+        "val_seeds": seeds[p.n_train :],
+    }
     return cases[: p.n_train], cases[p.n_train :], PHANTOM_LABELS, desc
 
 
@@ -106,7 +113,9 @@ def _split_path(root: Path, split: str) -> Path:
 def prepare_case(case: Case, spec: dict[str, Any], spacing: tuple[float, float, float] | None) -> Prepared:
     """Normalise ``case`` with ``spec`` and resample image and label to ``spacing`` (if given)."""
     if case.label is None:
-        raise InputError(case.case_id, "training case has no label map", "use labelled cases for training and validation")
+        raise InputError(
+            case.case_id, "training case has no label map", "use labelled cases for training and validation"
+        )
     image, label = normalize(case.image, spec), case.label
     if spacing is not None and not np.allclose(image.spacing, spacing):
         image, label = resample_to_spacing(image, spacing), resample_to_spacing(label, spacing)

@@ -33,24 +33,24 @@ import torch
 
 from deconvseg.models.registry import build_model
 from deconvseg.pipeline.checkpoints import ENSEMBLE, META, save_checkpoint
-from deconvseg.pipeline.ensemble import load_ensemble
-from deconvseg.pipeline.devices import AmpPolicy, Precision, amp_policy, place, resolve_device
-from deconvseg.pipeline.training.augment import AugmentConfig, RandomAugment
-from deconvseg.pipeline.training.checkpointing import has_train_state, load_train_state, save_train_state
-from deconvseg.pipeline.training.loader import LoaderConfig, PatchBatches, batch_loader
 from deconvseg.pipeline.config import Settings
+from deconvseg.pipeline.devices import AmpPolicy, Precision, amp_policy, place, resolve_device
 from deconvseg.pipeline.domain_fit import write_domain
+from deconvseg.pipeline.ensemble import load_ensemble
 from deconvseg.pipeline.errors import ConfigError
-from deconvseg.pipeline.files import write_json_atomic
 from deconvseg.pipeline.evaluation import fit_postprocess
+from deconvseg.pipeline.files import write_json_atomic
 from deconvseg.pipeline.fusion import dice_weights
 from deconvseg.pipeline.inference import prepare_predictor, sliding_window
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.metrics import dice
-from deconvseg.pipeline.training.losses import dice_ce_loss, lr_factor
 from deconvseg.pipeline.patches import PatchSampler
 from deconvseg.pipeline.segment import InferenceConfig
+from deconvseg.pipeline.training.augment import AugmentConfig, RandomAugment
+from deconvseg.pipeline.training.checkpointing import has_train_state, load_train_state, save_train_state
 from deconvseg.pipeline.training.data import DataConfig, Prepared, TrainingData
+from deconvseg.pipeline.training.loader import LoaderConfig, PatchBatches, batch_loader
+from deconvseg.pipeline.training.losses import dice_ce_loss, lr_factor
 
 log = logging.getLogger(__name__)
 RESUME = ".resume"
@@ -106,7 +106,8 @@ class TrainConfig(Settings):
     # Refinement steps tried on the validation cases once every member is trained (kept per class
     # only where no class's Dice drops; deconvseg.pipeline.postprocess.choose_steps); [] skips the search.
     postprocess_candidates: list[dict[str, Any]] = []
-    # the shape guard (deconvseg.pipeline.autoencoding.guard) that scores this model's labels for the review bundle's QA,
+    # the shape guard (deconvseg.pipeline.autoencoding.guard) that scores this model's labels for the review
+    # bundle's QA,
     # a folder relative to ``out``; stored in ensemble.json as "shape_guard"
     shape_guard: str | None = None
     members: list[MemberConfig] = [MemberConfig(name="deconvnet3d")]
@@ -163,7 +164,9 @@ def validate(
     predictor = prepare_predictor(model, bf16=mixed, channels_last=config.channels_last, device=device)
     dices: list[list[float]] = []
     for case in cases:
-        logits = sliding_window(case.image, predictor, patch_size, overlap=config.val_overlap, context_factor=context_factor)
+        logits = sliding_window(
+            case.image, predictor, patch_size, overlap=config.val_overlap, context_factor=context_factor
+        )
         pred = logits.argmax(0).numpy()
         dices.append([dice(pred == c, case.label == c) for c in range(1, n_classes)])
     model.train()
@@ -203,8 +206,12 @@ def train_member(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=config.weight_decay)
     scaler = amp.scaler()
     sampler = PatchSampler(
-        [c.image for c in data.train], [c.label for c in data.train], patch, config.fg_fraction,
-        RandomAugment(config.augment), member.context_factor,
+        [c.image for c in data.train],
+        [c.label for c in data.train],
+        patch,
+        config.fg_fraction,
+        RandomAugment(config.augment),
+        member.context_factor,
     )
     state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": [], "val_at_done": []}
     resume_dir = folder / RESUME
@@ -216,8 +223,13 @@ def train_member(
         log.info("%s: resuming at step %d", member.name, state["step"])
     params = sum(p.numel() for p in model.parameters())
     meta_base = {
-        "arch": member.arch, "arch_kwargs": model.arch_kwargs, "in_channels": 1, "out_channels": n_classes,
-        "labels": data.labels.to_json(), "spacing": list(data.spacing), "patch_size": list(patch),
+        "arch": member.arch,
+        "arch_kwargs": model.arch_kwargs,
+        "in_channels": 1,
+        "out_channels": n_classes,
+        "labels": data.labels.to_json(),
+        "spacing": list(data.spacing),
+        "patch_size": list(patch),
         "normalization": data.normalization,
     }
     if member.context_factor is not None:
@@ -246,7 +258,11 @@ def train_member(
         loss_value = float(loss.detach())
         done = step + 1
         if callback:
-            callback(TrainEvent(member.name, done, steps, loss_value, best_dice=state["best"] if state["best"] >= 0 else None))
+            callback(
+                TrainEvent(
+                    member.name, done, steps, loss_value, best_dice=state["best"] if state["best"] >= 0 else None
+                )
+            )
         elapsed = clock() - started
         out_of_time = bool(budget) and elapsed >= budget
         now = max(done / steps, elapsed / budget if budget else 0.0)
@@ -264,11 +280,21 @@ def train_member(
                     **meta_base,
                     "metrics": {"val_dice": per_class, "mean_dice": mean, "val_cases": len(data.val)},
                     "training": {
-                        **data.description, "member": member.name, "seed": member.seed, "step": done,
-                        "steps": steps, "batch_size": settings["batch_size"], "lr": settings["lr"],
-                        "bf16": amp.dtype == torch.bfloat16, "precision": amp.name, "device": str(device),
-                        "threads": config.threads, "params": params,
-                        "time_budget_s": budget, "budget_clock": config.budget_clock, "patch_size": list(patch),
+                        **data.description,
+                        "member": member.name,
+                        "seed": member.seed,
+                        "step": done,
+                        "steps": steps,
+                        "batch_size": settings["batch_size"],
+                        "lr": settings["lr"],
+                        "bf16": amp.dtype == torch.bfloat16,
+                        "precision": amp.name,
+                        "device": str(device),
+                        "threads": config.threads,
+                        "params": params,
+                        "time_budget_s": budget,
+                        "budget_clock": config.budget_clock,
+                        "patch_size": list(patch),
                         "seconds_at_checkpoint": round(seconds, 1),
                     },
                 }
@@ -286,11 +312,19 @@ def train_member(
     return _finish(folder, resume_dir, clock() - started, state, wall_started)
 
 
-def _loss(net: Callable[..., torch.Tensor], batch: dict[str, torch.Tensor], device: torch.device, fmt: torch.memory_format,
-          amp: AmpPolicy) -> torch.Tensor:
+def _loss(
+    net: Callable[..., torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    fmt: torch.memory_format,
+    amp: AmpPolicy,
+) -> torch.Tensor:
     """Dice + CE of ``net`` on one loader batch, moved to ``device`` (float32 loss, autocast forward)."""
-    inputs = [batch[key].to(device, non_blocking=True).contiguous(memory_format=fmt)
-              for key in ("image", "context") if key in batch]
+    inputs = [
+        batch[key].to(device, non_blocking=True).contiguous(memory_format=fmt)
+        for key in ("image", "context")
+        if key in batch
+    ]
     with amp.autocast():
         logits = net(*inputs)
     return dice_ce_loss(logits, batch["label"].to(device, non_blocking=True))
@@ -305,7 +339,9 @@ def _write_checkpoint(folder: Path, model: torch.nn.Module, meta: dict[str, Any]
     save_checkpoint(folder, portable, meta)
 
 
-def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any], wall_started: float) -> dict[str, Any]:
+def _finish(
+    folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any], wall_started: float
+) -> dict[str, Any]:
     """Record the training time (on the budget's clock, and this session's wall time) and history in
     ``model.json`` and drop the resume state."""
     meta = json.loads((folder / META).read_text())
@@ -318,7 +354,9 @@ def _finish(folder: Path, resume_dir: Path, seconds: float, state: dict[str, Any
     return meta
 
 
-def _fit_plan(config: TrainConfig, data: TrainingData, ensemble: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _fit_plan(
+    config: TrainConfig, data: TrainingData, ensemble: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The refinement plan chosen on the validation cases with the fused members, and the fused,
     refined validation scores on the input grid (Dice and HD95 per class)."""
     model = load_ensemble(config.out).with_settings(**{**ensemble, "postprocess": None})
@@ -338,7 +376,9 @@ def _fusion_weights(config: TrainConfig, metas: list[dict[str, Any]], order: lis
     return [float(config.fusion_weights.get(name, 1.0)) for name in order]
 
 
-def ensure_member(config: TrainConfig, member: MemberConfig, data: TrainingData, callback: Callback | None = None) -> dict[str, Any]:
+def ensure_member(
+    config: TrainConfig, member: MemberConfig, data: TrainingData, callback: Callback | None = None
+) -> dict[str, Any]:
     """The ``model.json`` of ``config.out/<member>``: read when finished, else trained (or resumed)."""
     folder = Path(config.out) / member.name
     if is_trained(folder):
@@ -376,8 +416,10 @@ def train_ensemble(
         return {"members_pending": pending}
     previous = json.loads((out / ENSEMBLE).read_text()) if (out / ENSEMBLE).is_file() else {}
     metas = {member.name: json.loads((out / member.name / META).read_text()) for member in config.members}
-    members = {name: {"arch": meta["arch"], "metrics": meta["metrics"], "seconds": meta["training"]["seconds"]}
-               for name, meta in metas.items()}
+    members = {
+        name: {"arch": meta["arch"], "metrics": meta["metrics"], "seconds": meta["training"]["seconds"]}
+        for name, meta in metas.items()
+    }
     # load_ensemble returns members sorted by folder name: the weights follow that order.
     order = sorted(members)
     ensemble = {
@@ -391,14 +433,20 @@ def train_ensemble(
     if config.shape_guard:
         ensemble["shape_guard"] = config.shape_guard
     if config.postprocess_candidates:
-        same = "postprocess" in previous and all(
-            previous.get(key) == ensemble[key] for key in ("fusion", "weights", "weights_order")
-        ) and previous.get("members", {}).keys() == members.keys()
+        same = (
+            "postprocess" in previous
+            and all(previous.get(key) == ensemble[key] for key in ("fusion", "weights", "weights_order"))
+            and previous.get("members", {}).keys() == members.keys()
+        )
         if same:
             ensemble.update(postprocess=previous["postprocess"], metrics=previous.get("metrics"))
         else:
             ensemble["postprocess"], ensemble["metrics"] = _fit_plan(config, data, ensemble)
     write_json_atomic(out / ENSEMBLE, ensemble)
-    return write_domain(out, [c.original for c in data.train], [c.original for c in data.val],
-                        dataset=data.description["dataset"],
-                        config=InferenceConfig(threads=config.threads, device=config.device))
+    return write_domain(
+        out,
+        [c.original for c in data.train],
+        [c.original for c in data.val],
+        dataset=data.description["dataset"],
+        config=InferenceConfig(threads=config.threads, device=config.device),
+    )
