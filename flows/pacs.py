@@ -39,7 +39,8 @@ from deconvseg.flows.inputs import DEFAULT_MODEL, cache_key, config_version
 from deconvseg.flows.outputs import batch_lock, sweep_partial
 from deconvseg.flows.pacs_settings import PacsAuth, PacsConfig, PacsRequest
 from deconvseg.flows.runners import make_task_runner, read_child_request
-from deconvseg.flows.segment import _ensemble, one_line
+from deconvseg.flows.segment import _ensemble, one_line, segment_input
+from deconvseg.pipeline.case import CaseInput
 from deconvseg.pipeline.config import validate_config
 from deconvseg.pipeline.ensemble import model_version
 from deconvseg.pipeline.errors import DeconvsegError
@@ -94,36 +95,6 @@ def _viewer_url(bundle: Path) -> str | None:
         return json.loads((bundle / "manifest.json").read_text()).get("viewer_url")
     except (OSError, ValueError):
         return None
-
-
-def _segment(
-    folder: Path,
-    case: str,
-    modality: str,
-    out_dir: Path,
-    model_dir: str,
-    key: str,
-    versions: dict[str, str],
-    config: dict[str, Any],
-    threads: int,
-    source: dict[str, str],
-    viewer_base: str | None,
-) -> dict[str, Any]:
-    """Segment the retrieved series into ``<out_dir>/<case>/`` through the one case API; the dashboard row."""
-    import torch
-
-    from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
-
-    torch.set_num_threads(threads)
-    summary = run_case(
-        CaseInput(case, folder, modality or None),
-        _ensemble(model_dir, versions["model"]),
-        CaseConfig(**config),
-        out_dir,
-        record={"cache_key": key, "versions": versions, "source": source},
-        viewer_base=viewer_base,
-    )
-    return dashboard.summary_row(summary)
 
 
 @task(name="pacs-series", retry_condition_fn=_retry_transient, task_run_name="pacs-{case}")
@@ -203,17 +174,14 @@ def pacs_series(
                     "series_instance_uid": info.series_uid,
                 }
             )
-            row = _segment(
-                incoming,
-                case,
-                info.modality,
+            row = segment_input(
+                CaseInput(case, incoming, info.modality or None),
                 out,
                 model_dir,
-                key,
                 case_versions,
                 case_config,
                 config.threads,
-                source,
+                {"cache_key": key, "versions": case_versions, "source": source},
                 None if deidentify else viewer_base,
             )
         timings["segment"] = time.perf_counter() - mark

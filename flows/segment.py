@@ -124,18 +124,39 @@ def segment_case(
     item = CaseInput.from_json(case)
     if _bundle_is_current({"out_dir": out_dir, "case": case, "key": key}):
         return dashboard.row_from_bundle(item.case_id, Path(out_dir) / item.case_id, status="cached")
+    return segment_input(item, out_dir, model_dir, versions, config, threads, {"cache_key": key, "versions": versions})
+
+
+def segment_input(
+    case: CaseInput,
+    out_dir: str | Path,
+    model_dir: str,
+    versions: dict[str, str],
+    config: dict[str, Any],
+    threads: int,
+    record: dict[str, Any],
+    viewer_base: str | None = None,
+) -> dict[str, Any]:
+    """Run one input through the case API in this worker (the batch and the PACS tasks): torch threads set
+    here, the model loaded once per process; returns the dashboard row.
+
+    Args:
+        case: the input.
+        out_dir: folder that receives ``<case_id>/``.
+        model_dir: checkpoint or ensemble folder.
+        versions: model/config/input versions (``versions["model"]`` keys the loaded-model cache).
+        config: ``CaseConfig`` fields.
+        threads: torch threads.
+        record: the manifest's additions (cache key, versions, source).
+        viewer_base: OHIF base of a PACS case (``run_case(viewer_base=...)``).
+    """
     import torch
 
     from deconvseg.pipeline.case import CaseConfig, run_case
 
     torch.set_num_threads(threads)
-    summary = run_case(
-        item,
-        _ensemble(model_dir, versions["model"]),
-        CaseConfig(**config),
-        out_dir,
-        record={"cache_key": key, "versions": versions},
-    )
+    ensemble = _ensemble(model_dir, versions["model"])
+    summary = run_case(case, ensemble, CaseConfig(**config), out_dir, record=record, viewer_base=viewer_base)
     return dashboard.summary_row(summary)
 
 

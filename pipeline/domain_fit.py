@@ -28,6 +28,7 @@ from deconvseg.pipeline.domain import (
     output_flags,
 )
 from deconvseg.pipeline.ensemble import Ensemble, load_ensemble
+from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.export.stats import compute_stats
 from deconvseg.pipeline.files import write_json_atomic
 from deconvseg.pipeline.io.datasets import Case
@@ -180,7 +181,12 @@ def write_domain(
     settings = read_json(path, "ensemble config")
     settings.pop("domain", None)
     ensemble = load_ensemble(folder).with_settings(domain=None)
-    guard = ensemble.shape_guard_folder()
+    try:
+        guard = ensemble.shape_guard_folder()
+    except InputError as err:  # named outside the model folder: inference will refuse it, calibration skips it
+        log.warning("%s; the domain record gets no shape-score calibration", err)
+        guard = None
+        ensemble = ensemble.with_settings(shape_guard=None)
     if guard is not None and not guard.is_dir():  # e.g. trained before its guard: calibrate without shape scores
         log.warning("%s: shape guard %s not found; the domain record gets no shape-score calibration", folder, guard)
         ensemble = ensemble.with_settings(shape_guard=None)

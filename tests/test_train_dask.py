@@ -11,24 +11,10 @@ from typer.testing import CliRunner
 from deconvseg.flows.cli import app
 from deconvseg.flows.prefect_env import local_server
 from flows_support import run
+from test_cli_train import TINY as CLI_TINY
 
 CLI = ["-c", "from deconvseg.flows.cli import app; app()"]
-TINY = """
-name: tiny
-out: {out}
-data:
-  kind: phantom
-  phantom: {{modality: CT, n_train: 2, n_val: 1, shape: [16, 32, 32], spacing: [8.0, 8.0, 12.0], seed: 3}}
-patch_size: [8, 16, 16]
-batch_size: 2
-steps: 6
-val_every: 6
-threads: 1
-device: cpu
-members:
-  - {{name: a, arch: deconvnet3d, seed: 0, arch_kwargs: {{widths: [4, 8, 16]}}}}
-  - {{name: b, arch: deconvnet3d, seed: 1, arch_kwargs: {{widths: [4, 8, 16], skip: add}}}}
-"""
+TINY = CLI_TINY + "device: cpu\n"  # the sequential run and the workers on the same device
 STRUCTURE = ("arch", "arch_kwargs", "in_channels", "out_channels", "labels", "spacing", "patch_size", "normalization")
 
 
