@@ -52,6 +52,7 @@ from deconvseg.pipeline.pacs.query import SeriesInfo, SeriesQuery, find_series
 from deconvseg.pipeline.pacs.results import deidentify_files, set_series_description
 from deconvseg.pipeline.pacs.state import last_success, record_success, source_key
 from deconvseg.pipeline.pacs.transfer import retrieve_series, store_instances, stored_results
+from deconvseg.pipeline.sanitize import terminal_text
 from deconvseg.pipeline.viewer import check_viewer_base
 
 INCOMING = ".pacs-incoming"
@@ -406,7 +407,7 @@ def main(argv: list[str]) -> int:
             return 0
         return run_once(request)
     except DeconvsegError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {terminal_text(str(err))}", file=sys.stderr)
         return 2
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,15 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from deconvseg.flows.prefect_env import free_port, stop_process
+
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 USER, PASSWORD = "deconvseg", "s3cret-test-password"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -79,14 +73,8 @@ class OrthancServer:
 
     def stop(self) -> None:
         """Stop this Orthanc by its PID (SIGTERM, then SIGKILL after 10 s)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process(self.process, grace_s=10)
 
     def upload(self, files: list[Path]) -> None:
         """``POST /instances`` one file per request."""
@@ -111,7 +99,7 @@ def start_orthanc(folder: Path) -> OrthancServer:
     """A started Orthanc in ``folder``, or skip the test where Debian's packages are missing."""
     if not Path(ORTHANC).exists() or not DICOMWEB_PLUGIN.exists():
         pytest.skip("Orthanc (Debian packages orthanc, orthanc-dicomweb) is not installed; .ci/run installs it")
-    server = OrthancServer(folder, _free_port())
+    server = OrthancServer(folder, free_port())
     server.start()
     return server
 

@@ -12,9 +12,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from deconvseg.flows.prefect_env import free_port
 from deconvseg.pipeline.errors import InputError
 from deconvseg.pipeline.viewer import app_config_js, nginx_server_block, viewer_url
-from tests.viewer_support import NGINX, NginxServer, free_port
+from tests.viewer_support import NGINX, NginxServer
 
 STUDY, SEG = "2.25.270405000517475436062691045842548910255", "2.25.46902046397248724589589053806670495911"
 

@@ -24,10 +24,11 @@ import numpy as np
 import pytest
 import requests
 
+from deconvseg.flows.prefect_env import free_port
 from deconvseg.pipeline.viewer import OHIF_VERSION, app_config_js, viewer_url
 from tests.conftest import shared_path
 from tests.orthanc_support import start_orthanc
-from tests.viewer_support import CHROMIUM, NGINX, Browser, NginxServer, free_port, store_acdc_case
+from tests.viewer_support import CHROMIUM, NGINX, Browser, NginxServer, store_acdc_case
 
 log = logging.getLogger(__name__)
 SCREENSHOT_ENV = "DECONVSEG_REVIEW_SCREENSHOT"  # set to a path to keep the review's screenshot (docs/)

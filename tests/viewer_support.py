@@ -11,8 +11,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,27 +21,11 @@ from typing import Any
 import pytest
 import requests
 
+from deconvseg.flows.prefect_env import stop_process
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MIME_TYPES = Path("/etc/nginx/mime.types")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process(process: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL after 10 s, by the process's own PID."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @dataclass
@@ -106,7 +88,8 @@ http {{
         raise RuntimeError(f"nginx did not answer on {url} within {timeout_s} s")
 
     def stop(self) -> None:
-        stop_process(self.process)
+        if self.process is not None:
+            stop_process(self.process, grace_s=10)
 
 
 @dataclass
@@ -189,7 +172,8 @@ class Browser:
     def stop(self) -> None:
         if self.socket is not None:
             self.socket.close()
-        stop_process(self.process)
+        if self.process is not None:
+            stop_process(self.process, grace_s=10)
         if self.profile is not None:
             self.profile.cleanup()
 
