@@ -9,7 +9,7 @@ By default the committed checkpoints are scored (no retraining). ``--retrain`` f
 ``configs/acdc.yaml`` (one process per member, in parallel) and ``configs/acdc-deconvnet-pure.yaml``.
 ``--model`` scores only the given folders (e.g. one per process, to use both cores).
 
-    .venv/bin/python benchmarks/acdc.py [--data ../shared/data/acdc] [--model DIR ...] [--retrain]
+    .venv/bin/python benchmarks/acdc.py [--data ../shared/data/acdc] [--model DIR ...] [--overlap 0.25] [--mirror-axes 1 2] [--retrain]
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=None,
                         help="checkpoint or ensemble folder (repeatable; default: every member, the baselines, the ensemble)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: InferenceConfig's)")
+    parser.add_argument("--mirror-axes", type=int, nargs="*", default=[],
+                        help="test-time mirroring over these axes (0=z, 1=y, 2=x), e.g. --mirror-axes 1 2")
     parser.add_argument("--retrain", action="store_true", help="train everything first (about an hour)")
     args = parser.parse_args()
     if args.retrain:
@@ -61,7 +64,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cases = read_eval_cases(args.data, args.split or Path(args.data) / "splits" / "val.list")
-    config = InferenceConfig(threads=args.threads)
+    options = {"overlap": args.overlap} if args.overlap is not None else {}
+    config = InferenceConfig(threads=args.threads, mirror_axes=tuple(args.mirror_axes), **options)
     folders = [Path(m) for m in args.model] if args.model else [
         *sorted(p for root in (ENSEMBLE, BASELINES) if root.is_dir() for p in root.iterdir() if (p / "model.json").is_file()),
         ENSEMBLE,
@@ -74,6 +78,10 @@ def main() -> None:
             ensemble = ensemble.with_settings(postprocess=None)
         result = evaluate_members(cases, ensemble, config)
         name = f"{folder.parent.name}/{folder.name}" if single else f"{folder.name} ensemble ({len(ensemble.members)} members)"
+        if args.mirror_axes:
+            name += f", mirrored over axes {args.mirror_axes}"
+        if args.overlap is not None:
+            name += f", overlap {args.overlap:g}"
         print(json.dumps(row(name, result, ensemble.specs)), flush=True)
 
 

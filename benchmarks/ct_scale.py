@@ -1,13 +1,21 @@
 """Ensemble inference at CT scale against a MONAI recipe doing the same work, in one run.
 
-    python benchmarks/ct_scale.py [--threads 2] [--members 3] [--patch 128 128 128] [--bf16 | --no-bf16]
+    python benchmarks/ct_scale.py --preset real [--overlap 0.5] [--bf16 | --no-bf16] [--no-crop] [--compile]
+    python benchmarks/ct_scale.py --preset tiny                # the small networks of the first benchmark
     python benchmarks/ct_scale.py --switches     # seconds per window under bf16 / channels_last / compile
 
 Input: the TotalSegmentator example CT (``shared/data/totalsegmentator_example/example_ct.nii.gz``,
 3 mm) resampled (linear, air outside) to 512 x 512 x 250 voxels at 0.8 x 0.8 x 1.5 mm and written as
 int16 NIfTI to a temporary folder. Networks: ``members`` randomly initialised DeconvNet3d variants
-(widths 8-16-32-64; concat / add skips) built by ``deconvseg.models.registry`` and saved as an ensemble with a
-3 mm working spacing (speed does not depend on the weights).
+(concat skips, add skips, concat with one conv per block) built by ``deconvseg.models.registry`` and saved
+as an ensemble (speed does not depend on the weights). Presets:
+
+- ``real``: the size we train -- widths 16-32-64-128, 96^3 windows on a 1.5 mm working grid.
+- ``tiny``: widths 8-16-32-64, 128^3 windows on a 3 mm grid.
+
+MONAI runs the same windows, overlap and networks, under the same autocast as ours (bf16 on both
+sides, or fp32 on both); ours also crops to the body (``InferenceConfig.crop_foreground``, on by
+default: ``--no-crop`` turns it off), which the MONAI recipe has no step for.
 
 Each pipeline runs in its own child process, so that peak RSS (``ru_maxrss``) is its own:
 
@@ -37,13 +45,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO.parent / "shared" / "data" / "totalsegmentator_example" / "example_ct.nii.gz"
-SHAPE, SPACING, WORKING = (250, 512, 512), (0.8, 0.8, 1.5), (3.0, 3.0, 3.0)
+SHAPE, SPACING = (250, 512, 512), (0.8, 0.8, 1.5)
 NORMALIZATION = {"scheme": "ct", "clip": [-1000.0, 1000.0], "mean": 0.0, "std": 300.0}
-VARIANTS = [{"widths": [8, 16, 32, 64], "skip": "concat"}, {"widths": [8, 16, 32, 64], "skip": "add"},
-            {"widths": [8, 16, 32, 64], "skip": "concat", "convs_per_block": 1}]
+PRESETS = {
+    "real": {"widths": [16, 32, 64, 128], "patch": [96, 96, 96], "working": [1.5, 1.5, 1.5]},
+    "tiny": {"widths": [8, 16, 32, 64], "patch": [128, 128, 128], "working": [3.0, 3.0, 3.0]},
+}
 
 
-def prepare(folder: Path, members: int, patch: list[int]) -> tuple[Path, Path]:
+def variants(widths: list[int]) -> list[dict]:
+    """The three member architectures: concat skips, add skips, concat with one conv per block."""
+    return [{"widths": widths, "skip": "concat"}, {"widths": widths, "skip": "add"},
+            {"widths": widths, "skip": "concat", "convs_per_block": 1}]
+
+
+def prepare(folder: Path, members: int, preset: dict) -> tuple[Path, Path]:
     """Write the 512x512x250 CT and a random-weight ensemble into ``folder``."""
     import numpy as np
     import torch
@@ -64,9 +80,10 @@ def prepare(folder: Path, members: int, patch: list[int]) -> tuple[Path, Path]:
     image = image.with_array(np.rint(image.array).astype(np.int16))
     ct = write_volume(image, folder / "ct_512x512x250.nii.gz")
     torch.manual_seed(0)
+    archs = variants(preset["widths"])
     for k in range(members):
-        kwargs = {"in_channels": 1, "out_channels": len(PHANTOM_LABELS) + 1, **VARIANTS[k % len(VARIANTS)]}
-        meta = {"labels": PHANTOM_LABELS.to_json(), "spacing": list(WORKING), "patch_size": patch,
+        kwargs = {"in_channels": 1, "out_channels": len(PHANTOM_LABELS) + 1, **archs[k % len(archs)]}
+        meta = {"labels": PHANTOM_LABELS.to_json(), "spacing": preset["working"], "patch_size": preset["patch"],
                 "normalization": NORMALIZATION, "arch_kwargs": kwargs}
         save_checkpoint(folder / "ensemble" / f"member{k}", build_model("deconvnet3d", **kwargs), meta)
     return ct, folder / "ensemble"
@@ -76,14 +93,16 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_ours(ct: Path, model: Path, out: Path, threads: int, overlap: float, bf16: bool) -> dict:
+def run_ours(ct: Path, model: Path, out: Path, args: argparse.Namespace) -> dict:
+    import psutil
     import torch
 
     from deconvseg.pipeline.ensemble import load_ensemble
+    from deconvseg.pipeline.guards import estimate_peak_memory
     from deconvseg.pipeline.io.volumes import read_volume, write_volume
     from deconvseg.pipeline.segment import InferenceConfig, segment_case
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     stages: dict[str, float] = {}
     start = time.perf_counter()
     image = read_volume(ct)
@@ -91,17 +110,24 @@ def run_ours(ct: Path, model: Path, out: Path, threads: int, overlap: float, bf1
     t = time.perf_counter()
     ensemble = load_ensemble(model)
     stages["load_models"] = time.perf_counter() - t
-    config = InferenceConfig(threads=threads, overlap=overlap, bf16=bf16)
+    config = InferenceConfig(threads=args.threads, overlap=args.overlap, bf16=args.bf16, crop_foreground=args.crop,
+                             compile=args.compile)
+    parts = estimate_peak_memory(image, ensemble).parts
+    # The guard's terms beyond what is already resident (input, parameters) against the growth of RSS.
+    predicted_added = sum(v for k, v in parts.items() if k not in ("input", "parameters")) / 2**20
+    baseline = psutil.Process().memory_info().rss / 2**20
     result = segment_case(image, ensemble, config)
     stages.update(result.timings)
     t = time.perf_counter()
     write_volume(result.labels, out / "labels.nii.gz")
     stages["write"] = time.perf_counter() - t
     total = time.perf_counter() - start
-    return {"total_s": total, "stages": stages, "peak_rss_mib": _peak_rss_mib(), "voxels": int(image.array.size)}
+    return {"total_s": total, "stages": stages, "peak_rss_mib": _peak_rss_mib(), "voxels": int(image.array.size),
+            "guard_predicted_mib": sum(parts.values()) / 2**20, "guard_added_mib": predicted_added,
+            "measured_added_mib": _peak_rss_mib() - baseline}
 
 
-def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) -> dict:
+def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float, bf16: bool) -> dict:
     import numpy as np
     import torch
     from monai.inferers import sliding_window_inference
@@ -111,26 +137,27 @@ def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) ->
     from deconvseg.pipeline.ensemble import load_ensemble
 
     torch.set_num_threads(threads)
-    lo, hi = NORMALIZATION["clip"]
-    mean, std = NORMALIZATION["mean"], NORMALIZATION["std"]
-    pre = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Spacingd("image", pixdim=WORKING, mode="bilinear"),
-                   ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std,
-                                        clip=True)])
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    data = pre({"image": str(ct)})
-    stages["ingest_spacing_normalize"] = time.perf_counter() - start
-    t = time.perf_counter()
     ensemble = load_ensemble(model)
-    stages["load_models"] = time.perf_counter() - t
+    stages["load_models"] = time.perf_counter() - start
+    lo, hi = NORMALIZATION["clip"]
+    mean, std = NORMALIZATION["mean"], NORMALIZATION["std"]
+    working = ensemble.members[0].spec.spacing
+    pre = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), Spacingd("image", pixdim=working, mode="bilinear"),
+                   ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=(lo - mean) / std, b_max=(hi - mean) / std,
+                                        clip=True)])
     t = time.perf_counter()
-    with torch.no_grad():
+    data = pre({"image": str(ct)})
+    stages["ingest_spacing_normalize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         probabilities = None
         for member in ensemble.members:
             roi = tuple(reversed(member.spec.patch_size))  # MONAI arrays are (x, y, z)
             logits = sliding_window_inference(data["image"][None], roi, 1, member.network, overlap=overlap,
                                               mode="gaussian")
-            p = torch.softmax(logits, dim=1)
+            p = torch.softmax(logits.float(), dim=1)
             probabilities = p if probabilities is None else probabilities + p
         data["pred"] = (probabilities / len(ensemble.members))[0]
     stages["inference_fusion"] = time.perf_counter() - t
@@ -148,7 +175,7 @@ def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float) ->
     return {"total_s": total, "stages": stages, "peak_rss_mib": _peak_rss_mib(), "shape": list(data["pred"].shape)}
 
 
-def measure_switches(threads: int, patch: list[int], repeats: int = 2) -> dict:
+def measure_switches(threads: int, preset: dict, repeats: int = 2) -> dict:
     """Seconds per window of one member (concat variant) under each speed switch, and bf16 agreement."""
     import torch
 
@@ -158,7 +185,9 @@ def measure_switches(threads: int, patch: list[int], repeats: int = 2) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = build_model("deconvnet3d", in_channels=1, out_channels=len(PHANTOM_LABELS) + 1, **VARIANTS[0]).eval()
+    patch = preset["patch"]
+    net = build_model("deconvnet3d", in_channels=1, out_channels=len(PHANTOM_LABELS) + 1,
+                      **variants(preset["widths"])[0]).eval()
     x = torch.randn(1, 1, *patch)
     results, reference = {}, None
     for name, switches in [("fp32", {}), ("channels_last", {"channels_last": True}), ("bf16", {"bf16": True}),
@@ -183,7 +212,8 @@ def _child(which: str, args: argparse.Namespace, folder: Path, ct: Path, model: 
     out = folder / f"out-{which}"
     out.mkdir(exist_ok=True)
     command = [sys.executable, __file__, "--child", which, "--ct", str(ct), "--model", str(model), "--out", str(out),
-               "--threads", str(args.threads), "--overlap", str(args.overlap), "--bf16" if args.bf16 else "--no-bf16"]
+               "--threads", str(args.threads), "--overlap", str(args.overlap), "--bf16" if args.bf16 else "--no-bf16",
+               "--crop" if args.crop else "--no-crop", "--compile" if args.compile else "--no-compile"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
     if done.returncode != 0:
@@ -197,9 +227,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--members", type=int, default=3)
-    parser.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], help="window (z, y, x) at 3 mm")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="real")
     parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="both pipelines")
+    parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True, help="ours: body crop")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="ours: torch.compile")
+    parser.add_argument("--monai", action=argparse.BooleanOptionalAction, default=True, help="run the MONAI recipe")
     parser.add_argument("--switches", action="store_true", help="only time the speed switches on one window")
     parser.add_argument("--child", choices=["ours", "monai"])
     parser.add_argument("--ct", type=Path)
@@ -207,37 +240,45 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    preset = PRESETS[args.preset]
     if args.switches:
-        print(json.dumps(measure_switches(args.threads, args.patch)))
+        print(json.dumps(measure_switches(args.threads, preset)))
         return
     if args.child == "ours":
-        print(json.dumps(run_ours(args.ct, args.model, args.out, args.threads, args.overlap, args.bf16)))
+        print(json.dumps(run_ours(args.ct, args.model, args.out, args)))
         return
     if args.child == "monai":
-        print(json.dumps(run_monai(args.ct, args.model, args.out, args.threads, args.overlap)))
+        print(json.dumps(run_monai(args.ct, args.model, args.out, args.threads, args.overlap, args.bf16)))
         return
     with tempfile.TemporaryDirectory(prefix="ct-scale-") as tmp:
         folder = Path(tmp)
-        ct, model = prepare(folder, args.members, args.patch)
+        ct, model = prepare(folder, args.members, preset)
         ours = _child("ours", args, folder, ct, model)
-        monai = _child("monai", args, folder, ct, model)
-        agreement = _agreement(folder)
+        monai = _child("monai", args, folder, ct, model) if args.monai else None
+        agreement = _agreement(folder) if monai else None
     summary = {
+        "preset": args.preset,
         "total_s": round(ours["total_s"], 2),
         "peak_rss_mib": round(ours["peak_rss_mib"], 1),
+        "guard_predicted_mib": round(ours["guard_predicted_mib"], 1),
+        "guard_added_over_measured": round(ours["guard_added_mib"] / ours["measured_added_mib"], 2),
         "stages": {k: round(v, 3) for k, v in ours["stages"].items()},
-        "monai_total_s": round(monai["total_s"], 2),
-        "ratio": round(ours["total_s"] / monai["total_s"], 3),
         "voxels": ours["voxels"],
         "members": args.members,
-        "monai_peak_rss_mib": round(monai["peak_rss_mib"], 1),
-        "monai_stages": {k: round(v, 3) for k, v in monai["stages"].items()},
         "process_s": round(ours["process_s"], 2),
-        "monai_process_s": round(monai["process_s"], 2),
-        "label_agreement_with_monai": agreement,
-        "threads": args.threads, "patch": args.patch, "overlap": args.overlap, "bf16": args.bf16,
-        "working_spacing_mm": list(WORKING),
+        "threads": args.threads, "patch": preset["patch"], "widths": preset["widths"], "overlap": args.overlap,
+        "bf16_both": args.bf16, "crop": args.crop, "compile": args.compile,
+        "working_spacing_mm": preset["working"],
     }
+    if monai:
+        summary.update({
+            "monai_total_s": round(monai["total_s"], 2),
+            "ratio": round(ours["total_s"] / monai["total_s"], 3),
+            "monai_peak_rss_mib": round(monai["peak_rss_mib"], 1),
+            "monai_stages": {k: round(v, 3) for k, v in monai["stages"].items()},
+            "monai_process_s": round(monai["process_s"], 2),
+            "label_agreement_with_monai": agreement,
+        })
     print(json.dumps(summary))
 
 

@@ -33,6 +33,7 @@ from prefect.tasks import exponential_backoff
 from deconvseg.flows import dashboard
 from deconvseg.flows.inputs import DEFAULT_MODEL, BatchConfig, cache_key, config_version, discover_cases
 from deconvseg.flows.outputs import batch_lock, sweep_partial
+from deconvseg.flows.progress import stage_lines
 from deconvseg.flows.runners import make_task_runner
 from deconvseg.pipeline.case import CaseInput
 from deconvseg.pipeline.ensemble import Ensemble, model_version
@@ -151,12 +152,16 @@ def segment_input(
         viewer_base: OHIF base of a PACS case (``run_case(viewer_base=...)``).
     """
     import torch
+    from prefect import get_run_logger
 
     from deconvseg.pipeline.case import CaseConfig, run_case
 
     torch.set_num_threads(threads)
     ensemble = _ensemble(model_dir, versions["model"])
-    summary = run_case(case, ensemble, CaseConfig(**config), out_dir, record=record, viewer_base=viewer_base)
+    progress = stage_lines(case.case_id, get_run_logger().info)  # a log line per stage and member in the UI
+    summary = run_case(
+        case, ensemble, CaseConfig(**config), out_dir, record=record, viewer_base=viewer_base, progress=progress
+    )
     return dashboard.summary_row(summary)
 
 

@@ -34,7 +34,7 @@ from deconvseg.pipeline.io.checks import DEFAULT_MAX_VOXELS
 from deconvseg.pipeline.io.volumes import read_volume
 from deconvseg.pipeline.normalize import with_modality
 from deconvseg.pipeline.outputs import check_bundle_target
-from deconvseg.pipeline.segment import InferenceConfig, SegmentationResult, segment_case
+from deconvseg.pipeline.segment import InferenceConfig, Progress, SegmentationResult, segment_case
 from deconvseg.pipeline.viewer import check_viewer_base
 
 MANIFEST_FORMAT = 2  # bump when the manifest's keys change meaning
@@ -159,6 +159,7 @@ def run_case(
     *,
     record: Mapping[str, Any] | None = None,
     viewer_base: str | None = None,
+    progress: Progress | None = None,
 ) -> CaseSummary:
     """Read ``case``, segment it with ``ensemble`` and write its review bundle to ``out_dir/<case_id>/``.
 
@@ -170,6 +171,7 @@ def run_case(
         record: extra manifest fields (e.g. ``cache_key``, ``versions``, the PACS series).
         viewer_base: where OHIF is served beside the PACS that holds the case's study (PACS cases):
             ``manifest.json`` and ``report.html`` then carry ``viewer_url``; folder bundles keep their file links.
+        progress: told of each stage and member's windows (``deconvseg.pipeline.segment.Progress``).
 
     Returns:
         The case's summary.
@@ -197,7 +199,7 @@ def run_case(
             flags = check_applicability(
                 image, domain, ensemble.name, modality=case.modality, allow_mismatch=config.allow_domain_mismatch
             ) + input_flags(image, domain)
-        result = segment_case(image, ensemble, config.inference)
+        result = segment_case(image, ensemble, config.inference, progress=progress)
         header = ReportHeader(
             model=f"{ensemble.name} (version {ensemble.version[:12]})",
             trained_on=domain_summary(domain) if domain is not None else None,

@@ -123,6 +123,56 @@ def fuse(probabilities: np.ndarray, rule: Rule = "mean", weights: np.ndarray | N
     raise ValueError(f"unknown fusion rule {rule!r}; choose one of {', '.join(RULES)}")
 
 
+class RunningFusion:
+    """``fuse`` one member at a time: memory holds one ``(C, ...)`` sum and the members' labels, never
+    the ``(M, C, ...)`` stack (at CT scale the stack was the largest allocation of a case).
+
+    ``mean`` and ``weighted_mean`` add each member's probabilities, times its weight normalised over
+    the members, into the sum (the same result as ``fuse`` on the stack); ``majority`` and
+    ``staple`` need only the labels.
+    """
+
+    def __init__(
+        self, rule: Rule, weights: np.ndarray | None, members: int, classes: int, shape: tuple[int, ...]
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown fusion rule {rule!r}; choose one of {', '.join(RULES)}")
+        if rule == "weighted_mean" and weights is None:
+            raise ValueError("weighted_mean fusion needs weights (see dice_weights)")
+        uniform = weights is None or rule == "mean"
+        w = np.ones((members, classes), np.float32) if uniform else np.asarray(weights, np.float32)
+        w = np.broadcast_to(w[:, None] if w.ndim == 1 else w, (members, classes))
+        if (w < 0).any() or (w.sum(axis=0) <= 0).any():
+            raise ValueError(f"fusion weights must be non-negative with a positive sum per class, got {w.tolist()}")
+        self.rule = rule
+        self.weights = w / w.sum(axis=0, keepdims=True)
+        self.labels = np.zeros((members, *shape), np.uint8)
+        self.total = np.zeros((classes, *shape), np.float32) if rule in ("mean", "weighted_mean") else None
+
+    def add(self, member: int, probabilities: np.ndarray, box: tuple[slice, ...] | None = None) -> None:
+        """Add member ``member``'s probabilities ``(C, ...)`` of the region ``box`` (whole map when
+        ``None``); outside the box the member says background with probability 1."""
+        inside = (slice(None),) * (self.labels.ndim - 1) if box is None else box
+        self.labels[member][inside] = probabilities.argmax(axis=0)
+        if self.total is None:
+            return
+        w = self.weights[member]
+        if box is not None:
+            self.total[0] += w[0]
+            self.total[0][box] -= w[0]
+        for c in range(len(w)):  # one class at a time: no (C, ...) temporary
+            self.total[c][inside] += w[c] * probabilities[c]
+
+    def result(self) -> np.ndarray:
+        """The fused probabilities ``(C, ...)`` (``weighted_mean`` renormalised over classes)."""
+        if self.total is None:
+            combine = majority_vote if self.rule == "majority" else staple
+            return combine(self.labels, self.weights.shape[1])
+        if self.rule == "weighted_mean":
+            self.total /= np.maximum(self.total.sum(axis=0), np.float32(1e-12))
+        return self.total
+
+
 def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
     """``-sum_c p_c log p_c / log C`` in ``[0, 1]`` for probabilities ``(C, ...)``."""
     p = np.clip(probabilities, 1e-12, 1.0)
@@ -135,9 +185,18 @@ def disagreement(member_labels: np.ndarray, fused_labels: np.ndarray) -> np.ndar
     return (member_labels != fused_labels[None]).mean(axis=0, dtype=np.float32)
 
 
-def voxel_uncertainty(fused: np.ndarray, member_labels: np.ndarray, fused_labels: np.ndarray) -> np.ndarray:
-    """``max(normalised entropy, disagreement)`` per voxel, float32 in ``[0, 1]``."""
-    return np.maximum(normalized_entropy(fused), disagreement(member_labels, fused_labels))
+def voxel_uncertainty(
+    fused: np.ndarray, member_labels: np.ndarray, fused_labels: np.ndarray, slab: int = 16
+) -> np.ndarray:
+    """``max(normalised entropy, disagreement)`` per voxel, float32 in ``[0, 1]``, computed ``slab``
+    indices of the first spatial axis at a time (the temporaries stay one slab big)."""
+    out = np.empty(fused.shape[1:], np.float32)
+    for start in range(0, len(out), slab):
+        part = slice(start, start + slab)
+        out[part] = np.maximum(
+            normalized_entropy(fused[:, part]), disagreement(member_labels[:, part], fused_labels[part])
+        )
+    return out
 
 
 def structure_uncertainty(

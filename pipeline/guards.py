@@ -8,13 +8,15 @@ channels and ``M`` members (float32 = 4 bytes)::
 
     peak = input bytes                          the image as read
          + 8 N_w S                              resampled + normalised working image(s)
-         + 4 C N_w (2M + 1)                     M probability maps, their stack, the last logits
+         + 8 C N_w + (M + 8) N_w                the running fused sum and one member's map
+                                                (``fusion.RunningFusion``), member labels, argmax
          + max_m A_m * batch                    activations of one window (measured, see below)
          + sum_m P_m                            parameters
          + 13 N_in                              restored labels, uncertainty, export copies
          + 128 MiB                              first-call buffers of torch/oneDNN and libraries
 
-The stack term dominates at CT scale: ``np.stack`` briefly holds the M member maps twice.
+Members are fused one at a time, so no term grows with M times C (the stack of member maps
+that this replaced was the largest allocation of a CT case).
 ``A_m`` is measured once per network and patch size: one forward pass of a zero window on a
 "meta"-device copy (shapes only, no compute; a real window where an operation has no meta kernel)
 with hooks that add up the bytes of every module's output (an upper bound, since inference frees
@@ -136,7 +138,7 @@ def estimate_peak_memory(image: Volume, ensemble: Ensemble, *, batch_size: int =
         {
             "input": int(image.array.nbytes),
             "working_images": 8 * n_w * len(grids),
-            "probability_maps": 4 * channels * n_w * (2 * m + 1),
+            "probability_maps": 8 * channels * n_w + (m + 8) * n_w,
             "activations": window * batch_size,
             "parameters": sum(
                 sum(p.numel() * p.element_size() for p in member.network.parameters()) for member in ensemble.members

@@ -98,6 +98,7 @@ def sliding_window(
     batch_size: int = 1,
     mirror_axes: Sequence[int] = (),
     context_factor: Sequence[int] | None = None,
+    on_window: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Gaussian-weighted sliding-window output of ``predictor`` over a whole volume.
 
@@ -112,6 +113,7 @@ def sliding_window(
             outputs of all ``2^k`` flip combinations are averaged.
         context_factor: ``(z, y, x)`` factor of a two-scale network's context input
             (``deconvseg.pipeline.patches.context_crop``); ``None`` for single-input networks.
+        on_window: called as ``on_window(done, total)`` windows, once before the first and after each batch.
 
     Returns:
         float32 tensor ``(C, z, y, x)`` on the CPU.
@@ -140,6 +142,8 @@ def sliding_window(
 
     acc: torch.Tensor | None = None
     norm = torch.zeros(full, dtype=torch.float32)
+    if on_window:
+        on_window(0, len(starts))
     with torch.inference_mode():
         for first in range(0, len(starts), batch_size):
             group = starts[first : first + batch_size]
@@ -158,6 +162,8 @@ def sliding_window(
             for box, window in zip(boxes, out):
                 acc[(slice(None), *box)] += window * weight
                 norm[box] += weight
+            if on_window:
+                on_window(first + len(group), len(starts))
         assert acc is not None  # window_starts gives at least one window per axis
         acc /= norm
     crop = tuple(slice(b, b + s) for b, s in zip(before, shape))

@@ -2,7 +2,7 @@
 
 Per member: resample the input to the member's working spacing, normalise with the member's
 spec, run the Gaussian sliding window (``deconvseg.pipeline.inference``) and take the softmax. The members'
-probabilities meet on the first member's working grid, are fused (``deconvseg.pipeline.fusion``), give the
+probabilities meet on the finest working grid of the members, are fused (``deconvseg.pipeline.fusion``), give the
 uncertainty, are refined by the stored plan (``deconvseg.pipeline.postprocess``) and come back to the input
 grid slab by slab: labels by label-consistent trilinear scores, uncertainty trilinearly. No map
 with C channels is ever held at the input's resolution. An ensemble whose ``ensemble.json`` names a
@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.errors import ConfigError
-from deconvseg.pipeline.fusion import Rule, dice_weights, fuse, structure_uncertainty, voxel_uncertainty
+from deconvseg.pipeline.fusion import Rule, RunningFusion, dice_weights, structure_uncertainty, voxel_uncertainty
 from deconvseg.pipeline.guards import check_memory
 from deconvseg.pipeline.inference import prepare_predictor, sliding_window
 from deconvseg.pipeline.labels import LabelTable
@@ -115,11 +116,21 @@ class SegmentationResult:
     shape: ShapeAssessment | None = None
 
 
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: a stage (``"resample"``, ``"fusion"``, ...) reports ``(0, 1)`` when it
+starts and ``(1, 1)`` when it ends; a member (``"member <name>"``) reports its windows, ``(0, n)`` first
+and then after every batch of windows."""
+
+
 @contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], stage: str, progress: Progress | None = None) -> Iterator[None]:
+    if progress:
+        progress(stage, 0, 1)
     start = time.perf_counter()
     yield
     timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+    if progress:
+        progress(stage, 1, 1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -176,26 +187,33 @@ def effective_config(config: InferenceConfig, ensemble: Ensemble) -> InferenceCo
     return InferenceConfig(**{**validated, **config.model_dump(exclude_unset=True)})
 
 
-def member_probabilities(
+def member_outputs(
     image: Volume,
     ensemble: Ensemble,
     config: InferenceConfig = InferenceConfig(),
     timings: dict[str, float] | None = None,
-) -> tuple[np.ndarray, Volume]:
-    """Each member's softmax ``(M, C, z, y, x)`` on the first member's working grid, and that grid.
+    progress: Progress | None = None,
+) -> Iterator[tuple[int, np.ndarray, tuple[slice, ...], Volume]]:
+    """Each member's softmax on the finest working grid of the members, one member at a time.
 
-    Per member: resample, crop to the foreground box, normalise, sliding window; members on another
-    grid are resampled onto the first one's. ``timings`` (seconds per stage) is added to in place.
+    Per member: resample, crop to the foreground box, normalise, sliding window; members on a
+    coarser grid are resampled onto the finest one (a native-resolution member keeps its detail in
+    the fusion). ``timings`` (seconds per stage) is added to in place.
+
+    Yields:
+        ``(member index, probabilities (C, *box shape), box, grid)``: outside ``box`` (slices of
+        ``grid``) the member says background with probability 1.
     """
     timings = {} if timings is None else timings
     working: dict[tuple, tuple[Volume, tuple[slice, ...]]] = {}
-    probabilities = []
+    members = ensemble.members
+    finest = min(range(len(members)), key=lambda i: math.prod(members[i].spec.spacing))
     grid: Volume | None = None
-    for member in ensemble.members:
-        spec = member.spec
+    for index in [finest, *(i for i in range(len(members)) if i != finest)]:
+        member, spec = members[index], members[index].spec
         key = (spec.spacing, json.dumps(spec.normalization, sort_keys=True))
         if key not in working:
-            with _timed(timings, "resample"):
+            with _timed(timings, "resample", progress):
                 resampled = resample_to_spacing(
                     image, spec.spacing, order=config.resample_order, threads=config.threads
                 )
@@ -218,7 +236,8 @@ def member_probabilities(
                 compile=config.compile,
                 device=config.device,
             )
-            logits = sliding_window(
+            windows = functools.partial(progress, f"member {member.name}") if progress else None
+            probs = sliding_window(
                 volume.array[box],
                 predictor,
                 spec.patch_size,
@@ -226,15 +245,40 @@ def member_probabilities(
                 batch_size=config.batch_size,
                 mirror_axes=config.mirror_axes,
                 context_factor=spec.context_factor,
+                on_window=windows,
             )
-            probs = np.zeros((logits.shape[0], *volume.shape), dtype=np.float32)
-            probs[0] = 1.0
-            probs[(slice(None), *box)] = torch.softmax(logits, dim=0).numpy()
-        if not volume.same_grid(grid):
-            with _timed(timings, "resample"):
-                probs = restore_map(probs, volume, grid, config.slab)
-        probabilities.append(probs)
-    return np.stack(probabilities), grid  # type: ignore[return-value]
+            with torch.inference_mode():  # softmax in place: no second (C, ...) map
+                probs.sub_(probs.amax(dim=0, keepdim=True)).exp_()
+                probs.div_(probs.sum(dim=0, keepdim=True))
+        if volume.same_grid(grid):
+            yield index, probs.numpy(), box, grid
+            continue
+        with _timed(timings, "resample", progress):
+            whole = np.zeros((probs.shape[0], *volume.shape), dtype=np.float32)
+            whole[0] = 1.0
+            whole[(slice(None), *box)] = probs.numpy()
+            del probs
+            restored = restore_map(whole, volume, grid, config.slab)
+        yield index, restored, tuple(slice(0, n) for n in grid.shape), grid
+
+
+def member_probabilities(
+    image: Volume,
+    ensemble: Ensemble,
+    config: InferenceConfig = InferenceConfig(),
+    timings: dict[str, float] | None = None,
+) -> tuple[np.ndarray, Volume]:
+    """Each member's softmax stacked, ``(M, C, z, y, x)`` on the finest member grid, and that grid
+    (for comparing fusion rules; ``segment_case`` fuses member by member instead)."""
+    stack: np.ndarray | None = None
+    grid: Volume | None = None
+    for index, probs, box, grid in member_outputs(image, ensemble, config, timings):
+        if stack is None:
+            stack = np.zeros((len(ensemble.members), probs.shape[0], *grid.shape), dtype=np.float32)
+            stack[:, 0] = 1.0
+        stack[index][(slice(None), *box)] = probs
+    assert stack is not None and grid is not None  # an ensemble has at least one member
+    return stack, grid
 
 
 def segment_case(
@@ -243,6 +287,7 @@ def segment_case(
     config: InferenceConfig = InferenceConfig(),
     *,
     priors: Mapping[str, Prior] | None = None,
+    progress: Progress | None = None,
 ) -> SegmentationResult:
     """Segment ``image`` with every member, fuse, estimate uncertainty, refine, restore.
 
@@ -252,6 +297,7 @@ def segment_case(
             rule/weights, the post-processing plan and the shape guard.
         config: inference settings.
         priors: shape-prior callables named by ``prior`` steps of the plan.
+        progress: told of each stage and of each member's windows (``Progress``).
 
     Returns:
         The result; ``shape`` holds the plausibility of the labels when the ensemble names a
@@ -269,39 +315,46 @@ def segment_case(
         check_memory(image, ensemble, config.memory_budget_mib, batch_size=config.batch_size)
     guard = ensemble_shape_guard(ensemble)  # before inference: a bad guard fails fast
     values = np.array([0, *table.values], dtype=np.uint8)
-    stack, grid = member_probabilities(image, ensemble, config, timings)
-
-    with _timed(timings, "fusion"):
-        rule = config.fusion or settings.fusion
-        weights: list[float] | list[list[float]] | np.ndarray | None = settings.weights
-        if rule == "weighted_mean" and weights is None:
-            weights = dice_weights([spec.metrics for spec in ensemble.specs], table.names)
-        fused = fuse(stack, rule, None if weights is None else np.asarray(weights, dtype=np.float32))
+    rule = config.fusion or settings.fusion
+    weights: list[float] | list[list[float]] | np.ndarray | None = settings.weights
+    if rule == "weighted_mean" and weights is None:
+        weights = dice_weights([spec.metrics for spec in ensemble.specs], table.names)
+    fusion: RunningFusion | None = None
+    for index, probs, box, grid in member_outputs(image, ensemble, config, timings, progress):
+        with _timed(timings, "fusion"):
+            if fusion is None:
+                matrix = None if weights is None else np.asarray(weights, dtype=np.float32)
+                fusion = RunningFusion(rule, matrix, len(ensemble.members), len(values), grid.shape)
+            fusion.add(index, probs, box)
+            del probs
+    assert fusion is not None  # an ensemble has at least one member
+    with _timed(timings, "fusion", progress):
+        fused = fusion.result()
         fused_channels = fused.argmax(axis=0).astype(np.uint8)
         confidence = fused.max(axis=0)
-    with _timed(timings, "uncertainty"):
-        member_channels = stack.argmax(axis=1).astype(np.uint8)
-        del stack
-        uncertainty = voxel_uncertainty(fused, member_channels, fused_channels)
+    with _timed(timings, "uncertainty", progress):
+        member_channels = fusion.labels
+        uncertainty = voxel_uncertainty(fused, member_channels, fused_channels, config.slab)
         per_channel = structure_uncertainty(uncertainty, member_channels, fused_channels, len(values))
         summary = {
             int(values[c]): {"mean_probability": float(fused[c][fused_channels == c].mean())}
             for c in range(1, len(values))
             if (fused_channels == c).any()
         }
-    with _timed(timings, "refine"):
+        del fused, fusion, member_channels
+    with _timed(timings, "refine", progress):
         fused_labels = values[fused_channels]
         refined = (
             apply_plan(fused_labels, settings.postprocess, grid.spacing, priors) if config.refine else fused_labels
         )
         confidence = np.where(refined == fused_labels, confidence, np.float32(1.0))
-    with _timed(timings, "restore"):
+    with _timed(timings, "restore", progress):
         labels = restore_labels(refined, confidence, grid, image, config.slab)
         restored_uncertainty = restore_map(uncertainty, grid, image, config.slab)
         np.clip(restored_uncertainty, 0.0, 1.0, out=restored_uncertainty)
     shape = None
     if guard is not None:
-        with _timed(timings, "shape_guard"):
+        with _timed(timings, "shape_guard", progress):
             shape = ShapeAssessment(guard[0].assess(labels, image.spacing), guard[0].plausibility, guard[1])
     log.info(
         "segmented %s with %d member(s): %s",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deconvseg.pipeline.fusion import (
+    RunningFusion,
     dice_weights,
     disagreement,
     fuse,
@@ -56,8 +57,9 @@ def test_dice_weights_from_model_metrics():
         {"val_dice": {"liver": 0.6}, "mean_dice": 0.6},
         {},
     ]
-    np.testing.assert_allclose(dice_weights(metrics, ["liver", "spleen"]),
-                               [[0.7, 0.9, 0.5], [0.6, 0.6, 0.6], [1.0, 1.0, 1.0]])
+    np.testing.assert_allclose(
+        dice_weights(metrics, ["liver", "spleen"]), [[0.7, 0.9, 0.5], [0.6, 0.6, 0.6], [1.0, 1.0, 1.0]]
+    )
 
 
 def test_majority_vote():
@@ -119,3 +121,30 @@ def test_structure_uncertainty_is_high_where_members_place_a_structure_different
     u = np.array([[[0.0, 0.1, 0.0, 0.6, 0.0, 0.0]]], np.float32)
     scores = structure_uncertainty(u, member_labels, fused_labels, 4)
     assert scores == {1: pytest.approx(0.05), 2: pytest.approx(0.6)}
+
+
+@pytest.mark.parametrize("rule", ["mean", "weighted_mean", "majority", "staple"])
+def test_running_fusion_member_by_member_equals_fusing_the_stack(rule):
+    rng = np.random.default_rng(0)
+    stack = rng.dirichlet(np.ones(3), size=(4, 5, 6, 7)).astype(np.float32).transpose(0, 4, 1, 2, 3)  # (M, C, ...)
+    box = (slice(1, 4), slice(0, 6), slice(2, 7))
+    stack[:, :, :1] = stack[:, :, 4:] = stack[:, :, :, :, :2] = 0.0  # members 1-3: background outside the box
+    stack[1:, 0, :1] = stack[1:, 0, 4:] = stack[1:, 0, :, :, :2] = 1.0
+    stack[0] = rng.dirichlet(np.ones(3), size=(5, 6, 7)).astype(np.float32).transpose(3, 0, 1, 2)  # member 0: whole map
+    weights = rng.uniform(0.5, 1.0, size=(4, 3)).astype(np.float32)
+    running = RunningFusion(rule, weights, 4, 3, (5, 6, 7))
+    running.add(0, stack[0])
+    for m in (3, 1, 2):  # any order
+        running.add(m, stack[(m, slice(None), *box)], box)
+    np.testing.assert_allclose(running.result(), fuse(stack, rule, weights), atol=1e-6)
+    np.testing.assert_array_equal(running.labels, stack.argmax(axis=1))
+
+
+def test_voxel_uncertainty_is_the_same_in_slabs():
+    rng = np.random.default_rng(1)
+    fused = rng.dirichlet(np.ones(4), size=(9, 5, 3)).astype(np.float32).transpose(3, 0, 1, 2)
+    members = rng.integers(0, 4, size=(3, 9, 5, 3)).astype(np.uint8)
+    labels = fused.argmax(axis=0).astype(np.uint8)
+    whole = voxel_uncertainty(fused, members, labels, slab=100)
+    np.testing.assert_array_equal(voxel_uncertainty(fused, members, labels, slab=2), whole)
+    assert whole.max() > 0.5

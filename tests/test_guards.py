@@ -43,11 +43,11 @@ def test_estimate_follows_the_formula_and_grows_with_members_and_size():
     image = _image()
     one = estimate_peak_memory(image, _model(0))
     n_w = working_size(image, META["spacing"])
-    assert one.parts["probability_maps"] == 4 * 3 * n_w * 3
+    assert one.parts["probability_maps"] == 8 * 3 * n_w + (1 + 8) * n_w
     assert one.parts["working_images"] == 8 * n_w and one.parts["input"] == image.array.nbytes
     assert one.parts["activations"] > 4 * 16 * 16 * 8 * 4  # at least the first block's 4 feature maps
     two = estimate_peak_memory(image, _model(0, 1))
-    assert two.parts["probability_maps"] == 4 * 3 * n_w * 5 and two.total > one.total
+    assert two.parts["probability_maps"] == 8 * 3 * n_w + (2 + 8) * n_w and two.total > one.total
     bigger = estimate_peak_memory(_image((40, 80, 60)), _model(0))
     assert bigger.parts["probability_maps"] == pytest.approx(8 * one.parts["probability_maps"], rel=0.05)
 

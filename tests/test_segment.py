@@ -31,8 +31,13 @@ class Threshold(nn.Module):
 
 
 def _meta(spacing, patch, table=TABLE) -> dict:
-    return {"labels": table.to_json(), "out_channels": len(table) + 1, "spacing": list(spacing),
-            "patch_size": list(patch), "normalization": SPEC}
+    return {
+        "labels": table.to_json(),
+        "out_channels": len(table) + 1,
+        "spacing": list(spacing),
+        "patch_size": list(patch),
+        "normalization": SPEC,
+    }
 
 
 def _sphere(shape=(24, 40, 36), spacing=(1.0, 1.2, 1.5), island=False) -> tuple[Volume, np.ndarray]:
@@ -64,6 +69,21 @@ def test_oracle_ensemble_at_two_working_spacings_lands_on_the_input_grid():
     assert result.summary[5]["mean_probability"] > 0.8
 
 
+def test_progress_reports_every_members_windows_and_each_stage():
+    image, _ = _sphere()
+    members = [(Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8))), (Threshold(), _meta((3.0, 3.0, 3.0), (6, 6, 6)))]
+    ensemble = Ensemble.from_networks(members)
+    events: list[tuple[str, int, int]] = []
+    segment_case(image, ensemble, InferenceConfig(threads=1), progress=lambda *event: events.append(event))
+    for member in ensemble.members:
+        windows = [(done, total) for stage, done, total in events if stage == f"member {member.name}"]
+        assert windows[0][0] == 0 and windows[-1][0] == windows[-1][1] > 1
+        assert [d for d, _ in windows] == sorted(d for d, _ in windows)
+    stages = [stage for stage, done, _ in events if done == 1 and not stage.startswith("member")]
+    assert {"resample", "fusion", "uncertainty", "refine", "restore"} <= set(stages)
+    assert stages.index("restore") > stages.index("fusion")
+
+
 def test_stored_plan_refines_and_refine_switch_turns_it_off():
     image, _ = _sphere(island=True)
     plan = {"postprocess": {"steps": [{"step": "remove_islands", "label": 5, "params": {"min_ml": 0.05}}]}}
@@ -76,7 +96,10 @@ def test_stored_plan_refines_and_refine_switch_turns_it_off():
 
 def test_members_with_different_label_tables_are_refused():
     other = LabelTable((Label(1, "organ", (0, 255, 0)),))
-    members = [(Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8))), (Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8), other))]
+    members = [
+        (Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8))),
+        (Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8), other)),
+    ]
     with pytest.raises(ConfigError, match="label tables"):
         Ensemble.from_networks(members)
 
@@ -88,9 +111,16 @@ def ensemble_dir(tmp_path):
     root = tmp_path / "ensemble"
     deconv = {"in_channels": 1, "out_channels": 2, "widths": [4, 8]}
     two = {"in_channels": 1, "out_channels": 2, "widths": [4, 8], "context_factor": [1, 2, 2]}
-    for name, arch, kwargs, extra in [("a", "deconvnet3d", deconv, {}), ("b", "two_scale", two, {"context_factor": [1, 2, 2]})]:
-        meta = {**_meta((3.0, 3.0, 3.0), (8, 8, 8)), "arch_kwargs": kwargs, **extra,
-                "metrics": {"val_dice": {"tumour": 0.5}, "mean_dice": 0.5}}
+    for name, arch, kwargs, extra in [
+        ("a", "deconvnet3d", deconv, {}),
+        ("b", "two_scale", two, {"context_factor": [1, 2, 2]}),
+    ]:
+        meta = {
+            **_meta((3.0, 3.0, 3.0), (8, 8, 8)),
+            "arch_kwargs": kwargs,
+            **extra,
+            "metrics": {"val_dice": {"tumour": 0.5}, "mean_dice": 0.5},
+        }
         save_checkpoint(root / name, build_model(arch, **kwargs), meta)
     (root / "ensemble.json").write_text(json.dumps({"fusion": "weighted_mean"}))
     return root
@@ -112,8 +142,21 @@ def test_cli_writes_one_bundle_per_input(tmp_path, ensemble_dir):
     first, second = write_volume(image, tmp_path / "first.nii.gz"), write_volume(image, tmp_path / "second.nrrd")
     out = tmp_path / "out"
     runner = CliRunner()
-    result = runner.invoke(app, ["segment", str(first), str(second), "--out", str(out), "--model", str(ensemble_dir),
-                                 "--threads", "1", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "segment",
+            str(first),
+            str(second),
+            "--out",
+            str(out),
+            "--model",
+            str(ensemble_dir),
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert [c["case_id"] for c in summary["cases"]] == ["first", "second"]
@@ -123,7 +166,9 @@ def test_cli_writes_one_bundle_per_input(tmp_path, ensemble_dir):
     manifest = json.loads((out / "first" / "manifest.json").read_text())
     assert "inference" in json.dumps(manifest) and "restore" in json.dumps(manifest)
 
-    missing = runner.invoke(app, ["segment", str(tmp_path / "nope.nii.gz"), "--out", str(out), "--model", str(ensemble_dir)])
+    missing = runner.invoke(
+        app, ["segment", str(tmp_path / "nope.nii.gz"), "--out", str(out), "--model", str(ensemble_dir)]
+    )
     assert missing.exit_code == 2 and "nope.nii.gz: no such file" in missing.output
     bad_model = runner.invoke(app, ["segment", str(first), "--out", str(out), "--model", str(tmp_path / "none")])
     assert bad_model.exit_code == 2 and "no such model folder" in bad_model.output
@@ -133,8 +178,9 @@ def test_members_trained_under_bf16_run_under_it_unless_the_caller_says_otherwis
     from deconvseg.pipeline.segment import InferenceConfig, effective_config
 
     def model(*flags):
-        return Ensemble.from_networks([(Threshold(), {**_meta((2.0, 2.0, 2.0), (8, 8, 8)), "training": flag})
-                                       for flag in flags])
+        return Ensemble.from_networks(
+            [(Threshold(), {**_meta((2.0, 2.0, 2.0), (8, 8, 8)), "training": flag}) for flag in flags]
+        )
 
     bf16, fp32 = {"bf16": True}, {"bf16": False}
     assert effective_config(InferenceConfig(threads=1), model(bf16, bf16)).bf16

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -50,8 +52,8 @@ def segment(
 ) -> None:
     """Segment each INPUT with the model's ensemble; write labels, uncertainty, DICOM-SEG/RTSTRUCT, report."""
     import torch
-    from rich.progress import track
 
+    from deconvseg.flows.progress import case_bars, stage_lines
     from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
     from deconvseg.pipeline.config import load_config, validate_config
     from deconvseg.pipeline.devices import resolve_device
@@ -90,19 +92,29 @@ def segment(
         channel=channel,
     )
     summaries = []
-    for case in track(list(cases.values()), description="segmenting", transient=True):
-        summary = run_case(case, ensemble, case_config, out)
-        summaries.append(
-            {
-                "case_id": case.case_id,
-                "bundle": str(summary.bundle),
-                "seconds": round(summary.seconds, 2),
-                "structures": len(summary.stats),
-                "non_empty": summary.non_empty,
-                "flags": len(summary.flags),
-                "case_flags": summary.case_flags,
-            }
-        )
-        typer.echo(f"{case.case_id}: {summary.line()}, {summary.seconds:.1f} s -> {summary.bundle}", err=as_json)
+    with ExitStack() as stack:
+        # A terminal gets bars (cases, and each member's windows); a pipe a line per stage and member.
+        bars = stack.enter_context(case_bars(sys.stderr, len(cases))) if sys.stderr.isatty() else None
+        for case in cases.values():
+            progress = bars.for_case(case.case_id) if bars else stage_lines(case.case_id, _stderr_line)
+            summary = run_case(case, ensemble, case_config, out, progress=progress)
+            if bars:
+                bars.finish_case()
+            summaries.append(
+                {
+                    "case_id": case.case_id,
+                    "bundle": str(summary.bundle),
+                    "seconds": round(summary.seconds, 2),
+                    "structures": len(summary.stats),
+                    "non_empty": summary.non_empty,
+                    "flags": len(summary.flags),
+                    "case_flags": summary.case_flags,
+                }
+            )
+            typer.echo(f"{case.case_id}: {summary.line()}, {summary.seconds:.1f} s -> {summary.bundle}", err=as_json)
     if as_json:
         typer.echo(json.dumps({"cases": summaries}))
+
+
+def _stderr_line(line: str) -> None:
+    typer.echo(line, err=True)

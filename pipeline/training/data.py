@@ -13,7 +13,7 @@ raw scanner values would, and the lost scaling does not matter. Spacing is the n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -71,6 +71,17 @@ class TrainingData:
     spacing: tuple[float, float, float]
     normalization: dict[str, Any]
     description: dict[str, Any]
+
+    def at_spacing(self, spacing: tuple[float, float, float] | None) -> TrainingData:
+        """The same cases and normalisation on another working grid (a member with its own spacing)."""
+        if spacing is None or np.allclose(spacing, self.spacing):
+            return self
+        return replace(
+            self,
+            train=[prepare_case(c.original, self.normalization, spacing) for c in self.train],
+            val=[prepare_case(c.original, self.normalization, spacing) for c in self.val],
+            spacing=spacing,
+        )
 
 
 def read_cases(config: DataConfig) -> tuple[list[Case], list[Case], LabelTable, dict[str, Any]]:

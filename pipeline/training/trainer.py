@@ -68,6 +68,7 @@ class MemberConfig(Settings):
     lr: float | None = None
     batch_size: int | None = None
     patch_size: tuple[int, int, int] | None = None
+    spacing: tuple[float, float, float] | None = None  # working spacing (x, y, z) mm; unset: data.spacing
     context_factor: tuple[int, int, int] | None = None  # two-scale networks only
 
 
@@ -191,6 +192,7 @@ def train_member(
     """
     device = resolve_device(config.device, "device")
     amp = amp_policy(device, config.precision)
+    data = data.at_spacing(member.spacing)
     settings = member_settings(config, member)
     steps, patch = settings["steps"], settings["patch_size"]
     names = data.labels.names
