@@ -48,6 +48,10 @@ class CaseBars:
 
         return report
 
+    def say(self, line: str) -> None:
+        """Print ``line`` above the bars."""
+        self.bars.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def finish_case(self) -> None:
         for task in self.tasks.values():
             self.bars.remove_task(task)
@@ -63,5 +67,6 @@ def case_bars(stream: TextIO, cases: int) -> Iterator[CaseBars]:
     from rich.progress import Progress as Bars
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Bars(*columns, console=Console(file=stream), transient=True) as bars:
+    bars = Bars(*columns, console=Console(file=stream), transient=True, redirect_stdout=False, redirect_stderr=False)
+    with bars:
         yield CaseBars(bars, cases)

@@ -165,6 +165,12 @@ def test_cli_writes_one_bundle_per_input(tmp_path, ensemble_dir):
     assert (out / "second" / "uncertainty.nii.gz").is_file()
     manifest = json.loads((out / "first" / "manifest.json").read_text())
     assert "inference" in json.dumps(manifest) and "restore" in json.dumps(manifest)
+    # piped (no terminal): a line per finished stage and member, then the case's line
+    piped = runner.invoke(app, ["segment", str(first), "--out", str(tmp_path / "o2"), "--model", str(ensemble_dir)])
+    member = load_ensemble(ensemble_dir).members[0].name
+    lines = piped.stdout.splitlines()
+    assert any(line.startswith(f"first: member {member}: ") and " windows in " in line for line in lines), lines
+    assert lines.index(next(x for x in lines if x.startswith("first: restore in"))) < len(lines) - 1
 
     missing = runner.invoke(
         app, ["segment", str(tmp_path / "nope.nii.gz"), "--out", str(out), "--model", str(ensemble_dir)]

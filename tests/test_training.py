@@ -174,3 +174,22 @@ def test_a_member_without_its_final_record_is_not_finished(tmp_path):
     (folder / RESUME).mkdir()
     (folder / RESUME / "state.json").write_text("{}")
     assert not is_trained(folder)
+
+
+def test_a_member_with_its_own_spacing_trains_on_that_grid_and_the_ensemble_fuses_on_the_finest(tiny_data, tmp_path):
+    from deconvseg.pipeline.ensemble import load_ensemble
+    from deconvseg.pipeline.segment import member_probabilities
+
+    members = [
+        MemberConfig(name="coarse", arch_kwargs=TINY_NET, seed=1),
+        MemberConfig(name="fine", arch_kwargs=TINY_NET, seed=2, spacing=(4.0, 4.0, 12.0), patch_size=(8, 32, 32)),
+    ]
+    train_ensemble(tiny_config(tmp_path / "ens", steps=2, members=members), tiny_data)
+    fine = json.loads((tmp_path / "ens" / "fine" / "model.json").read_text())
+    assert fine["spacing"] == [4.0, 4.0, 12.0] and fine["patch_size"] == [8, 32, 32]
+    assert json.loads((tmp_path / "ens" / "coarse" / "model.json").read_text())["spacing"] == [8.0, 8.0, 12.0]
+    image = tiny_data.val[0].original.image
+    stack, grid = member_probabilities(image, load_ensemble(tmp_path / "ens"))
+    assert grid.spacing == pytest.approx((4.0, 4.0, 12.0))  # the 2x finer in-plane grid of "fine"
+    assert stack.shape[0] == 2 and stack.shape[2:] == grid.shape
+    np.testing.assert_allclose(stack.sum(axis=1), 1.0, atol=1e-4)

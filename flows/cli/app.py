@@ -19,7 +19,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 import typer
 
@@ -67,6 +67,11 @@ class _HeldStderr:
         self._saved_stream = sys.stderr
         os.dup2(self._sink.fileno(), 2)
         sys.stderr = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        self.terminal = (
+            open(os.dup(self._saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+            if os.isatty(self._saved_fd)
+            else None
+        )
         self.held = True
 
     def release(self, show: bool) -> None:
@@ -74,6 +79,9 @@ class _HeldStderr:
         if not self.held:
             return
         self.held = False
+        if self.terminal:
+            self.terminal.close()
+            self.terminal = None
         sys.stderr.close()
         sys.stderr = self._saved_stream
         os.dup2(self._saved_fd, 2)
@@ -93,6 +101,14 @@ def release_stderr() -> None:
     starts a long-running child whose own output must stream)."""
     if _HELD:
         _HELD[-1].release(show=True)
+
+
+def terminal() -> TextIO | None:
+    """The terminal behind the held stderr, for live progress bars (erased when they end, so a refusal
+    still leaves one line); ``None`` when standard error is not a terminal."""
+    if not _HELD:
+        return sys.stderr if sys.stderr.isatty() else None
+    return _HELD[-1].terminal
 
 
 @contextlib.contextmanager

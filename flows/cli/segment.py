@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from contextlib import ExitStack
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from deconvseg.flows.cli.app import app, one_line_errors
+from deconvseg.flows.cli.app import app, one_line_errors, terminal
 from deconvseg.flows.inputs import case_id_of
 
 
@@ -92,11 +93,14 @@ def segment(
         channel=channel,
     )
     summaries = []
+    screen = terminal()
+    # A terminal gets bars (cases, and each member's windows); a pipe a line per stage and member (on
+    # stdout beside the case lines; with --json on stderr, which shows it when the command ends).
+    lines = functools.partial(typer.echo, err=as_json)
     with ExitStack() as stack:
-        # A terminal gets bars (cases, and each member's windows); a pipe a line per stage and member.
-        bars = stack.enter_context(case_bars(sys.stderr, len(cases))) if sys.stderr.isatty() else None
+        bars = stack.enter_context(case_bars(screen, len(cases))) if screen else None
         for case in cases.values():
-            progress = bars.for_case(case.case_id) if bars else stage_lines(case.case_id, _stderr_line)
+            progress = bars.for_case(case.case_id) if bars else stage_lines(case.case_id, lines)
             summary = run_case(case, ensemble, case_config, out, progress=progress)
             if bars:
                 bars.finish_case()
@@ -111,10 +115,10 @@ def segment(
                     "case_flags": summary.case_flags,
                 }
             )
-            typer.echo(f"{case.case_id}: {summary.line()}, {summary.seconds:.1f} s -> {summary.bundle}", err=as_json)
+            line = f"{case.case_id}: {summary.line()}, {summary.seconds:.1f} s -> {summary.bundle}"
+            if bars and not as_json and sys.stdout.isatty():
+                bars.say(line)  # the same terminal: above the bars, not through them
+            else:
+                typer.echo(line, err=as_json)
     if as_json:
         typer.echo(json.dumps({"cases": summaries}))
-
-
-def _stderr_line(line: str) -> None:
-    typer.echo(line, err=True)
