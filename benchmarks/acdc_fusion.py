@@ -3,10 +3,11 @@
 Prints one JSON line per variant, scored on the input grid without refinement: each member alone,
 ``mean``, ``weighted_mean`` (weights = the members' validation Dice per class, ``deconvseg.pipeline.fusion.
 dice_weights``), the same weights squared and to the fourth power (sharper preference for the best
-member), ``majority`` and ``staple``; then the ensemble as stored (its rule and refinement plan,
-``segment_case``). Keys: ``model``, ``mean_dice``, ``dice``, ``hd95``, ``cases``.
+member), ``majority`` and ``staple``; with ``--subsets K``, the Dice-weighted mean of every K-member subset
+(which members to keep within a CPU budget); then the ensemble as stored (its rule and refinement
+plan, ``segment_case``). Keys: ``model``, ``mean_dice``, ``dice``, ``hd95``, ``cases``.
 
-    .venv/bin/python benchmarks/acdc_fusion.py [--model models/weights/acdc] [--data ../shared/data/acdc]
+    .venv/bin/python benchmarks/acdc_fusion.py [--model models/weights/acdc] [--data ../shared/data/acdc] [--subsets 4]
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "acdc"))
     parser.add_argument("--split", default=None, help="list file (default: <data>/splits/val.list)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--subsets", type=int, nargs="*", default=[], help="also fuse every subset of these sizes")
     args = parser.parse_args()
+
+    import itertools
 
     import numpy as np
     import torch
@@ -48,12 +52,21 @@ def main() -> None:
                      "weighted_mean (Dice^2)": ("weighted_mean", weights ** 2),
                      "weighted_mean (Dice^4)": ("weighted_mean", weights ** 4),
                      "majority": ("majority", None), "staple": ("staple", None)})
+    names = [member.name for member in ensemble.members]
+    for size in args.subsets:
+        for subset in itertools.combinations(range(len(names)), size):
+            variants[" + ".join(names[i] for i in subset)] = ("subset", list(subset))
     config = effective_config(InferenceConfig(threads=args.threads), ensemble)
     predictions: dict[str, list[np.ndarray]] = {name: [] for name in variants}
     for case in cases:
         stack, grid = member_probabilities(case.image, ensemble, config)
         for name, (rule, arg) in variants.items():
-            fused = stack[arg] if rule == "member" else fuse(stack, rule, arg)
+            if rule == "member":
+                fused = stack[arg]
+            elif rule == "subset":
+                fused = fuse(stack[arg], "weighted_mean", weights[arg])
+            else:
+                fused = fuse(stack, rule, arg)
             predictions[name].append(restore_labels(values[fused.argmax(0)], fused.max(0), grid, case.image, config.slab))
     for name, labels in predictions.items():
         print(json.dumps(line(name + " (unrefined)", score_predictions(cases, labels, table))), flush=True)

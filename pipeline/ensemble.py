@@ -104,6 +104,8 @@ class EnsembleSettings(BaseModel):
         metrics: the ensemble's validation metrics.
         domain: what the model was trained on and the calibrated thresholds of its checks
             (``deconvseg.pipeline.domain``); ``None`` for a model without the record (no checks run).
+        inference: ``InferenceConfig`` fields the model's figures were measured with (e.g. windows
+            per network call), used where the caller leaves them unset.
     """
 
     model_config = ConfigDict(frozen=True, extra="allow")
@@ -116,6 +118,7 @@ class EnsembleSettings(BaseModel):
     shape_guard: str | None = None
     metrics: dict[str, Any] = {}
     domain: TrainingDomain | None = None
+    inference: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ class Ensemble:
             raise ConfigError(f"invalid model spec: {err.errors()[0]['msg']}") from err
         if not members:
             raise ConfigError("an ensemble needs at least one network")
-        if any(member.spec.labels != members[0].spec.labels for member in members):
+        if any(member.spec.table != members[0].spec.table for member in members):
             raise ConfigError("ensemble members have different label tables; retrain them on one label table")
         return ensemble
 
@@ -220,7 +223,7 @@ def load_ensemble(folder: str | Path, device: str | torch.device = "cpu") -> Ens
         raise InputError(folder, f"no {META} in it or its subfolders", "pass a checkpoint or ensemble folder")
     members = tuple(_load_member(path, device) for path in paths)
     for member in members[1:]:
-        if member.spec.labels != members[0].spec.labels:
+        if member.spec.table != members[0].spec.table:
             raise InputError(
                 member.folder / META,
                 f"labels differ from {members[0].name}'s",

@@ -182,9 +182,10 @@ def foreground_box(volume: Volume, margin_mm: float, min_size: Sequence[int] = (
 def effective_config(config: InferenceConfig, ensemble: Ensemble) -> InferenceConfig:
     """``config`` with the settings the members were validated with in the fields the caller left
     unset: bf16 autocast when every member trained (and was selected) under it -- 4-5x faster on
-    CPUs with AVX512-BF16 (ACDC, 2026-11-26), and the arithmetic its validation Dice was measured in."""
+    CPUs with AVX512-BF16 (ACDC, 2026-11-26), and the arithmetic its validation Dice was measured in --
+    and the ``inference`` fields of ``ensemble.json`` (what its figures were measured with)."""
     validated = {"bf16": True} if ensemble.bf16 else {}
-    return InferenceConfig(**{**validated, **config.model_dump(exclude_unset=True)})
+    return InferenceConfig(**{**validated, **ensemble.settings.inference, **config.model_dump(exclude_unset=True)})
 
 
 def member_outputs(

@@ -104,6 +104,13 @@ def test_members_with_different_label_tables_are_refused():
         Ensemble.from_networks(members)
 
 
+def test_members_written_before_and_after_a_label_field_was_added_fuse():
+    newer = _meta((2.0, 2.0, 2.0), (8, 8, 8))
+    newer["labels"] = [{**label, "modifier": None} for label in newer["labels"]]  # what a newer trainer writes
+    ensemble = Ensemble.from_networks([(Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8))), (Threshold(), newer)])
+    assert len(ensemble.members) == 2
+
+
 @pytest.fixture
 def ensemble_dir(tmp_path):
     """Two randomly initialised registry networks (a DeconvNet and a two-scale net) on disk."""
@@ -194,3 +201,7 @@ def test_members_trained_under_bf16_run_under_it_unless_the_caller_says_otherwis
     assert not effective_config(InferenceConfig(bf16=False), model(bf16, bf16)).bf16
     assert not effective_config(InferenceConfig(), model(bf16, fp32)).bf16
     assert not effective_config(InferenceConfig(), model({})).bf16
+    # the model's measured inference settings (ensemble.json "inference") fill what the caller left unset
+    tuned = model(bf16).with_settings(inference={"batch_size": 4, "overlap": 0.25})
+    assert effective_config(InferenceConfig(), tuned).batch_size == 4
+    assert effective_config(InferenceConfig(overlap=0.5), tuned).overlap == 0.5

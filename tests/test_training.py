@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 
 import numpy as np
@@ -130,6 +131,11 @@ def test_ensemble_writes_ensemble_json_and_skips_finished_members(tiny_data, tmp
     assert {"steps", "rejected", "dice"} <= set(written["postprocess"])
     assert written["metrics"]["cases"] == 1 and 0.0 <= written["metrics"]["mean_dice"] <= 1.0
     assert math.isclose(written["train_seconds"], sum(m["seconds"] for m in written["members"].values()), abs_tol=0.2)
+    # a member swapped for another: the gather fits the plan to the members as they are now
+    shutil.rmtree(tmp_path / "ens" / "b")
+    swapped = [members[1], MemberConfig(name="c", arch_kwargs=TINY_NET, seed=3, steps=4)]
+    again = train_ensemble(config.model_copy(update={"members": swapped, "fusion_weights": {}}), tiny_data)
+    assert again["weights_order"] == ["a", "c"] and "postprocess" in again
 
 
 def test_weighted_fusion_without_weights_takes_each_members_validation_dice_per_class(tiny_data, tmp_path):

@@ -111,6 +111,9 @@ class TrainConfig(Settings):
     # bundle's QA,
     # a folder relative to ``out``; stored in ensemble.json as "shape_guard"
     shape_guard: str | None = None
+    # InferenceConfig fields the model's figures were measured with (e.g. batch_size), stored in
+    # ensemble.json as "inference" and used wherever a caller leaves them unset
+    inference: dict[str, Any] = {}
     members: list[MemberConfig] = [MemberConfig(name="deconvnet3d")]
 
 
@@ -434,6 +437,8 @@ def train_ensemble(
     }
     if config.shape_guard:
         ensemble["shape_guard"] = config.shape_guard
+    if config.inference:
+        ensemble["inference"] = InferenceConfig(**config.inference).model_dump(include=set(config.inference))
     if config.postprocess_candidates:
         same = (
             "postprocess" in previous
@@ -443,6 +448,7 @@ def train_ensemble(
         if same:
             ensemble.update(postprocess=previous["postprocess"], metrics=previous.get("metrics"))
         else:
+            write_json_atomic(out / ENSEMBLE, ensemble)  # the search loads the members as they are now
             ensemble["postprocess"], ensemble["metrics"] = _fit_plan(config, data, ensemble)
     write_json_atomic(out / ENSEMBLE, ensemble)
     return write_domain(
