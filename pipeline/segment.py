@@ -33,7 +33,14 @@ from deconvseg.pipeline.autoencoding.assessment import ShapeAssessment
 from deconvseg.pipeline.config import Settings
 from deconvseg.pipeline.ensemble import Ensemble
 from deconvseg.pipeline.errors import ConfigError
-from deconvseg.pipeline.fusion import Rule, RunningFusion, dice_weights, structure_uncertainty, voxel_uncertainty
+from deconvseg.pipeline.fusion import (
+    Rule,
+    RunningFusion,
+    channel_argmax,
+    dice_weights,
+    structure_uncertainty,
+    voxel_uncertainty,
+)
 from deconvseg.pipeline.guards import check_memory
 from deconvseg.pipeline.inference import prepare_predictor, sliding_window
 from deconvseg.pipeline.labels import LabelTable
@@ -331,8 +338,7 @@ def segment_case(
     assert fusion is not None  # an ensemble has at least one member
     with _timed(timings, "fusion", progress):
         fused = fusion.result()
-        fused_channels = fused.argmax(axis=0).astype(np.uint8)
-        confidence = fused.max(axis=0)
+        fused_channels, confidence = channel_argmax(fused)
     with _timed(timings, "uncertainty", progress):
         member_channels = fusion.labels
         uncertainty = voxel_uncertainty(fused, member_channels, fused_channels, config.slab)
