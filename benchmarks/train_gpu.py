@@ -61,7 +61,7 @@ def run(config: TrainConfig, data, member, steps: int, warmup: int, folder: Path
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "acdc.yaml")
-    parser.add_argument("--member", default="deconvnet-skip-s0")
+    parser.add_argument("--member", default="deconvnet-add-s1")
     parser.add_argument("--steps", type=int, default=300, help="GPU steps")
     parser.add_argument("--cpu-steps", type=int, default=30, help="CPU steps (0: skip the CPU run)")
     parser.add_argument("--warmup", type=int, default=10)
