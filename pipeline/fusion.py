@@ -35,6 +35,19 @@ def mean_fusion(probabilities: np.ndarray) -> np.ndarray:
     return probabilities.mean(axis=0, dtype=np.float32)
 
 
+def member_shares(weights: np.ndarray, members: int, classes: int) -> np.ndarray:
+    """``(M, C)`` float32 weights from ``(M,)`` or ``(M, C)`` ones, normalised to sum to 1 over the members.
+
+    Raises:
+        ValueError: for negative weights or a class whose weights are all zero.
+    """
+    w = np.asarray(weights, dtype=np.float32)
+    w = np.broadcast_to(w[:, None] if w.ndim == 1 else w, (members, classes))
+    if (w < 0).any() or (w.sum(axis=0) <= 0).any():
+        raise ValueError(f"fusion weights must be non-negative with a positive sum per class, got {w.tolist()}")
+    return w / w.sum(axis=0, keepdims=True)
+
+
 def weighted_mean_fusion(probabilities: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Per-class weighted average over members, renormalised to sum to 1 over classes.
 
@@ -45,11 +58,7 @@ def weighted_mean_fusion(probabilities: np.ndarray, weights: np.ndarray) -> np.n
     Raises:
         ValueError: for negative weights or a class whose weights are all zero.
     """
-    w = np.asarray(weights, dtype=np.float32)
-    w = np.broadcast_to(w[:, None] if w.ndim == 1 else w, probabilities.shape[:2])
-    if (w < 0).any() or (w.sum(axis=0) <= 0).any():
-        raise ValueError(f"fusion weights must be non-negative with a positive sum per class, got {w.tolist()}")
-    w = w / w.sum(axis=0, keepdims=True)
+    w = member_shares(weights, *probabilities.shape[:2])
     shape = w.shape + (1,) * (probabilities.ndim - 2)
     fused = np.einsum("mc...,mc...->c...", probabilities, w.reshape(shape).astype(np.float32))
     return (fused / np.maximum(fused.sum(axis=0, keepdims=True), np.float32(1e-12))).astype(np.float32)
@@ -151,13 +160,10 @@ class RunningFusion:
             raise ValueError(f"unknown fusion rule {rule!r}; choose one of {', '.join(RULES)}")
         if rule == "weighted_mean" and weights is None:
             raise ValueError("weighted_mean fusion needs weights (see dice_weights)")
-        uniform = weights is None or rule == "mean"
-        w = np.ones((members, classes), np.float32) if uniform else np.asarray(weights, np.float32)
-        w = np.broadcast_to(w[:, None] if w.ndim == 1 else w, (members, classes))
-        if (w < 0).any() or (w.sum(axis=0) <= 0).any():
-            raise ValueError(f"fusion weights must be non-negative with a positive sum per class, got {w.tolist()}")
         self.rule = rule
-        self.weights = w / w.sum(axis=0, keepdims=True)
+        self.weights = member_shares(
+            weights if weights is not None and rule != "mean" else np.ones(members), members, classes
+        )
         self.labels = np.zeros((members, *shape), np.uint8)
         self.total = np.zeros((classes, *shape), np.float32) if rule in ("mean", "weighted_mean") else None
 

@@ -327,11 +327,11 @@ def segment_case(
     weights: list[float] | list[list[float]] | np.ndarray | None = settings.weights
     if rule == "weighted_mean" and weights is None:
         weights = dice_weights([spec.metrics for spec in ensemble.specs], table.names)
+    matrix = None if weights is None else np.asarray(weights, dtype=np.float32)
     fusion: RunningFusion | None = None
     for index, probs, box, grid in member_outputs(image, ensemble, config, timings, progress):
         with _timed(timings, "fusion"):
-            if fusion is None:
-                matrix = None if weights is None else np.asarray(weights, dtype=np.float32)
+            if fusion is None:  # the grid is known once the first member is out
                 fusion = RunningFusion(rule, matrix, len(ensemble.members), len(values), grid.shape)
             fusion.add(index, probs, box)
             del probs

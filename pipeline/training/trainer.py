@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import field_validator
 
 from deconvseg.models.registry import build_model
 from deconvseg.pipeline.checkpoints import ENSEMBLE, META, save_checkpoint
@@ -115,6 +116,12 @@ class TrainConfig(Settings):
     # ensemble.json as "inference" and used wherever a caller leaves them unset
     inference: dict[str, Any] = {}
     members: list[MemberConfig] = [MemberConfig(name="deconvnet3d")]
+
+    @field_validator("inference")
+    @classmethod
+    def _known_inference_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Checked when the config is read, not when the ensemble is gathered an hour later."""
+        return InferenceConfig(**value).model_dump(include=set(value))
 
 
 @dataclass(frozen=True)
@@ -438,7 +445,7 @@ def train_ensemble(
     if config.shape_guard:
         ensemble["shape_guard"] = config.shape_guard
     if config.inference:
-        ensemble["inference"] = InferenceConfig(**config.inference).model_dump(include=set(config.inference))
+        ensemble["inference"] = config.inference
     if config.postprocess_candidates:
         same = (
             "postprocess" in previous
