@@ -9,7 +9,8 @@ By default the committed checkpoints are scored (no retraining). ``--retrain`` f
 ``configs/acdc.yaml`` (one process per member, in parallel) and ``configs/acdc-deconvnet-pure.yaml``.
 ``--model`` scores only the given folders (e.g. one per process, to use both cores).
 
-    .venv/bin/python benchmarks/acdc.py [--data ../shared/data/acdc] [--model DIR ...] [--overlap 0.25] [--mirror-axes 1 2] [--retrain]
+    .venv/bin/python benchmarks/acdc.py [--data ../shared/data/acdc] [--model DIR ...] [--overlap 0.25] [--window fit] [--mirror-axes 1 2]
+        [--retrain]
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> None:
                         help="checkpoint or ensemble folder (repeatable; default: every member, the baselines, the ensemble)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: InferenceConfig's)")
+    parser.add_argument("--window", choices=["patch", "fit"], default="patch",
+                        help="sliding windows of the training patch, or fewer larger ones (InferenceConfig.window)")
     parser.add_argument("--mirror-axes", type=int, nargs="*", default=[],
                         help="test-time mirroring over these axes (0=z, 1=y, 2=x), e.g. --mirror-axes 1 2")
     parser.add_argument("--retrain", action="store_true", help="train everything first (about an hour)")
@@ -65,7 +68,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cases = read_eval_cases(args.data, args.split or Path(args.data) / "splits" / "val.list")
     options = {"overlap": args.overlap} if args.overlap is not None else {}
-    config = InferenceConfig(threads=args.threads, mirror_axes=tuple(args.mirror_axes), **options)
+    config = InferenceConfig(threads=args.threads, mirror_axes=tuple(args.mirror_axes), window=args.window, **options)
     folders = [Path(m) for m in args.model] if args.model else [
         *sorted(p for root in (ENSEMBLE, BASELINES) if root.is_dir() for p in root.iterdir() if (p / "model.json").is_file()),
         ENSEMBLE,
@@ -82,6 +85,8 @@ def main() -> None:
             name += f", mirrored over axes {args.mirror_axes}"
         if args.overlap is not None:
             name += f", overlap {args.overlap:g}"
+        if args.window != "patch":
+            name += f", {args.window} windows"
         print(json.dumps(row(name, result, ensemble.specs)), flush=True)
 
 

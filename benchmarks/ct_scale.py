@@ -1,6 +1,7 @@
 """Ensemble inference at CT scale against a MONAI recipe doing the same work, in one run.
 
-    python benchmarks/ct_scale.py --preset real [--overlap 0.5] [--bf16 | --no-bf16] [--no-crop] [--compile]
+    python benchmarks/ct_scale.py --preset real [--overlap 0.5] [--window fit] [--bf16 | --no-bf16] [--no-crop]
+                                  [--compile] [--no-monai]
     python benchmarks/ct_scale.py --preset tiny                # the small networks of the first benchmark
     python benchmarks/ct_scale.py --switches     # seconds per window under bf16 / channels_last / compile
 
@@ -8,7 +9,8 @@ Input: the TotalSegmentator example CT (``shared/data/totalsegmentator_example/e
 3 mm) resampled (linear, air outside) to 512 x 512 x 250 voxels at 0.8 x 0.8 x 1.5 mm and written as
 int16 NIfTI to a temporary folder. Networks: ``members`` randomly initialised DeconvNet3d variants
 (concat skips, add skips, concat with one conv per block) built by ``deconvseg.models.registry`` and saved
-as an ensemble (speed does not depend on the weights). Presets:
+as an ensemble. Inference speed does not depend on the weights; the label maps of random networks are
+noise, the worst case for the stages after it (restore, exports). Presets:
 
 - ``real``: the size we train -- widths 16-32-64-128, 96^3 windows on a 1.5 mm working grid.
 - ``tiny``: widths 8-16-32-64, 128^3 windows on a 3 mm grid.
@@ -19,13 +21,16 @@ default: ``--no-crop`` turns it off), which the MONAI recipe has no step for.
 
 Each pipeline runs in its own child process, so that peak RSS (``ru_maxrss``) is its own:
 
-- ours: ``read_volume`` -> ``load_ensemble`` -> ``segment_case`` (resample, normalise, Gaussian
-  sliding window per member, fusion, uncertainty, refinement plan, label-consistent restore of
-  labels and uncertainty to the input grid in slabs) -> ``write_volume`` of the label map.
+- ours: ``load_ensemble`` -> ``run_case``, the path of ``deconvseg segment``: read, domain checks, memory
+  guard, ``segment_case`` (resample, crop to the body, normalise, Gaussian sliding window per member,
+  fusion, uncertainty, refinement plan, label-consistent restore of labels and uncertainty to the input
+  grid in slabs) and every export of the review bundle (labels and uncertainty NIfTI, Slicer seg.nrrd,
+  stats, QA, overlays, report, manifest). ``--window fit`` runs fewer, larger windows
+  (``InferenceConfig.window``); MONAI keeps the training patch.
 - MONAI: ``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Spacingd`` (3 mm, bilinear) ->
   ``ScaleIntensityRanged`` (the same CT normalisation) -> ``sliding_window_inference`` (Gaussian,
   same patch and overlap) per network, softmax mean -> ``Invertd`` (bilinear back to the input
-  grid) -> argmax -> ``SaveImaged`` (NIfTI, uint8).
+  grid) -> argmax -> ``SaveImaged`` (NIfTI, uint8): the label map only.
 
 Both use ``torch.set_num_threads(threads)``. Times exclude Python/torch start-up (reported apart
 as ``*_process_s``). The last line is one JSON object: ``total_s``, ``peak_rss_mib``, ``stages``,
@@ -97,34 +102,32 @@ def run_ours(ct: Path, model: Path, out: Path, args: argparse.Namespace) -> dict
     import psutil
     import torch
 
+    from deconvseg.pipeline.case import CaseConfig, CaseInput, run_case
     from deconvseg.pipeline.ensemble import load_ensemble
     from deconvseg.pipeline.guards import estimate_peak_memory
-    from deconvseg.pipeline.io.volumes import read_volume, write_volume
-    from deconvseg.pipeline.segment import InferenceConfig, segment_case
+    from deconvseg.pipeline.io.volumes import read_volume
+    from deconvseg.pipeline.segment import InferenceConfig
 
     torch.set_num_threads(args.threads)
-    stages: dict[str, float] = {}
     start = time.perf_counter()
-    image = read_volume(ct)
-    stages["ingest"] = time.perf_counter() - start
-    t = time.perf_counter()
     ensemble = load_ensemble(model)
-    stages["load_models"] = time.perf_counter() - t
-    config = InferenceConfig(threads=args.threads, overlap=args.overlap, bf16=args.bf16, crop_foreground=args.crop,
-                             compile=args.compile)
-    parts = estimate_peak_memory(image, ensemble).parts
-    # The guard's terms beyond what is already resident (input, parameters) against the growth of RSS.
-    predicted_added = sum(v for k, v in parts.items() if k not in ("input", "parameters")) / 2**20
+    load_s = time.perf_counter() - start
+    inference = InferenceConfig(threads=args.threads, overlap=args.overlap, window=args.window, bf16=args.bf16,
+                                crop_foreground=args.crop, compile=args.compile)
     baseline = psutil.Process().memory_info().rss / 2**20
-    result = segment_case(image, ensemble, config)
-    stages.update(result.timings)
-    t = time.perf_counter()
-    write_volume(result.labels, out / "labels.nii.gz")
-    stages["write"] = time.perf_counter() - t
+    summary = run_case(CaseInput("ct", ct), ensemble, CaseConfig(inference=inference), out)
     total = time.perf_counter() - start
-    return {"total_s": total, "stages": stages, "peak_rss_mib": _peak_rss_mib(), "voxels": int(image.array.size),
+    peak = _peak_rss_mib()
+    stages = {"load_models": load_s, **json.loads((summary.bundle / "manifest.json").read_text())["timings_s"]}
+    stages["read_and_rest"] = total - sum(stages.values())  # reading the CT, domain checks, manifest hashes
+    # The guard (computed after the run: its one-off probe is inside the timed run) against the growth of RSS,
+    # counting its terms beyond what is already resident (input, parameters).
+    parts = estimate_peak_memory(read_volume(ct), ensemble, window=args.window, overlap=args.overlap).parts
+    predicted_added = sum(v for k, v in parts.items() if k not in ("input", "parameters")) / 2**20
+    return {"total_s": total, "stages": stages, "peak_rss_mib": peak, "voxels": 512 * 512 * 250,
             "guard_predicted_mib": sum(parts.values()) / 2**20, "guard_added_mib": predicted_added,
-            "measured_added_mib": _peak_rss_mib() - baseline}
+            "measured_added_mib": peak - baseline, "bundle_files": sorted(
+                str(p.relative_to(summary.bundle)) for p in summary.bundle.rglob("*") if p.is_file())}
 
 
 def run_monai(ct: Path, model: Path, out: Path, threads: int, overlap: float, bf16: bool) -> dict:
@@ -212,7 +215,8 @@ def _child(which: str, args: argparse.Namespace, folder: Path, ct: Path, model: 
     out = folder / f"out-{which}"
     out.mkdir(exist_ok=True)
     command = [sys.executable, __file__, "--child", which, "--ct", str(ct), "--model", str(model), "--out", str(out),
-               "--threads", str(args.threads), "--overlap", str(args.overlap), "--bf16" if args.bf16 else "--no-bf16",
+               "--threads", str(args.threads), "--overlap", str(args.overlap), "--window", args.window,
+               "--bf16" if args.bf16 else "--no-bf16",
                "--crop" if args.crop else "--no-crop", "--compile" if args.compile else "--no-compile"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
@@ -229,6 +233,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="real")
     parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--window", choices=["patch", "fit"], default="patch", help="ours: InferenceConfig.window")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="both pipelines")
     parser.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True, help="ours: body crop")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="ours: torch.compile")
@@ -267,6 +272,7 @@ def main() -> None:
         "members": args.members,
         "process_s": round(ours["process_s"], 2),
         "threads": args.threads, "patch": preset["patch"], "widths": preset["widths"], "overlap": args.overlap,
+        "window": args.window, "bundle_files": ours["bundle_files"],
         "bf16_both": args.bf16, "crop": args.crop, "compile": args.compile,
         "working_spacing_mm": preset["working"],
     }
@@ -288,7 +294,7 @@ def _agreement(folder: Path) -> float | None:
 
     from deconvseg.pipeline.io.volumes import read_volume
 
-    ours = read_volume(folder / "out-ours" / "labels.nii.gz", kind="label")
+    ours = read_volume(folder / "out-ours" / "ct" / "labels.nii.gz", kind="label")
     found = sorted((folder / "out-monai").glob("*seg.nii.gz"))
     if not found:
         return None

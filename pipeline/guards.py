@@ -8,7 +8,7 @@ channels and ``M`` members (float32 = 4 bytes)::
 
     peak = input bytes + 8 N_w S + sum_m P_m + 128 MiB       resident: image, working image(s),
                                                              parameters, torch/oneDNN buffers
-         + max( 8 C N_w + (M + 8) N_w + max_m A_m * batch,   inference: the running fused sum and one
+         + max( 8 C N_w + (M + 8) N_w + max_m A_m F_m batch, inference: the running fused sum and one
                                                              member's map (``fusion.RunningFusion``),
                                                              member labels, argmax, one window's activations
                 10 N_w + 13 N_in )                          restore: confidence, uncertainty and labels on
@@ -17,6 +17,7 @@ channels and ``M`` members (float32 = 4 bytes)::
 
 The stages run one after another, so only the larger of the two phases counts (a sum of every term
 overestimated a real-size CT case 1.4x). Members are fused one at a time: no term grows with M times C.
+``F_m`` is the member's window in patch volumes (1, or more for ``InferenceConfig.window="fit"``).
 ``A_m`` is measured once per network and patch size: one forward pass of a zero window on a
 "meta"-device copy (shapes only, no compute; a real window where an operation has no meta kernel)
 with hooks that add up the bytes of every module's output (an upper bound, since inference frees
@@ -50,6 +51,7 @@ from torch import nn
 
 from deconvseg.pipeline.ensemble import Ensemble, MemberSpec
 from deconvseg.pipeline.errors import ResourceError
+from deconvseg.pipeline.inference import fitted_window
 from deconvseg.pipeline.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -75,9 +77,14 @@ class MemoryEstimate:
         return self.total / MIB
 
 
+def working_shape(image: Volume, spacing_xyz: Sequence[float]) -> tuple[int, ...]:
+    """``(z, y, x)`` of ``image`` resampled to ``spacing_xyz`` (same rule as ``deconvseg.pipeline.resample``)."""
+    return tuple(reversed([max(1, int(round(n * s / t))) for n, s, t in zip(image.size, image.spacing, spacing_xyz)]))
+
+
 def working_size(image: Volume, spacing_xyz: Sequence[float]) -> int:
-    """Voxels of ``image`` resampled to ``spacing_xyz`` (same rule as ``deconvseg.pipeline.resample``)."""
-    return math.prod(max(1, int(round(n * s / t))) for n, s, t in zip(image.size, image.spacing, spacing_xyz))
+    """Voxels of ``image`` resampled to ``spacing_xyz``."""
+    return math.prod(working_shape(image, spacing_xyz))
 
 
 def activation_bytes(model: nn.Module, spec: MemberSpec) -> int:
@@ -120,21 +127,29 @@ def _output_bytes(model: nn.Module, key: tuple, device: str | torch.device) -> i
     return total
 
 
-def estimate_peak_memory(image: Volume, ensemble: Ensemble, *, batch_size: int = 1) -> MemoryEstimate:
+def estimate_peak_memory(
+    image: Volume, ensemble: Ensemble, *, batch_size: int = 1, window: str = "patch", overlap: float = 0.5
+) -> MemoryEstimate:
     """The predicted peak memory of segmenting ``image`` with ``members`` (formula in the module docstring).
 
     Args:
         image: the input volume (only its size, spacing and dtype are used).
         ensemble: the model (``deconvseg.pipeline.ensemble.load_ensemble``).
         batch_size: windows per network call (mirrored passes run one after another and do not add up).
+        window: ``"fit"``: activations of the window ``fitted_window`` picks on the whole working grid
+            (``InferenceConfig.window``; the crop to the body only makes it smaller or equal in cost).
+        overlap: the sliding window's overlap (it decides the fitted window).
     """
     n_in = int(np.prod(image.shape))
     grids = {spec.spacing for spec in ensemble.specs}
     n_w = max(working_size(image, spacing) for spacing in grids)
     channels = max(spec.out_channels for spec in ensemble.specs)
     m = len(ensemble.members)
-    window = max(activation_bytes(member.network, member.spec) for member in ensemble.members)
-    inference = {"probability_maps": 8 * channels * n_w + (m + 8) * n_w, "activations": window * batch_size}
+    activations = max(
+        activation_bytes(member.network, member.spec) * _window_factor(image, member.spec, window, overlap)
+        for member in ensemble.members
+    )
+    inference = {"probability_maps": 8 * channels * n_w + (m + 8) * n_w, "activations": int(activations * batch_size)}
     restore = {"restore_and_export": 10 * n_w + 13 * n_in}
     return MemoryEstimate(
         {
@@ -147,6 +162,14 @@ def estimate_peak_memory(image: Volume, ensemble: Ensemble, *, batch_size: int =
             **(inference if sum(inference.values()) >= sum(restore.values()) else restore),
         }
     )
+
+
+def _window_factor(image: Volume, spec: MemberSpec, window: str, overlap: float) -> float:
+    """The member's window in patch volumes (activations grow with it)."""
+    if window != "fit" or spec.context_factor is not None:
+        return 1.0
+    fitted = fitted_window(working_shape(image, spec.spacing), spec.patch_size, overlap)
+    return math.prod(fitted) / math.prod(spec.patch_size)
 
 
 def max_input_voxels(budget_mib: float | None = None) -> int:
@@ -170,7 +193,7 @@ def check_memory(image: Volume, ensemble: Ensemble, budget_mib: float | None = N
         image: the input volume.
         ensemble: the model.
         budget_mib: the budget in MiB; ``None``: ``DEFAULT_BUDGET_FRACTION`` of physical memory.
-        **kwargs: ``batch_size`` of ``estimate_peak_memory``.
+        **kwargs: ``batch_size``, ``window`` and ``overlap`` of ``estimate_peak_memory``.
 
     Returns:
         The estimate (logged at debug level).

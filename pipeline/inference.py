@@ -49,6 +49,45 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return [round(i * (size - patch) / (count - 1)) for i in range(count)]
 
 
+MAX_WINDOW_FACTOR = 2.5  # the largest fitted window, in patch volumes (activation memory grows with it)
+
+
+def fitted_window(
+    shape: Sequence[int], patch: Sequence[int], overlap: float, max_factor: float = MAX_WINDOW_FACTOR
+) -> tuple[int, int, int]:
+    """The window that covers ``shape`` with the fewest voxel evaluations, from the training ``patch`` up.
+
+    A fully convolutional network runs on any window; fewer, larger windows share less (a 232x204x253
+    crop takes 27 windows of 96^3, 23.9 M voxels, or 8 of 128x112x136, 15.6 M). Per axis the window grows
+    in steps of the patch's stride (its largest power-of-two factor, at most 16) to the size where one
+    window fewer covers the axis at the same ``overlap``; the combination with the fewest evaluated
+    voxels whose window holds at most ``max_factor`` x the patch's voxels wins (memory grows with it).
+
+    Args:
+        shape: ``(z, y, x)`` of the region to cover.
+        patch: the training patch ``(z, y, x)``.
+        overlap: the sliding window's overlap fraction.
+        max_factor: the largest window, in patch volumes.
+    """
+    options = []
+    for size, p in zip(shape, patch):
+        stride = min(p & -p, 16)
+        count = len(window_starts(size, p, overlap))
+        axis = {(p, count)}
+        for n in range(1, count):
+            w = max(p, -(-math.ceil(size / (n - (n - 1) * overlap)) // stride) * stride)
+            while len(window_starts(size, w, overlap)) > n:
+                w += stride
+            axis.add((w, n))
+        options.append(sorted(axis))
+    limit = max_factor * math.prod(patch)
+    best = min(
+        (c for c in itertools.product(*options) if math.prod(w for w, _ in c) <= limit),
+        key=lambda c: (math.prod(w * n for w, n in c), math.prod(w for w, _ in c)),
+    )
+    return best[0][0], best[1][0], best[2][0]
+
+
 def prepare_predictor(
     model: nn.Module,
     *,

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from deconvseg.pipeline.fusion import channel_argmax
 from deconvseg.pipeline.io.sitk_bridge import from_sitk, to_sitk
 from deconvseg.pipeline.volume import Volume
 
@@ -254,6 +257,7 @@ def restore_labels(
     target: Volume,
     slab: int = 16,
     dense_fraction: float = 0.25,
+    threads: int = 1,
 ) -> np.ndarray:
     """Label map on ``target`` that only ever takes labels of the neighbouring ``source`` voxels.
 
@@ -270,13 +274,15 @@ def restore_labels(
         target: the output grid (only its geometry and shape are used).
         slab: target z-slices processed at once.
         dense_fraction: boundary fraction above which a slab is interpolated densely.
+        threads: slabs restored at once.
 
     Returns:
         uint8 array of ``target.shape``.
     """
     values = np.unique(labels).astype(np.uint8)
-    conf = np.ascontiguousarray(confidence, dtype=np.float32)
-    scores = np.stack([np.where(labels == v, conf, np.float32(0)) for v in values])
+    scores = np.zeros((len(values), *labels.shape), dtype=np.float32)
+    for score, value in zip(scores, values):
+        np.copyto(score, confidence, where=labels == value)
     n = labels.shape
     shifted = [np.minimum(np.arange(k) + 1, k - 1) for k in n]
     uniform = np.ones(n, dtype=bool)
@@ -285,22 +291,25 @@ def restore_labels(
         uniform &= corner == labels
     axes = _tables(source, target)
     out = np.empty(target.shape, dtype=np.uint8)
-    for start in range(0, target.shape[0], slab):
-        part = slice(start, min(start + slab, target.shape[0]))
+
+    def restore(part: slice) -> None:
         block = _gather(labels, axes, part)
         boundary = ~_gather(uniform, axes, part)
         if boundary.mean() > dense_fraction:
             rows, cols = (_span(np.asarray(boundary.any(axis=axis))) for axis in ((0, 2), (0, 1)))
-            block[:, rows, cols] = values[_slab(scores, axes, part, rows, cols).argmax(0)]
+            block[:, rows, cols] = values[channel_argmax(_slab(scores, axes, part, rows, cols))[0]]
         elif boundary.any():
             index = np.nonzero(boundary)
             block[index] = values[_points(scores, axes, part, index).argmax(0)]
         out[part] = block
+
+    _each_slab(restore, target.shape[0], slab, threads)
     return out
 
 
-def restore_map(values: np.ndarray, source: Volume, target: Volume, slab: int = 16) -> np.ndarray:
-    """Trilinear interpolation of ``(*source.shape)`` or ``(C, *source.shape)`` values onto ``target``.
+def restore_map(values: np.ndarray, source: Volume, target: Volume, slab: int = 16, threads: int = 1) -> np.ndarray:
+    """Trilinear interpolation of ``(*source.shape)`` or ``(C, *source.shape)`` values onto ``target``,
+    ``slab`` z-slices at a time on ``threads`` threads.
 
     Returns:
         float32 array of ``target.shape`` (with the leading ``C`` axis when ``values`` had one).
@@ -309,7 +318,18 @@ def restore_map(values: np.ndarray, source: Volume, target: Volume, slab: int = 
     array = np.ascontiguousarray(values, dtype=np.float32)
     channels = array if array.ndim == 4 else array[None]
     out = np.empty((channels.shape[0], *target.shape), dtype=np.float32)
-    for start in range(0, target.shape[0], slab):
-        part = slice(start, min(start + slab, target.shape[0]))
-        _slab(channels, axes, part, out=out[:, part])
+    _each_slab(lambda part: _slab(channels, axes, part, out=out[:, part]), target.shape[0], slab, threads)
     return out if array.ndim == 4 else out[0]
+
+
+def _each_slab(work: Callable[[slice], object], depth: int, slab: int, threads: int) -> None:
+    """``work(part)`` for every ``slab`` z-slices of ``depth``, on ``threads`` threads (NumPy and torch
+    release the GIL; at most ``threads`` slabs are in memory at once)."""
+    parts = [slice(start, min(start + slab, depth)) for start in range(0, depth, slab)]
+    if threads <= 1:
+        for part in parts:
+            work(part)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(work, parts):  # re-raises a slab's error
+            pass

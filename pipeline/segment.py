@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from deconvseg.pipeline.fusion import (
     voxel_uncertainty,
 )
 from deconvseg.pipeline.guards import check_memory
-from deconvseg.pipeline.inference import prepare_predictor, sliding_window
+from deconvseg.pipeline.inference import fitted_window, prepare_predictor, sliding_window
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.normalize import foreground_mask, normalize
 from deconvseg.pipeline.postprocess import Prior, apply_plan
@@ -62,6 +62,10 @@ class InferenceConfig(Settings):
         threads: torch threads.
         device: ``auto | cpu | cuda[:N] | mps`` for the networks (``deconvseg.pipeline.devices``).
         overlap: sliding-window overlap fraction per axis.
+        window: ``"patch"``: windows of each member's training patch; ``"fit"``: per case, fewer and larger
+            windows (up to ``MAX_WINDOW_FACTOR`` patch volumes) where they evaluate fewer voxels
+            (``deconvseg.pipeline.inference.fitted_window``; single-input networks). Check a model's accuracy with
+            it before shipping it in the model's ``inference`` settings.
         batch_size: windows per network call (1 was fastest on 2 CPU cores).
         bf16: reduced-precision autocast: bfloat16 where the device supports it (faster on CPUs with
             AVX512-BF16/AMX), float16 on older GPUs; left unset, on when every
@@ -86,6 +90,7 @@ class InferenceConfig(Settings):
     threads: int = 2
     device: str = "auto"
     overlap: float = 0.5
+    window: Literal["patch", "fit"] = "patch"
     batch_size: int = 1
     bf16: bool = False
     channels_last: bool = True
@@ -245,10 +250,12 @@ def member_outputs(
                 device=config.device,
             )
             windows = functools.partial(progress, f"member {member.name}") if progress else None
+            region = volume.array[box]
+            fit = config.window == "fit" and spec.context_factor is None
             probs = sliding_window(
-                volume.array[box],
+                region,
                 predictor,
-                spec.patch_size,
+                fitted_window(region.shape, spec.patch_size, config.overlap) if fit else spec.patch_size,
                 overlap=config.overlap,
                 batch_size=config.batch_size,
                 mirror_axes=config.mirror_axes,
@@ -266,7 +273,7 @@ def member_outputs(
             whole[0] = 1.0
             whole[(slice(None), *box)] = probs.numpy()
             del probs
-            restored = restore_map(whole, volume, grid, config.slab)
+            restored = restore_map(whole, volume, grid, config.slab, config.threads)
         yield index, restored, tuple(slice(0, n) for n in grid.shape), grid
 
 
@@ -320,7 +327,14 @@ def segment_case(
     config = effective_config(config, ensemble)
     timings: dict[str, float] = {}
     with _timed(timings, "memory_check"):
-        check_memory(image, ensemble, config.memory_budget_mib, batch_size=config.batch_size)
+        check_memory(
+            image,
+            ensemble,
+            config.memory_budget_mib,
+            batch_size=config.batch_size,
+            window=config.window,
+            overlap=config.overlap,
+        )
     guard = ensemble_shape_guard(ensemble)  # before inference: a bad guard fails fast
     values = np.array([0, *table.values], dtype=np.uint8)
     rule = config.fusion or settings.fusion
@@ -356,8 +370,8 @@ def segment_case(
         )
         confidence = np.where(refined == fused_labels, confidence, np.float32(1.0))
     with _timed(timings, "restore", progress):
-        labels = restore_labels(refined, confidence, grid, image, config.slab)
-        restored_uncertainty = restore_map(uncertainty, grid, image, config.slab)
+        labels = restore_labels(refined, confidence, grid, image, config.slab, threads=config.threads)
+        restored_uncertainty = restore_map(uncertainty, grid, image, config.slab, config.threads)
         np.clip(restored_uncertainty, 0.0, 1.0, out=restored_uncertainty)
     shape = None
     if guard is not None:

@@ -36,7 +36,10 @@ def test_uncertainty_nifti_keeps_values_and_grid(tmp_path, rng):
     uncertainty = labels.with_array(rng.random(labels.shape).astype(np.float32), kind="image")
     image = sitk.ReadImage(str(write_uncertainty_nifti(tmp_path / "u.nii.gz", uncertainty)))
     back = sample_by_world(sitk.GetArrayFromImage(image), sitk_affine(image), uncertainty)
-    np.testing.assert_allclose(back, uncertainty.array, atol=1e-6)
+    np.testing.assert_allclose(back, uncertainty.array, atol=0.5 / 255 + 1e-6)
+    stored = nib.load(tmp_path / "u.nii.gz")
+    assert stored.get_data_dtype() == np.uint8  # steps of 1/255: a quarter of float32's bytes
+    np.testing.assert_allclose(stored.get_fdata().T, uncertainty.array, atol=0.5 / 255 + 1e-6)
 
 
 def test_labels_json_holds_names_colours_and_codes(tmp_path):

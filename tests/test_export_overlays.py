@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 
 from export_cases import make_case
-from deconvseg.pipeline.export.overlays import write_overlays
+from deconvseg.pipeline.export.overlays import _lps, write_overlays
+from deconvseg.pipeline.io.sitk_bridge import to_sitk
 from deconvseg.pipeline.labels import Label, LabelTable
 from deconvseg.pipeline.volume import Volume
 
@@ -63,3 +67,17 @@ def test_uncertainty_view_is_written_only_with_uncertainty(tmp_path, rng):
     assert sorted(paths) == ["axial", "coronal", "sagittal", "uncertainty"]
     heat = np.asarray(Image.open(paths["uncertainty"]).convert("RGB"))
     assert heat.std() > 10  # not blank
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_lps_views_match_dicomorient_for_every_axis_aligned_direction(order, rng):
+    """The no-copy path (transpose and flips) gives SimpleITK's DICOMOrient voxels and spacing."""
+    array = rng.integers(0, 1000, size=(3, 4, 5)).astype(np.int16)
+    for signs in itertools.product((1.0, -1.0), repeat=3):
+        direction = np.zeros((3, 3))
+        direction[list(order), [0, 1, 2]] = signs  # index axis i runs along world axis order[i]
+        volume = Volume(array, (0.5, 0.7, 2.0), origin=(1.0, -2.0, 3.0), direction=direction)
+        oriented = sitk.DICOMOrient(to_sitk(volume), "LPS")
+        ours, spacing = _lps(volume)
+        np.testing.assert_array_equal(ours, sitk.GetArrayFromImage(oriented))
+        np.testing.assert_allclose(spacing, oriented.GetSpacing())

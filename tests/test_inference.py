@@ -8,7 +8,8 @@ import SimpleITK as sitk
 import torch
 
 from deconvseg.models.deconvnet3d import DeconvNet3d
-from deconvseg.pipeline.inference import gaussian_importance, prepare_predictor, sliding_window, window_starts
+from deconvseg.pipeline.inference import (fitted_window, gaussian_importance, prepare_predictor, sliding_window,
+                                          window_starts)
 from deconvseg.pipeline.io.sitk_bridge import to_sitk
 from deconvseg.pipeline.resample import grid_coordinates, restore_labels, restore_map
 from deconvseg.pipeline.volume import Volume
@@ -52,6 +53,22 @@ def test_windows_and_weights():
     assert weights.shape == (8, 12, 16) and float(weights.min()) > 0 and float(weights.max()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="overlap"):
         sliding_window(np.zeros((4, 4, 4), np.float32), lambda x: x, (2, 2, 2), overlap=1.0)
+
+
+@pytest.mark.parametrize("shape,patch,overlap", [((232, 204, 253), (96, 96, 96), 0.125), ((232, 204, 253), (96, 96, 96), 0.5),
+                                                 ((10, 200, 190), (2, 128, 128), 0.5), ((60, 50, 40), (96, 96, 96), 0.5),
+                                                 ((112, 101, 122), (40, 72, 72), 0.25)])
+def test_fitted_windows_cover_the_region_with_fewer_voxels(shape, patch, overlap):
+    window = fitted_window(shape, patch, overlap)
+    counts = [len(window_starts(n, w, overlap)) for n, w in zip(shape, window)]
+    before = [len(window_starts(n, p, overlap)) for n, p in zip(shape, patch)]
+    assert all(w >= p and w % min(p & -p, 16) == 0 for w, p in zip(window, patch))  # the patch's stride kept
+    assert np.prod(window) <= 2.5 * np.prod(patch)
+    assert np.prod(counts) * np.prod(window) <= np.prod(before) * np.prod(patch)
+    starts = [window_starts(n, w, overlap) for n, w in zip(shape, window)]
+    assert all(s[0] == 0 and s[-1] + w >= n for s, w, n in zip(starts, window, shape))  # every voxel covered
+    if shape == (232, 204, 253) and overlap == 0.125:
+        assert np.prod(counts) * np.prod(window) < 0.75 * np.prod(before) * np.prod(patch)
 
 
 def test_speed_switches_keep_the_network_output(rng):
@@ -98,8 +115,8 @@ def test_bounded_restore_equals_a_direct_restore(rng):
     scores = np.stack([_sitk_linear(np.where(labels == v, confidence, 0), source, target) for v in present])
     direct = present[scores.argmax(0)]
     inside = scores[0] != -1.0
-    for slab, dense in [(2, 0.0), (4, 1.1), (target.shape[0], 0.25)]:
-        bounded = restore_labels(labels, confidence, source, target, slab=slab, dense_fraction=dense)
+    for slab, dense, threads in [(2, 0.0, 1), (4, 1.1, 1), (target.shape[0], 0.25, 1), (2, 0.0, 2), (3, 1.1, 3)]:
+        bounded = restore_labels(labels, confidence, source, target, slab=slab, dense_fraction=dense, threads=threads)
         assert bounded.dtype == np.uint8 and bounded.shape == target.shape
         np.testing.assert_array_equal(bounded[inside], direct[inside])
 

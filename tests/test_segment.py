@@ -84,6 +84,20 @@ def test_progress_reports_every_members_windows_and_each_stage():
     assert stages.index("restore") > stages.index("fusion")
 
 
+def test_fitted_windows_run_fewer_windows_with_the_same_result():
+    image, _ = _sphere()
+    ensemble = Ensemble.from_networks([(Threshold(), _meta((2.0, 2.0, 2.0), (8, 8, 8)))])
+    results, windows = {}, {}
+    for window in ("patch", "fit"):
+        events: list[tuple[str, int, int]] = []
+        config = InferenceConfig(threads=1, window=window, crop_foreground=False)
+        results[window] = segment_case(image, ensemble, config, progress=lambda *event: events.append(event))
+        windows[window] = max(total for stage, _, total in events if stage.startswith("member"))
+    assert windows["fit"] < windows["patch"]
+    # The threshold is voxel-wise, so any tiling gives the same map (a network's would differ slightly).
+    np.testing.assert_array_equal(results["fit"].labels.array, results["patch"].labels.array)
+
+
 def test_stored_plan_refines_and_refine_switch_turns_it_off():
     image, _ = _sphere(island=True)
     plan = {"postprocess": {"steps": [{"step": "remove_islands", "label": 5, "params": {"min_ml": 0.05}}]}}

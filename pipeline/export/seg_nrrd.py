@@ -58,7 +58,7 @@ def segment_fields(labels: Volume, table: LabelTable) -> dict[str, str]:
 
 
 def write_seg_nrrd(path: str | Path, labels: Volume, table: LabelTable) -> Path:
-    """Write ``labels`` as a Slicer ``.seg.nrrd`` (gzip, LPS) atomically.
+    """Write ``labels`` as a Slicer ``.seg.nrrd`` (gzip level 1, LPS) atomically.
 
     Args:
         path: output file, e.g. ``labels.seg.nrrd``.
@@ -76,7 +76,9 @@ def write_seg_nrrd(path: str | Path, labels: Volume, table: LabelTable) -> Path:
         **segment_fields(labels, table),
     }
     with atomic_file(path) as tmp:
-        nrrd.write(str(tmp), labels.array.astype(dtype), header, index_order="C")
+        # gzip level 1, as nibabel writes NIfTI: on a 512x512x250 map it takes 0.3-0.8 s where pynrrd's
+        # default level 9 took 4-22 s, for files 10-50 % larger.
+        nrrd.write(str(tmp), labels.array.astype(dtype), header, index_order="C", compression_level=1)
         text, data = tmp.read_bytes().split(b"\n\n", 1)  # pynrrd stamps the header with the time:
         lines = [line for line in text.split(b"\n") if not line.startswith(b"# on ")]  # drop it (same labels,
         tmp.write_bytes(b"\n".join(lines) + b"\n\n" + data)  # same bytes: bundles compare by hash)

@@ -226,27 +226,34 @@ def _gzip_length(path: Path) -> int:
     return total
 
 
-def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Path:
+def write_volume(volume: Volume, path: str | Path, compress: bool = True, *, slope: float | None = None) -> Path:
     """Write ``volume`` to ``path`` atomically (temporary file in the same folder, then rename).
 
     NIfTI (``.nii``, ``.nii.gz``) is written by nibabel with the RAS affine in both qform and
     sform (code 1, scanner); NRRD and MHA/MHD by SimpleITK. The dtype is kept, except that
     bool becomes uint8 and float16 becomes float32 (no format here stores them).
 
+    Args:
+        slope: NIfTI only: the header's ``scl_slope``, so that readers see ``stored value * slope``
+            (integer steps of a float map; nibabel, SimpleITK/ITK, Slicer and ITK-SNAP apply it).
+
     Raises:
         InputError: the suffix is not a supported format or the folder does not exist.
+        ValueError: ``slope`` for a format other than NIfTI.
     """
     path = Path(path)
     suffix = suffix_of(path)
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(path, f"unknown output format '{suffix}'", f"use one of {', '.join(IMAGE_SUFFIXES)}")
+    if slope is not None and suffix not in (".nii", ".nii.gz"):
+        raise ValueError(f"{path}: a scl_slope is a NIfTI field; write '.nii.gz' or no slope")
     if not path.parent.is_dir():
         raise InputError(path.parent, "output folder does not exist", "create it first")
     if volume.array.dtype in (np.bool_, np.float16):  # no format stores them; widen losslessly
         volume = volume.with_array(volume.array.astype(np.uint8 if volume.array.dtype == np.bool_ else np.float32))
     with atomic_file(path) as tmp:
         if suffix in (".nii", ".nii.gz"):
-            _write_nifti(volume, str(tmp))
+            _write_nifti(volume, str(tmp), slope)
         elif suffix == ".mhd":
             _write_mhd(volume, tmp, path, compress)
         else:
@@ -254,7 +261,7 @@ def write_volume(volume: Volume, path: str | Path, compress: bool = True) -> Pat
     return path
 
 
-def _write_nifti(volume: Volume, path: str) -> None:
+def _write_nifti(volume: Volume, path: str, slope: float | None = None) -> None:
     array = volume.array
     # nibabel asks for an explicit dtype for 64-bit integers (some tools cannot read them).
     dtype = array.dtype if array.dtype in (np.int64, np.uint64) else None
@@ -262,6 +269,8 @@ def _write_nifti(volume: Volume, path: str) -> None:
     image.set_qform(volume.affine_ras(), code=1)
     image.set_sform(volume.affine_ras(), code=1)
     image.header.set_xyzt_units("mm", "sec")
+    if slope is not None:
+        image.header.set_slope_inter(slope, 0.0)
     nib.save(image, path)
 
 
