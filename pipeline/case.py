@@ -217,6 +217,7 @@ def run_case(
             deidentify=config.deidentify,
             manifest=case_manifest(case, ensemble, config, result, record),
             viewer_base=viewer_base,
+            threads=config.inference.threads,
         )
     return CaseSummary(
         case.case_id,
