@@ -57,8 +57,8 @@ def fitted_window(
 ) -> tuple[int, int, int]:
     """The window that covers ``shape`` with the fewest voxel evaluations, from the training ``patch`` up.
 
-    A fully convolutional network runs on any window; fewer, larger windows share less (a 232x204x253
-    crop takes 27 windows of 96^3, 23.9 M voxels, or 8 of 128x112x136, 15.6 M). Per axis the window grows
+    A fully convolutional network runs on any window; fewer, larger windows share less (at overlap 0.125
+    a 232x204x253 crop takes 27 windows of 96^3, 23.9 M voxels, or 12 of 128x112x96, 16.5 M). Per axis the window grows
     in steps of the patch's stride (its largest power-of-two factor, at most 16) to the size where one
     window fewer covers the axis at the same ``overlap``; the combination with the fewest evaluated
     voxels whose window holds at most ``max_factor`` x the patch's voxels wins (memory grows with it).

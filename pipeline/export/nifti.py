@@ -39,7 +39,9 @@ def write_uncertainty_nifti(path: str | Path, uncertainty: Volume) -> Path:
     (a 125 MB float file, as noisy maps barely compress).
     """
     steps = np.empty(uncertainty.shape, dtype=np.uint8)
-    np.rint(np.clip(uncertainty.array, 0.0, 1.0) * 255.0, out=steps, casting="unsafe")
+    for z in range(0, len(steps), 16):  # slab by slab: no full-size float temporaries (262 MB each on a CT)
+        part = np.clip(uncertainty.array[z : z + 16], 0.0, 1.0) * 255.0
+        np.rint(part, out=steps[z : z + 16], casting="unsafe")
     return write_volume(uncertainty.with_array(steps), path, slope=UNCERTAINTY_STEP)
 
 
