@@ -51,7 +51,7 @@ from torch import nn
 
 from deconvseg.pipeline.ensemble import Ensemble, MemberSpec
 from deconvseg.pipeline.errors import ResourceError
-from deconvseg.pipeline.inference import fitted_window
+from deconvseg.pipeline.inference import member_window
 from deconvseg.pipeline.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -166,10 +166,9 @@ def estimate_peak_memory(
 
 def _window_factor(image: Volume, spec: MemberSpec, window: str, overlap: float) -> float:
     """The member's window in patch volumes (activations grow with it)."""
-    if window != "fit" or spec.context_factor is not None:
-        return 1.0
-    fitted = fitted_window(working_shape(image, spec.spacing), spec.patch_size, overlap)
-    return math.prod(fitted) / math.prod(spec.patch_size)
+    shape = working_shape(image, spec.spacing)
+    chosen = member_window(shape, spec.patch_size, overlap, window, spec.context_factor is not None)
+    return math.prod(chosen) / math.prod(spec.patch_size)
 
 
 def max_input_voxels(budget_mib: float | None = None) -> int:

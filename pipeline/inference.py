@@ -88,6 +88,16 @@ def fitted_window(
     return best[0][0], best[1][0], best[2][0]
 
 
+def member_window(
+    shape: Sequence[int], patch: Sequence[int], overlap: float, window: str, two_scale: bool = False
+) -> tuple[int, ...]:
+    """The window a member runs on ``shape``: its training ``patch``, or with ``window="fit"`` the
+    ``fitted_window`` (single-input networks only: a two-scale network's context is tied to its patch)."""
+    if window == "fit" and not two_scale:
+        return fitted_window(shape, patch, overlap)
+    return tuple(patch)
+
+
 def prepare_predictor(
     model: nn.Module,
     *,

@@ -42,7 +42,7 @@ from deconvseg.pipeline.fusion import (
     voxel_uncertainty,
 )
 from deconvseg.pipeline.guards import check_memory
-from deconvseg.pipeline.inference import fitted_window, prepare_predictor, sliding_window
+from deconvseg.pipeline.inference import member_window, prepare_predictor, sliding_window
 from deconvseg.pipeline.labels import LabelTable
 from deconvseg.pipeline.normalize import foreground_mask, normalize
 from deconvseg.pipeline.postprocess import Prior, apply_plan
@@ -251,11 +251,11 @@ def member_outputs(
             )
             windows = functools.partial(progress, f"member {member.name}") if progress else None
             region = volume.array[box]
-            fit = config.window == "fit" and spec.context_factor is None
+            two_scale = spec.context_factor is not None
             probs = sliding_window(
                 region,
                 predictor,
-                fitted_window(region.shape, spec.patch_size, config.overlap) if fit else spec.patch_size,
+                member_window(region.shape, spec.patch_size, config.overlap, config.window, two_scale),
                 overlap=config.overlap,
                 batch_size=config.batch_size,
                 mirror_axes=config.mirror_axes,

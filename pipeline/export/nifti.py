@@ -35,8 +35,8 @@ def write_uncertainty_nifti(path: str | Path, uncertainty: Volume) -> Path:
     """Write the voxel uncertainty (0..1) as ``uncertainty.nii.gz``: uint8 steps of 1/255 and that
     ``scl_slope``, so readers get floats within half a step (0.002) of the map.
 
-    A quarter of float32's bytes: on a 512x512x250 CT it is written in under a second instead of 3.5 s
-    (a 125 MB float file, as noisy maps barely compress).
+    A quarter of float32's bytes: on a 512x512x250 CT the NIfTI stage (labels and uncertainty) went from
+    4.0 s to 2.0 s (the float file was 125 MB: noisy maps barely compress).
     """
     steps = np.empty(uncertainty.shape, dtype=np.uint8)
     for z in range(0, len(steps), 16):  # slab by slab: no full-size float temporaries (262 MB each on a CT)

@@ -41,8 +41,8 @@ def _lps(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:
         return sitk.GetArrayFromImage(image), image.GetSpacing()
     array = volume.array.transpose([2 - int(i) for i in index_axis[::-1]])  # numpy axes are (z, y, x)
     flips = tuple(2 - w for w in range(3) if signs[w] < 0)
-    spacing = tuple(float(volume.spacing[i]) for i in index_axis)
-    return (np.flip(array, flips) if flips else array), (spacing[0], spacing[1], spacing[2])
+    sx, sy, sz = (float(volume.spacing[i]) for i in index_axis)
+    return (np.flip(array, flips) if flips else array), (sx, sy, sz)
 
 
 def _window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:

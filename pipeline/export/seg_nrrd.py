@@ -76,8 +76,8 @@ def write_seg_nrrd(path: str | Path, labels: Volume, table: LabelTable) -> Path:
         **segment_fields(labels, table),
     }
     with atomic_file(path) as tmp:
-        # gzip level 1, as nibabel writes NIfTI: on a 512x512x250 map it takes 0.3-0.8 s where pynrrd's
-        # default level 9 took 4-22 s, for files 10-50 % larger.
+        # gzip level 1, as nibabel writes NIfTI: on a 512x512x250 map it takes 0.7-1.0 s where pynrrd's
+        # default level 9 took 22 s, for files 10-50 % larger.
         nrrd.write(str(tmp), labels.array.astype(dtype), header, index_order="C", compression_level=1)
         text, data = tmp.read_bytes().split(b"\n\n", 1)  # pynrrd stamps the header with the time:
         lines = [line for line in text.split(b"\n") if not line.startswith(b"# on ")]  # drop it (same labels,

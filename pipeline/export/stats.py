@@ -72,8 +72,7 @@ def _sums(
     Slab by slab, foreground voxels only: the temporaries stay in cache (4.7x faster than one pass over a
     512x512x250 map) and background voxels never enter a sum.
     """
-    counts, sums, squares = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
-    unc = None if uncertainty is None else np.zeros(n)
+    counts, sums, squares, unc = np.zeros(n, np.int64), np.zeros(n), np.zeros(n), np.zeros(n)
     for start in range(0, index.shape[0], slab):
         part = slice(start, start + slab)
         foreground = index[part] > 0
@@ -82,9 +81,9 @@ def _sums(
         counts += np.bincount(lab, minlength=n)
         sums += np.bincount(lab, weights=values, minlength=n)
         squares += np.bincount(lab, weights=values * values, minlength=n)
-        if unc is not None and uncertainty is not None:
+        if uncertainty is not None:
             unc += np.bincount(lab, weights=uncertainty[part][foreground], minlength=n)
-    return counts, sums, squares, unc
+    return counts, sums, squares, None if uncertainty is None else unc
 
 
 def _bbox_mm(volume: Volume, box: tuple[slice, slice, slice]) -> tuple[list[float], list[float]]:
